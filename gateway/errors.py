@@ -1,0 +1,110 @@
+"""Every outcome a user can meet, as one typed set.
+
+Each error's ``str()`` is the one user-facing sentence that every front shows as it is.
+Errors raised before a job is accepted cost nothing; the ones a job ends in after it was
+accepted (``refunded = True``) say that the credits came back.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar
+
+
+class ImagineError(Exception):
+    """Base of every user-facing outcome."""
+
+    kind: ClassVar[str] = "error"
+    refunded: bool = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidRequest(ImagineError):
+    """A prompt, flag, option or command argument that cannot be used."""
+
+    kind = "invalid"
+
+
+class OutOfCredits(ImagineError):
+    kind = "out_of_credits"
+
+    def __init__(self, message: str, *, resets_at: datetime) -> None:
+        super().__init__(message)
+        self.resets_at = resets_at
+
+
+class Busy(ImagineError):
+    """Too many jobs queued (for this user or overall), or the backend is unavailable."""
+
+    kind = "busy"
+
+    def __init__(self, message: str, *, retry_after: float = 10.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Banned(ImagineError):
+    kind = "banned"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class NotAllowed(ImagineError):
+    """An admin command from someone who is not an admin."""
+
+    kind = "not_allowed"
+
+
+class JobFailed(ImagineError):
+    """An accepted job that ended without images; its credits were refunded."""
+
+    kind = "failed"
+    refunded = True
+
+
+class BackendFailed(JobFailed):
+    kind = "backend_failed"
+
+
+class TimedOut(JobFailed):
+    kind = "timed_out"
+
+
+class SafetyBlocked(JobFailed):
+    kind = "safety_blocked"
+
+
+class Cancelled(JobFailed):
+    kind = "cancelled"
+
+
+class BackendError(Exception):
+    """Raised by a backend; the service turns it into :class:`BackendFailed` with a refund.
+
+    ``reason`` is safe to show a user: backends never put secrets or raw bodies in it.
+    """
+
+    def __init__(self, reason: str, *, retryable: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+
+
+class BackendUnavailable(BackendError):
+    """The backend refuses work right now (circuit open, worker down); nothing is charged."""
+
+    def __init__(self, reason: str, *, retry_after: float = 30.0) -> None:
+        super().__init__(reason, retryable=True)
+        self.retry_after = retry_after
+
+
+def credits_word(n: int) -> str:
+    return f"{n} credit" if n == 1 else f"{n} credits"

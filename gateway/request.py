@@ -1,0 +1,251 @@
+"""The one request type, its inline-flag parser and its one validator.
+
+``/imagine a lighthouse at dusk --ar 16:9 --seed 42 --no text, watermark`` becomes an
+:class:`ImageRequest`; every front (Discord, Telegram, web, CLI) and the worker's HTTP input
+go through :func:`validate`, so a bad value gets the same sentence wherever it came from.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from gateway.errors import InvalidRequest
+
+MAX_PROMPT_CHARS = 1000
+MAX_NEGATIVE_CHARS = 500
+MIN_SIDE, MAX_SIDE, SIDE_STEP = 256, 1024, 64
+MIN_STEPS, MAX_STEPS, DEFAULT_STEPS = 1, 50, 25
+MIN_GUIDANCE, MAX_GUIDANCE, DEFAULT_GUIDANCE = 1.0, 20.0, 7.5
+MAX_SEED = 2**32 - 1
+MIN_IMAGES, MAX_IMAGES = 1, 4
+MIN_RATIO, MAX_RATIO = 1 / 4, 4.0
+TARGET_PIXELS = 512 * 512
+SCHEDULERS = ("dpmpp", "euler", "euler_a", "ddim", "pndm", "lms")
+DEFAULT_SCHEDULER = "dpmpp"
+KNOWN_FLAGS = ("--ar", "--size", "--seed", "--steps", "--guidance", "--no", "--n")
+
+_FLAG = re.compile(r"(?:(?<=\s)|^)(?:--|—|–)([A-Za-z][A-Za-z0-9_-]*)")
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    prompt: str
+    negative_prompt: str = ""
+    width: int = 512
+    height: int = 512
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    seed: int | None = None
+    num_images: int = 1
+    scheduler: str = DEFAULT_SCHEDULER
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def with_seed(self, seed: int | None) -> ImageRequest:
+        return replace(self, seed=seed)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("extra")
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ImageRequest:
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "extra"}
+        return cls(**known)
+
+    def describe(self) -> str:
+        """The request as the flags a user would type to get it again."""
+        parts = [self.prompt]
+        if self.negative_prompt:
+            parts.append(f"--no {self.negative_prompt}")
+        if (self.width, self.height) != (512, 512):
+            parts.append(f"--size {self.width}x{self.height}")
+        if self.steps != DEFAULT_STEPS:
+            parts.append(f"--steps {self.steps}")
+        if self.guidance != DEFAULT_GUIDANCE:
+            parts.append(f"--guidance {self.guidance:g}")
+        if self.num_images != 1:
+            parts.append(f"--n {self.num_images}")
+        if self.seed is not None:
+            parts.append(f"--seed {self.seed}")
+        return " ".join(parts)
+
+
+def _control_character(text: str, *, allow_newlines: bool) -> str | None:
+    for ch in text:
+        if allow_newlines and ch in "\n\t":
+            continue
+        if unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\u200d":
+            return ch
+    return None
+
+
+def validate(request: ImageRequest) -> ImageRequest:
+    """Check every field against DESIGN.md's ranges; return the request with the prompt trimmed."""
+    prompt = request.prompt.strip()
+    negative = request.negative_prompt.strip()
+    if not prompt:
+        raise InvalidRequest(
+            "The prompt is empty: describe the image you want, e.g. `a lighthouse at dusk --ar 16:9`."
+        )
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(
+            f"The prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}."
+        )
+    for label, text in (("prompt", prompt), ("negative prompt (--no)", negative)):
+        bad = _control_character(text, allow_newlines=True)
+        if bad is not None:
+            raise InvalidRequest(
+                f"The {label} contains a control character (U+{ord(bad):04X}); remove it and try again."
+            )
+    if len(negative) > MAX_NEGATIVE_CHARS:
+        raise InvalidRequest(
+            f"The negative prompt (--no) is {len(negative)} characters long; "
+            f"the limit is {MAX_NEGATIVE_CHARS}."
+        )
+    for side_name, side in (("width", request.width), ("height", request.height)):
+        if (
+            not isinstance(side, int)
+            or isinstance(side, bool)
+            or not MIN_SIDE <= side <= MAX_SIDE
+            or side % SIDE_STEP
+        ):
+            raise InvalidRequest(
+                f"The {side_name} must be a multiple of {SIDE_STEP} from {MIN_SIDE} to {MAX_SIDE}; "
+                f"got {side}."
+            )
+    _check_int("--steps", request.steps, MIN_STEPS, MAX_STEPS)
+    _check_int("--n", request.num_images, MIN_IMAGES, MAX_IMAGES)
+    if request.seed is not None:
+        _check_int("--seed", request.seed, 0, MAX_SEED)
+    guidance = request.guidance
+    if (
+        isinstance(guidance, bool)
+        or not isinstance(guidance, (int, float))
+        or not math.isfinite(guidance)
+        or not MIN_GUIDANCE <= guidance <= MAX_GUIDANCE
+    ):
+        raise InvalidRequest(
+            f"--guidance must be a number from {MIN_GUIDANCE:g} to {MAX_GUIDANCE:g}; got {guidance}."
+        )
+    if request.scheduler not in SCHEDULERS:
+        raise InvalidRequest(
+            f"Unknown scheduler {request.scheduler!r}; the known schedulers are {', '.join(SCHEDULERS)}."
+        )
+    return replace(request, prompt=prompt, negative_prompt=negative, guidance=float(guidance))
+
+
+def _check_int(flag: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidRequest(f"{flag} must be a whole number from {low} to {high}; got {value}.")
+
+
+def size_for_aspect_ratio(w: float, h: float) -> tuple[int, int]:
+    """About 512x512 pixels in the ratio ``w:h``, each side a multiple of 64."""
+    ratio = w / h
+    width = math.sqrt(TARGET_PIXELS * ratio)
+    height = width / ratio
+
+    def snap(x: float) -> int:
+        return int(min(MAX_SIDE, max(MIN_SIDE, round(x / SIDE_STEP) * SIDE_STEP)))
+
+    return snap(width), snap(height)
+
+
+def _parse_int(flag: str, raw: str, low: int, high: int) -> int:
+    if not re.fullmatch(r"[+]?\d+", raw):
+        raise InvalidRequest(f"{flag} takes a whole number from {low} to {high}; got {raw!r}.")
+    value = int(raw)
+    _check_int(flag, value, low, high)
+    return value
+
+
+def _parse_float(flag: str, raw: str, low: float, high: float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)", raw):
+        raise InvalidRequest(f"{flag} takes a number from {low:g} to {high:g}; got {raw!r}.")
+    if not low <= value <= high:
+        raise InvalidRequest(f"{flag} must be a number from {low:g} to {high:g}; got {raw}.")
+    return value
+
+
+def _parse_ratio(raw: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d{1,4})\s*[:x/]\s*(\d{1,4})", raw)
+    if not match or int(match[1]) == 0 or int(match[2]) == 0:
+        raise InvalidRequest(f"--ar takes a ratio like 16:9, from 1:4 to 4:1; got {raw!r}.")
+    w, h = int(match[1]), int(match[2])
+    if not MIN_RATIO <= w / h <= MAX_RATIO:
+        raise InvalidRequest(f"--ar must be from 1:4 to 4:1; got {w}:{h}.")
+    return size_for_aspect_ratio(w, h)
+
+
+def _parse_size(raw: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d{1,5})\s*[x×*]\s*(\d{1,5})", raw.lower())
+    if not match:
+        raise InvalidRequest(
+            f"--size takes WIDTHxHEIGHT like 768x512, each side a multiple of {SIDE_STEP} "
+            f"from {MIN_SIDE} to {MAX_SIDE}; got {raw!r}."
+        )
+    w, h = int(match[1]), int(match[2])
+    for side in (w, h):
+        if not MIN_SIDE <= side <= MAX_SIDE or side % SIDE_STEP:
+            raise InvalidRequest(
+                f"--size sides must be multiples of {SIDE_STEP} from {MIN_SIDE} to {MAX_SIDE}; "
+                f"got {w}x{h}."
+            )
+    return w, h
+
+
+def parse_prompt(text: str, **defaults: Any) -> ImageRequest:
+    """Parse ``prompt text --flag value ...`` into a validated :class:`ImageRequest`.
+
+    ``defaults`` are fields set another way (a front's typed options); flags in the text win.
+    """
+    if not isinstance(text, str):
+        raise InvalidRequest("The prompt must be text.")
+    matches = list(_FLAG.finditer(text))
+    prompt = text[: matches[0].start()] if matches else text
+    fields: dict[str, Any] = dict(defaults)
+    seen: set[str] = set()
+    for i, match in enumerate(matches):
+        flag = "--" + match[1].lower()
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        value = text[match.end() : end].strip()
+        if flag not in KNOWN_FLAGS:
+            raise InvalidRequest(
+                f"Unknown flag {flag}; the known flags are {', '.join(KNOWN_FLAGS)}."
+            )
+        if flag in seen or (flag in ("--ar", "--size") and {"--ar", "--size"} & seen):
+            other = flag if flag in seen else ({"--ar", "--size"} & seen).pop()
+            if other == flag:
+                raise InvalidRequest(f"{flag} is given twice; give it once.")
+            raise InvalidRequest("Use either --ar or --size, not both.")
+        seen.add(flag)
+        if not value:
+            raise InvalidRequest(f"{flag} needs a value; see /help for examples.")
+        if flag != "--no" and len(value.split()) > 1:
+            raise InvalidRequest(
+                f"{flag} takes one value; got {value!r}. Put the prompt before the flags."
+            )
+        if flag == "--ar":
+            fields["width"], fields["height"] = _parse_ratio(value)
+        elif flag == "--size":
+            fields["width"], fields["height"] = _parse_size(value)
+        elif flag == "--seed":
+            fields["seed"] = _parse_int(flag, value, 0, MAX_SEED)
+        elif flag == "--steps":
+            fields["steps"] = _parse_int(flag, value, MIN_STEPS, MAX_STEPS)
+        elif flag == "--guidance":
+            fields["guidance"] = _parse_float(flag, value, MIN_GUIDANCE, MAX_GUIDANCE)
+        elif flag == "--no":
+            fields["negative_prompt"] = value
+        elif flag == "--n":
+            fields["num_images"] = _parse_int(flag, value, MIN_IMAGES, MAX_IMAGES)
+    return validate(ImageRequest(prompt=prompt, **fields))

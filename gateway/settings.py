@@ -1,0 +1,237 @@
+"""All configuration in one place: environment variables, with a ``.env`` file read too."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class Secret:
+    """A token or key whose ``repr``/``str`` never show the value."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+class SettingsError(ValueError):
+    """A setting with a bad value; the message names the variable."""
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Settings:
+    db_path: Path = Path("data/imagine.sqlite3")
+    backend: str = "local"
+    model: str = "CompVis/stable-diffusion-v1-4"
+    backend_urls: tuple[str, ...] = ()
+    backend_api_key: Secret | None = None
+    replicate_api_token: Secret | None = None
+    replicate_model: str = "stability-ai/stable-diffusion"
+    replicate_base_url: str | None = None
+    daily_quota: int = 25
+    admins: frozenset[str] = frozenset()
+    max_queued_per_user: int = 2
+    max_queue: int = 100
+    backend_timeout: float = 300.0
+    discord_token: Secret | None = None
+    telegram_token: Secret | None = None
+    discord_api_base_url: str = "https://discord.com/api/v10"
+    discord_gateway_url: str = "wss://gateway.discord.gg"
+    telegram_api_base_url: str = "https://api.telegram.org/bot"
+    telegram_webhook_url: str | None = None
+    telegram_webhook_secret: Secret | None = None
+    web_host: str = "127.0.0.1"
+    web_port: int = 8000
+    blocked_ips: tuple[IPNetwork, ...] = ()
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    max_batch: int = 4
+    batch_wait_ms: float = 20.0
+    compile: bool = False
+    data_dir: Path = Path("data")
+    gpu_cost_per_second: float = 0.0
+    extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+    ) -> Settings:
+        """Read the environment; a ``.env`` file fills in what the environment leaves unset."""
+        env: dict[str, str] = {}
+        if env_file is not None and Path(env_file).is_file():
+            env.update(read_env_file(Path(env_file)))
+        env.update(os.environ if environ is None else environ)
+        return cls._parse(env)
+
+    @classmethod
+    def _parse(cls, env: Mapping[str, str]) -> Settings:
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value.strip() if value is not None and value.strip() else None
+
+        kw: dict[str, Any] = {}
+        if (v := get("IMAGINE_DB")) is not None:
+            kw["db_path"] = Path(v)
+            kw["data_dir"] = Path(v).parent
+        if (v := get("IMAGINE_DATA_DIR")) is not None:
+            kw["data_dir"] = Path(v)
+        if (v := get("IMAGINE_BACKEND")) is not None:
+            kw["backend"] = v.lower()
+        if (v := get("IMAGINE_MODEL")) is not None:
+            kw["model"] = v
+        if (v := get("IMAGINE_BACKEND_URL")) is not None:
+            urls = tuple(u.strip().rstrip("/") for u in v.split(",") if u.strip())
+            for url in urls:
+                if not url.startswith(("http://", "https://")):
+                    raise SettingsError(
+                        f"IMAGINE_BACKEND_URL must be http:// or https:// URLs; got {url!r}."
+                    )
+            kw["backend_urls"] = urls
+        for name, key in (
+            ("IMAGINE_BACKEND_API_KEY", "backend_api_key"),
+            ("REPLICATE_API_TOKEN", "replicate_api_token"),
+            ("DISCORD_TOKEN", "discord_token"),
+            ("TELEGRAM_TOKEN", "telegram_token"),
+            ("TELEGRAM_WEBHOOK_SECRET", "telegram_webhook_secret"),
+        ):
+            if (v := get(name)) is not None:
+                kw[key] = Secret(v)
+        for name, key in (
+            ("IMAGINE_REPLICATE_MODEL", "replicate_model"),
+            ("REPLICATE_BASE_URL", "replicate_base_url"),
+            ("DISCORD_API_BASE_URL", "discord_api_base_url"),
+            ("DISCORD_GATEWAY_URL", "discord_gateway_url"),
+            ("TELEGRAM_API_BASE_URL", "telegram_api_base_url"),
+            ("TELEGRAM_WEBHOOK_URL", "telegram_webhook_url"),
+            ("IMAGINE_WEB_HOST", "web_host"),
+        ):
+            if (v := get(name)) is not None:
+                kw[key] = v
+        for name, key, low in (
+            ("IMAGINE_DAILY_QUOTA", "daily_quota", 0),
+            ("IMAGINE_MAX_QUEUED_PER_USER", "max_queued_per_user", 1),
+            ("IMAGINE_MAX_QUEUE", "max_queue", 1),
+            ("IMAGINE_MAX_BATCH", "max_batch", 1),
+        ):
+            if (v := get(name)) is not None:
+                kw[key] = _int(name, v, low)
+        if (v := get("IMAGINE_WEB_PORT")) is not None:
+            port = _int("IMAGINE_WEB_PORT", v, 0)
+            if port > 65535:
+                raise SettingsError(f"IMAGINE_WEB_PORT must be a port number up to 65535; got {v!r}.")
+            kw["web_port"] = port
+        for name, key in (
+            ("IMAGINE_BACKEND_TIMEOUT", "backend_timeout"),
+            ("IMAGINE_BATCH_WAIT_MS", "batch_wait_ms"),
+            ("IMAGINE_GPU_COST_PER_SECOND", "gpu_cost_per_second"),
+        ):
+            if (v := get(name)) is not None:
+                kw[key] = _float(name, v)
+        if kw.get("backend_timeout", 1.0) <= 0:
+            raise SettingsError("IMAGINE_BACKEND_TIMEOUT must be more than 0 seconds.")
+        if (v := get("IMAGINE_COMPILE")) is not None:
+            if v not in ("0", "1", "true", "false"):
+                raise SettingsError(f"IMAGINE_COMPILE must be 0 or 1; got {v!r}.")
+            kw["compile"] = v in ("1", "true")
+        if (v := get("IMAGINE_ADMINS")) is not None:
+            admins = frozenset(a.strip() for a in v.split(",") if a.strip())
+            for admin in admins:
+                if ":" not in admin:
+                    raise SettingsError(
+                        f"IMAGINE_ADMINS takes users as platform:id, e.g. discord:123; got {admin!r}."
+                    )
+            kw["admins"] = admins
+        for name, key in (
+            ("IMAGINE_BLOCKED_IPS", "blocked_ips"),
+            ("IMAGINE_TRUSTED_PROXIES", "trusted_proxies"),
+        ):
+            if (v := get(name)) is not None:
+                kw[key] = _networks(name, v)
+        return cls(**kw)
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def describe(self) -> dict[str, str]:
+        """Every setting as text, secrets hidden: for `imagine` start-up logs."""
+        return {f.name: repr(getattr(self, f.name)) for f in fields(self) if f.name != "extra"}
+
+
+def _int(name: str, raw: str, low: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number; got {raw!r}.") from None
+    if value < low:
+        raise SettingsError(f"{name} must be at least {low}; got {value}.")
+    return value
+
+
+def _float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number; got {raw!r}.") from None
+    if value != value or value < 0:
+        raise SettingsError(f"{name} must be a number of at least 0; got {raw!r}.")
+    return value
+
+
+def _networks(name: str, raw: str) -> tuple[IPNetwork, ...]:
+    nets: list[IPNetwork] = []
+    for item in (p.strip() for p in raw.split(",")):
+        if not item:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise SettingsError(
+                f"{name} takes IP addresses or networks like 203.0.113.0/24; got {item!r}."
+            ) from None
+    return tuple(nets)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines; ``#`` comments, ``export`` and surrounding quotes allowed."""
+    values: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def require(value: Secret | None, variable: str, purpose: str) -> Secret:
+    """The secret, or an error that tells the user which variable to set."""
+    if not value:
+        raise SettingsError(f"{purpose} needs {variable}; set it in the environment or in .env.")
+    return value

@@ -1,0 +1,29 @@
+"""Shared fixtures: every test gets its own data folder and SQLite file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import Settings
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def settings(data_dir: Path) -> Settings:
+    """Settings for a test: a fresh database, the fake backend, no .env read."""
+    return Settings.from_env(
+        {
+            "IMAGINE_DB": str(data_dir / "imagine.sqlite3"),
+            "IMAGINE_BACKEND": "fake",
+            "IMAGINE_MODEL": "tiny",
+        },
+        env_file=None,
+    )
