@@ -93,9 +93,7 @@ def validate(request: ImageRequest) -> ImageRequest:
             "The prompt is empty: describe the image you want, e.g. `a lighthouse at dusk --ar 16:9`."
         )
     if len(prompt) > MAX_PROMPT_CHARS:
-        raise InvalidRequest(
-            f"The prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}."
-        )
+        raise InvalidRequest(f"The prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}.")
     for label, text in (("prompt", prompt), ("negative prompt (--no)", negative)):
         bad = _control_character(text, allow_newlines=True)
         if bad is not None:
@@ -197,8 +195,7 @@ def _parse_size(raw: str) -> tuple[int, int]:
     for side in (w, h):
         if not MIN_SIDE <= side <= MAX_SIDE or side % SIDE_STEP:
             raise InvalidRequest(
-                f"--size sides must be multiples of {SIDE_STEP} from {MIN_SIDE} to {MAX_SIDE}; "
-                f"got {w}x{h}."
+                f"--size sides must be multiples of {SIDE_STEP} from {MIN_SIDE} to {MAX_SIDE}; got {w}x{h}."
             )
     return w, h
 
@@ -219,9 +216,7 @@ def parse_prompt(text: str, **defaults: Any) -> ImageRequest:
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
         value = text[match.end() : end].strip()
         if flag not in KNOWN_FLAGS:
-            raise InvalidRequest(
-                f"Unknown flag {flag}; the known flags are {', '.join(KNOWN_FLAGS)}."
-            )
+            raise InvalidRequest(f"Unknown flag {flag}; the known flags are {', '.join(KNOWN_FLAGS)}.")
         if flag in seen or (flag in ("--ar", "--size") and {"--ar", "--size"} & seen):
             other = flag if flag in seen else ({"--ar", "--size"} & seen).pop()
             if other == flag:
@@ -231,9 +226,7 @@ def parse_prompt(text: str, **defaults: Any) -> ImageRequest:
         if not value:
             raise InvalidRequest(f"{flag} needs a value; see /help for examples.")
         if flag != "--no" and len(value.split()) > 1:
-            raise InvalidRequest(
-                f"{flag} takes one value; got {value!r}. Put the prompt before the flags."
-            )
+            raise InvalidRequest(f"{flag} takes one value; got {value!r}. Put the prompt before the flags.")
         if flag == "--ar":
             fields["width"], fields["height"] = _parse_ratio(value)
         elif flag == "--size":

@@ -107,9 +107,7 @@ class Settings:
             urls = tuple(u.strip().rstrip("/") for u in v.split(",") if u.strip())
             for url in urls:
                 if not url.startswith(("http://", "https://")):
-                    raise SettingsError(
-                        f"IMAGINE_BACKEND_URL must be http:// or https:// URLs; got {url!r}."
-                    )
+                    raise SettingsError(f"IMAGINE_BACKEND_URL must be http:// or https:// URLs; got {url!r}.")
             kw["backend_urls"] = urls
         for name, key in (
             ("IMAGINE_BACKEND_API_KEY", "backend_api_key"),
@@ -171,6 +169,7 @@ class Settings:
         ):
             if (v := get(name)) is not None:
                 kw[key] = _networks(name, v)
+        kw["extra"] = {k: v for k, v in env.items() if k.startswith("IMAGINE_FAKE_")}
         return cls(**kw)
 
     def with_overrides(self, **changes: Any) -> Settings:

@@ -1,0 +1,23 @@
+"""SQLite storage: users, quotas, the credit ledger, jobs and bans. Imports nothing of the project."""
+
+from storage.db import (
+    Database,
+    InstanceRecord,
+    JobRecord,
+    QuotaState,
+    RefusedReason,
+    Reservation,
+    ReservationRefused,
+    StoreError,
+)
+
+__all__ = [
+    "Database",
+    "InstanceRecord",
+    "JobRecord",
+    "QuotaState",
+    "RefusedReason",
+    "Reservation",
+    "ReservationRefused",
+    "StoreError",
+]

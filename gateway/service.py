@@ -1,0 +1,604 @@
+"""ImagineService: accept -> reserve credits -> queue -> backend -> settle, or refund with the reason.
+
+Fronts hand it plain ids and an :class:`ImageRequest` and render the :class:`Job` it returns;
+no front sees SQL, quotas or the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from gateway.backend import Backend, GenerationResult
+from gateway.errors import (
+    BackendError,
+    BackendFailed,
+    BackendUnavailable,
+    Banned,
+    Busy,
+    Cancelled,
+    ImagineError,
+    InvalidRequest,
+    JobFailed,
+    NotAllowed,
+    OutOfCredits,
+    SafetyBlocked,
+    TimedOut,
+    credits_word,
+)
+from gateway.jobs import Job, JobResult, JobStatus
+from gateway.messages import next_reset, until_reset, utc_day
+from gateway.metrics import Metrics
+from gateway.request import MAX_SEED, ImageRequest, parse_prompt
+from gateway.settings import Settings
+from storage import Database, JobRecord, QuotaState, RefusedReason, ReservationRefused, StoreError
+
+log = logging.getLogger("imagine.gateway")
+
+HEARTBEAT_SECONDS = 10.0
+INSTANCE_DEAD_AFTER = 45.0
+MAX_GRANT = 1_000_000
+
+
+class ImagineService:
+    """The gateway core. Build it with its resources, ``await start()``, then ``submit()`` jobs."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        backend: Backend,
+        *,
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.backend = backend
+        self.clock = clock
+        self.metrics = metrics or Metrics()
+        self.instance_id = uuid.uuid4().hex
+        self._live: dict[str, Job] = {}
+        self._pending: deque[Job] = deque()
+        self._wakeup = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
+        self._running: dict[str, asyncio.Task[GenerationResult]] = {}
+        self._background: list[asyncio.Task[None]] = []
+        self._accepting = False
+        self._recovered: list[JobRecord] = []
+        self._finished_keep = 2000
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> list[JobRecord]:
+        """Register this process, refund what dead processes left open, start the workers."""
+        await self.db.register_instance(
+            self.instance_id, host=socket.gethostname(), pid=os.getpid(), now=self.clock()
+        )
+        recovered = await self.recover()
+        for _ in range(max(1, self.backend.capacity)):
+            self._workers.append(asyncio.create_task(self._worker(), name="imagine-worker"))
+        self._background.append(asyncio.create_task(self._heartbeat(), name="imagine-heartbeat"))
+        self._accepting = True
+        return recovered
+
+    async def close(self, *, drain_timeout: float = 30.0) -> None:
+        """Stop taking work; refund what is queued; let running jobs finish (or refund them)."""
+        self._accepting = False
+        while self._pending:
+            job = self._pending.popleft()
+            await self._fail(job, Cancelled(self._refund_sentence(job, "Imagine is shutting down")))
+        if self._running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drain_running(), drain_timeout)
+        for running in self._running.values():
+            running.cancel()
+        for task in [*self._workers, *self._background]:
+            task.cancel()
+        await asyncio.gather(*self._workers, *self._background, return_exceptions=True)
+        self._workers.clear()
+        self._background.clear()
+        # Jobs still waiting for a front to confirm delivery are refunded, not lost.
+        for job in list(self._live.values()):
+            if job.confirm_delivery and job.status is JobStatus.SUCCEEDED:
+                await self.delivery_failed(job.id, "Imagine stopped before the image was sent")
+        with contextlib.suppress(Exception):
+            await self.db.stop_instance(self.instance_id, self.clock())
+
+    async def _drain_running(self) -> None:
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await self.db.heartbeat(self.instance_id, self.clock())
+                await self.recover()
+            except Exception:
+                log.exception("heartbeat failed")
+
+    async def recover(self) -> list[JobRecord]:
+        """Refund every open job whose process is gone (killed, crashed, restarted)."""
+        dead = []
+        host = socket.gethostname()
+        now = self.clock()
+        for inst in await self.db.instances():
+            if inst.id == self.instance_id:
+                continue
+            if inst.stopped_at is not None or now - inst.heartbeat_at > INSTANCE_DEAD_AFTER:
+                dead.append(inst.id)
+            elif inst.host == host and (inst.pid == os.getpid() or not _pid_alive(inst.pid)):
+                dead.append(inst.id)
+        orphans = [
+            job for job in await self.db.open_jobs() if job.instance_id is None or job.instance_id in dead
+        ]
+        refunded = []
+        for record in orphans:
+            message = (
+                f"Imagine restarted while making your image; your {credits_word(record.cost)} "
+                f"{'was' if record.cost == 1 else 'were'} refunded. Please try again."
+            )
+            done = await self.db.refund(record.id, error_kind="interrupted", error=message, now=now)
+            if done is not None:
+                refunded.append(done)
+                self.metrics.job_finished("interrupted", refunded=done.refunded)
+        if refunded:
+            log.info("refunded %d job(s) left open by a stopped process", len(refunded))
+            self._recovered.extend(refunded)
+        return refunded
+
+    def take_recovered(self, prefix: str) -> list[JobRecord]:
+        """Refunded jobs of one platform (``discord:``) whose users a front should tell."""
+        mine = [job for job in self._recovered if job.user_id.startswith(prefix)]
+        self._recovered = [job for job in self._recovered if not job.user_id.startswith(prefix)]
+        return mine
+
+    # --- submitting --------------------------------------------------------------------
+
+    def is_admin(self, user_id: str) -> bool:
+        return user_id in self.settings.admins
+
+    async def submit(
+        self,
+        user_id: str,
+        request: ImageRequest | str,
+        *,
+        job_id: str,
+        reply: dict[str, Any] | None = None,
+        confirm_delivery: bool = False,
+    ) -> Job:
+        """Validate, reserve credits and queue; raises an :class:`ImagineError` (nothing charged).
+
+        The same ``job_id`` again returns the first job (``duplicate=True``), charged once.
+        With ``confirm_delivery``, the job's credits are settled only by :meth:`delivered`.
+        """
+        if isinstance(request, str):
+            request = parse_prompt(request)
+        if not self._accepting:
+            raise Busy("Imagine is restarting; try again in a minute.", retry_after=60)
+        if (live := self._live.get(job_id)) is not None:
+            return replace_duplicate(live)
+        if request.seed is None:
+            request = request.with_seed(random.randrange(0, MAX_SEED - request.num_images))
+        try:
+            self.backend.check_available()
+        except BackendUnavailable as exc:
+            self.metrics.rejected("backend_unavailable")
+            raise Busy(
+                f"The image generator is unavailable right now ({exc.reason}); nothing was charged. "
+                "Try again in a minute.",
+                retry_after=exc.retry_after,
+            ) from None
+        now = self.clock()
+        unlimited = self.is_admin(user_id)
+        try:
+            reservation = await self.db.reserve(
+                job_id=job_id,
+                user_id=user_id,
+                request=request.to_json(),
+                cost=request.num_images,
+                day=utc_day(now),
+                default_allowance=self.settings.daily_quota,
+                unlimited=unlimited,
+                max_user_open=self.settings.max_queued_per_user,
+                max_open=self.settings.max_queue,
+                instance_id=self.instance_id,
+                reply=reply,
+                now=now,
+            )
+        except ReservationRefused as refused:
+            self.metrics.rejected(refused.reason)
+            raise self._refusal(refused, request, now) from None
+        if not reservation.created:
+            if (live := self._live.get(job_id)) is not None:
+                return replace_duplicate(live)
+            return _job_from_record(reservation.job)
+        job = Job(
+            id=job_id,
+            user_id=user_id,
+            request=request,
+            reply=reply,
+            confirm_delivery=confirm_delivery,
+            accepted_at=time.monotonic(),
+            total_steps=request.steps,
+        )
+        job.credits_left = None if unlimited or reservation.quota is None else reservation.quota.remaining
+        self._live[job_id] = job
+        self._pending.append(job)
+        job.position = len(self._pending) - 1 + len(self._running)
+        self.metrics.accepted(len(self._pending))
+        self._wakeup.set()
+        return job
+
+    def _refusal(self, refused: ReservationRefused, request: ImageRequest, now: float) -> ImagineError:
+        if refused.reason == RefusedReason.BANNED:
+            return Banned(f"You are banned from Imagine: {refused.ban_reason}", reason=refused.ban_reason)
+        if refused.reason == RefusedReason.USER_QUEUE:
+            return Busy(
+                f"You already have {refused.open_jobs} images in progress (the limit is "
+                f"{self.settings.max_queued_per_user}); wait for one to finish. Nothing was charged.",
+                retry_after=15,
+            )
+        if refused.reason == RefusedReason.QUEUE:
+            return Busy(
+                f"The queue is full ({refused.open_jobs} jobs); try again in a minute. Nothing was charged.",
+                retry_after=60,
+            )
+        quota = refused.quota
+        assert quota is not None
+        need = credits_word(request.num_images)
+        if quota.remaining == 0:
+            text = (
+                f"You have used all {credits_word(quota.allowance)} of today's allowance"
+                f"{' and your bonus' if quota.bonus == 0 and quota.override else ''}; "
+                f"they reset at {until_reset(now)}."
+            )
+        else:
+            text = (
+                f"This needs {need} and you have {quota.remaining} left; "
+                f"ask for fewer images (--n) or wait for the reset at {until_reset(now)}."
+            )
+        return OutOfCredits(text, resets_at=next_reset(now))
+
+    # --- running -----------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            while not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            job = self._pending.popleft()
+            for i, waiting in enumerate(self._pending):
+                waiting.position = i + len(self._running) + 1
+                waiting._notify()
+            await self._run(job)
+
+    async def _run(self, job: Job) -> None:
+        started = time.monotonic()
+        await self.db.mark_running(job.id, self.clock())
+        job.status = JobStatus.RUNNING
+        job.started_at = started
+        job.position = 0
+        job._notify()
+
+        def progress(step: int, total: int) -> None:
+            job.step, job.total_steps = step, total
+            job._notify()
+
+        task = asyncio.create_task(self.backend.generate(job.id, job.request, progress))
+        self._running[job.id] = task
+        error: ImagineError | None = None
+        result: GenerationResult | None = None
+        try:
+            result = await asyncio.wait_for(task, self.settings.backend_timeout)
+        except TimeoutError:
+            error = TimedOut(
+                self._refund_sentence(job, f"The image took longer than {self.settings.backend_timeout:g} s")
+            )
+        except asyncio.CancelledError:
+            error = Cancelled(self._refund_sentence(job, "The job was cancelled"))
+            if not job.cancel_requested:
+                await self._fail(job, error)
+                self._running.pop(job.id, None)
+                raise
+        except BackendError as exc:
+            self.metrics.backend_error(type(exc).__name__)
+            error = BackendFailed(
+                self._refund_sentence(job, f"The image generator failed: {exc.reason.rstrip('.')}")
+            )
+        except Exception:
+            log.exception("backend crashed on job %s", job.id)
+            self.metrics.backend_error("crash")
+            error = BackendFailed(self._refund_sentence(job, "The image generator failed unexpectedly"))
+        finally:
+            self._running.pop(job.id, None)
+        seconds = time.monotonic() - started
+        if error is not None:
+            await self._fail(job, error, gpu_seconds=seconds)
+            return
+        assert result is not None
+        gpu_seconds = result.timings.get("predict_time", seconds)
+        if not result.images:
+            await self._fail(
+                job,
+                SafetyBlocked(
+                    self._refund_sentence(job, "The safety filter blocked the image")
+                    + " Try a different prompt."
+                ),
+                gpu_seconds=gpu_seconds,
+            )
+            return
+        notes = []
+        if result.prompt_truncated:
+            notes.append("The prompt was longer than the model reads (77 tokens); the end was cut.")
+        if result.blocked:
+            notes.append(
+                f"The safety filter blocked {result.blocked} of the images; "
+                f"{credits_word(result.blocked)} refunded."
+            )
+        job.result = JobResult(
+            job_id=job.id,
+            request=job.request,
+            images=result.images,
+            seeds=result.seeds,
+            model=result.model,
+            elapsed=time.monotonic() - job.accepted_at,
+            generation_seconds=gpu_seconds,
+            credits_left=job.credits_left,
+            notes=tuple(notes),
+            blocked=result.blocked,
+        )
+        job.gpu_seconds = gpu_seconds
+        if not job.confirm_delivery:
+            await self._settle(job, gpu_seconds)
+        job.status = JobStatus.SUCCEEDED
+        job.step = job.total_steps
+        job._notify()
+        self._forget_later(job)
+
+    async def _settle(self, job: Job, gpu_seconds: float) -> None:
+        assert job.result is not None
+        delivered = len(job.result.images)
+        record = await self.db.settle(
+            job.id,
+            delivered=delivered,
+            seed=job.result.seeds[0] if job.result.seeds else None,
+            model=job.result.model,
+            gpu_seconds=gpu_seconds,
+            now=self.clock(),
+            note="safety filter" if job.result.blocked else "",
+        )
+        if record is not None:
+            if record.refunded and job.result.credits_left is not None:
+                job.result = replace(job.result, credits_left=job.result.credits_left + record.refunded)
+            self.metrics.job_finished(
+                "succeeded",
+                spent=record.spent,
+                refunded=record.refunded,
+                seconds=gpu_seconds,
+                cost_per_second=self.settings.gpu_cost_per_second,
+            )
+
+    async def delivered(self, job_id: str) -> None:
+        """A front posted the images: charge the credits (for ``confirm_delivery`` jobs)."""
+        job = self._live.get(job_id)
+        if job is None or not job.confirm_delivery or job.result is None:
+            return
+        job.confirm_delivery = False
+        await self._settle(job, job.gpu_seconds)
+
+    async def delivery_failed(self, job_id: str, reason: str) -> ImagineError | None:
+        """A front could not post the images: refund, and return the sentence to tell the user."""
+        job = self._live.get(job_id)
+        if job is None or not job.confirm_delivery:
+            return None
+        job.confirm_delivery = False
+        error = BackendFailed(self._refund_sentence(job, reason))
+        await self._refund(job, error, gpu_seconds=None)
+        return error
+
+    async def cancel(self, job_id: str, *, by: str) -> bool:
+        """Cancel a queued or running job of ``by`` (or any job, for an admin); refunds it."""
+        job = self._live.get(job_id)
+        if job is None or job.status.finished:
+            return False
+        if job.user_id != by and not self.is_admin(by):
+            raise NotAllowed("Only the person who asked for this image can cancel it.")
+        if job in self._pending:
+            self._pending.remove(job)
+            await self._fail(job, Cancelled(self._refund_sentence(job, "The job was cancelled")))
+            return True
+        task = self._running.get(job_id)
+        if task is not None:
+            job.cancel_requested = True
+            task.cancel()
+            return True
+        return False
+
+    def _refund_sentence(self, job: Job, what: str) -> str:
+        n = job.request.num_images
+        if self.is_admin(job.user_id):
+            return f"{what.rstrip('.')}."
+        return f"{what.rstrip('.')}; your {credits_word(n)} {'was' if n == 1 else 'were'} refunded."
+
+    async def _fail(self, job: Job, error: ImagineError, *, gpu_seconds: float | None = None) -> None:
+        await self._refund(job, error, gpu_seconds=gpu_seconds)
+        job.error = error
+        job.status = JobStatus.FAILED
+        job._notify()
+        self._forget_later(job)
+
+    async def _refund(self, job: Job, error: ImagineError, *, gpu_seconds: float | None) -> None:
+        record = await self.db.refund(
+            job.id, error_kind=error.kind, error=error.message, now=self.clock(), gpu_seconds=gpu_seconds
+        )
+        if record is not None:
+            self.metrics.job_finished(error.kind, refunded=record.refunded, seconds=gpu_seconds or 0.0)
+
+    def _forget_later(self, job: Job) -> None:
+        """Keep finished jobs a while for duplicate events and status polls, then drop them."""
+        if len(self._live) > self._finished_keep:
+            for old_id in [k for k, v in self._live.items() if v.status.finished][: self._finished_keep // 2]:
+                del self._live[old_id]
+
+    # --- queries -----------------------------------------------------------------------
+
+    def job(self, job_id: str) -> Job | None:
+        return self._live.get(job_id)
+
+    async def find_job(self, job_id: str) -> Job | None:
+        """A live job, or a finished one rebuilt from the database (without its images)."""
+        if (job := self._live.get(job_id)) is not None:
+            return job
+        record = await self.db.get_job(job_id)
+        return None if record is None else _job_from_record(record)
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._pending) + len(self._running)
+
+    async def quota(self, user_id: str) -> QuotaState:
+        state = await self.db.quota(
+            user_id, day=utc_day(self.clock()), default_allowance=self.settings.daily_quota
+        )
+        return replace(state, unlimited=self.is_admin(user_id))
+
+    def quota_text(self, state: QuotaState) -> str:
+        now = self.clock()
+        if state.unlimited:
+            return "You are an admin: your images are not limited."
+        parts = [
+            f"Used today: {state.used} of {state.allowance}"
+            + (" (set by an admin)" if state.override else ""),
+            f"Bonus credits: {state.bonus}",
+            f"Reserved by images in progress: {state.reserved}",
+            f"Left: {credits_word(state.remaining)}",
+            f"Daily credits reset at {until_reset(now)}.",
+        ]
+        return "\n".join(parts)
+
+    # --- admin -------------------------------------------------------------------------
+
+    def _check_admin(self, actor: str | None) -> None:
+        if actor is not None and not self.is_admin(actor):
+            raise NotAllowed("Only Imagine admins can do that; nothing was changed.")
+
+    async def set_allowance(self, actor: str | None, user_id: str, allowance: int | None) -> str:
+        self._check_admin(actor)
+        if allowance is not None and not 0 <= allowance <= MAX_GRANT:
+            raise InvalidRequest(f"The daily allowance must be from 0 to {MAX_GRANT}; got {allowance}.")
+        await self.db.set_allowance(user_id, allowance, now=self.clock())
+        if allowance is None:
+            return f"{user_id} is back on the default allowance of {self.settings.daily_quota} a day."
+        return f"{user_id} may now make {allowance} images a day."
+
+    async def grant(self, actor: str | None, user_id: str, credits: int) -> str:
+        self._check_admin(actor)
+        if credits == 0 or not -MAX_GRANT <= credits <= MAX_GRANT:
+            raise InvalidRequest(
+                f"Grant a whole number of credits from 1 to {MAX_GRANT} (negative takes back); got {credits}."
+            )
+        try:
+            bonus = await self.db.grant(user_id, credits, by=actor or "operator", now=self.clock())
+        except StoreError as exc:
+            raise InvalidRequest(str(exc)) from None
+        verb = "Granted" if credits > 0 else "Took back"
+        direction = "to" if credits > 0 else "from"
+        return f"{verb} {credits_word(abs(credits))} {direction} {user_id}; bonus now {bonus}."
+
+    async def ban(self, actor: str | None, user_id: str, reason: str) -> str:
+        self._check_admin(actor)
+        reason = reason.strip() or "no reason given"
+        if len(reason) > 500:
+            raise InvalidRequest(f"The ban reason is {len(reason)} characters long; the limit is 500.")
+        if self.is_admin(user_id):
+            raise InvalidRequest(f"{user_id} is an admin (IMAGINE_ADMINS) and cannot be banned.")
+        await self.db.ban(user_id, reason, by=actor or "operator", now=self.clock())
+        return f"{user_id} is banned: {reason}"
+
+    async def unban(self, actor: str | None, user_id: str) -> str:
+        self._check_admin(actor)
+        if await self.db.unban(user_id):
+            return f"{user_id} is no longer banned."
+        return f"{user_id} was not banned."
+
+    async def stats(self, actor: str | None) -> dict[str, Any]:
+        self._check_admin(actor)
+        now = self.clock()
+        stats = await self.db.stats(day=utc_day(now), since=now - 86400)
+        stats["queue_here"] = self.queue_length
+        stats["backend"] = self.backend.name
+        return stats
+
+    def stats_text(self, stats: dict[str, Any]) -> str:
+        jobs = stats["jobs"]
+        by_status = ", ".join(f"{k} {v}" for k, v in sorted(jobs.items())) or "none"
+        return "\n".join(
+            [
+                "Last 24 hours:",
+                f"Jobs: {sum(jobs.values())} ({by_status})",
+                f"Images delivered: {stats['images']}; credits refunded: {stats['credits_refunded']}",
+                f"GPU seconds: {stats['gpu_seconds']:.1f}",
+                f"Active users today: {stats['active_users_today']} of {stats['users']}",
+                f"Banned: {stats['banned']}",
+                f"Open jobs: {stats['open_jobs']}; backend: {stats['backend']}",
+            ]
+        )
+
+
+def replace_duplicate(job: Job) -> Job:
+    """The live job itself, flagged so the caller knows it was not charged again."""
+    twin = job
+    twin.duplicate = True
+    return twin
+
+
+def _job_from_record(record: JobRecord) -> Job:
+    request = ImageRequest.from_json(record.request)
+    status = JobStatus(record.status)
+    job = Job(
+        id=record.id,
+        user_id=record.user_id,
+        request=request,
+        reply=record.reply,
+        duplicate=True,
+        status=status,
+        total_steps=request.steps,
+    )
+    if status is JobStatus.FAILED:
+        job.error = JobFailed(record.error or "The job failed; its credits were refunded.")
+    elif status is JobStatus.SUCCEEDED:
+        job.step = request.steps
+    return job
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def parse_user(text: str, platform: str) -> str:
+    """``123`` or ``discord:123`` -> ``discord:123``; anything else is one clear sentence."""
+    text = text.strip()
+    if ":" in text:
+        plat, _, ident = text.partition(":")
+        if plat and ident and plat.isalnum() and all(ch.isprintable() and not ch.isspace() for ch in ident):
+            return f"{plat.lower()}:{ident}"
+    elif text.isdigit():
+        return f"{platform}:{text}"
+    raise InvalidRequest(f"Name the user by id or as platform:id, e.g. {platform}:123; got {text!r}.")

@@ -1,0 +1,719 @@
+"""SQLite store for users, quotas, the credit ledger, jobs and bans (aiosqlite, WAL).
+
+Every change of credits is one transaction that writes a ledger row and the counter it moves
+(``users.bonus``, ``daily_usage.used``), so balances always equal what the ledger says.
+Transactions run as one function on aiosqlite's connection thread under ``BEGIN IMMEDIATE``:
+one thread hop per operation, atomic against other coroutines and, through SQLite's write
+lock and busy timeout, against other processes sharing the file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import aiosqlite
+
+T = TypeVar("T")
+
+OPEN_STATUSES = ("queued", "running")
+BUSY_TIMEOUT_MS = 30_000
+
+
+class RefusedReason:
+    BANNED = "banned"
+    CREDITS = "credits"
+    USER_QUEUE = "user_queue"
+    QUEUE = "queue"
+
+
+class ReservationRefused(Exception):
+    """A job that cannot be accepted; nothing was written."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        quota: QuotaState | None = None,
+        ban_reason: str = "",
+        open_jobs: int = 0,
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.quota = quota
+        self.ban_reason = ban_reason
+        self.open_jobs = open_jobs
+
+
+class StoreError(ValueError):
+    """An admin change that cannot be made (e.g. taking more bonus than a user has)."""
+
+
+@dataclass(frozen=True)
+class QuotaState:
+    user_id: str
+    day: str
+    allowance: int  # today's daily allowance (override or default)
+    used: int  # daily credits used or reserved today
+    bonus: int  # bonus credits left (not counting reserved ones)
+    reserved: int  # credits held by open jobs
+    override: bool  # allowance set by an admin
+    unlimited: bool = False
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.allowance - self.used) + self.bonus
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    user_id: str
+    request: dict[str, Any]
+    status: str
+    cost: int
+    day: str
+    daily: int
+    bonus: int
+    spent: int
+    refunded: int
+    seed: int | None
+    model: str | None
+    error_kind: str | None
+    error: str | None
+    reply: dict[str, Any] | None
+    instance_id: str | None
+    gpu_seconds: float | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+
+@dataclass(frozen=True)
+class Reservation:
+    job: JobRecord
+    created: bool  # False: the job id was seen before; nothing was charged again
+    position: int  # open jobs ahead of this one, across every process
+    quota: QuotaState | None
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    id: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    stopped_at: float | None
+
+
+_JOB_COLUMNS = (
+    "id, user_id, request, status, cost, day, daily, bonus, spent, refunded, seed, model, "
+    "error_kind, error, reply, instance_id, gpu_seconds, created_at, started_at, finished_at"
+)
+
+
+def _job(row: sqlite3.Row | tuple[Any, ...]) -> JobRecord:
+    values = list(row)
+    values[2] = json.loads(values[2])
+    values[14] = json.loads(values[14]) if values[14] else None
+    return JobRecord(*values)
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """Numbered ``NNNN_name.sql`` files shipped in ``storage/migrations``."""
+    found = []
+    for entry in resources.files("storage.migrations").iterdir():
+        name = entry.name
+        if name.endswith(".sql") and name[:4].isdigit():
+            found.append((int(name[:4]), name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+class Database:
+    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: str | Path) -> Database:
+        path = Path(path)
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+        db = cls(conn, path)
+        try:
+            await db._run(_configure)
+            await db._run(_migrate)
+        except BaseException:
+            await conn.close()
+            raise
+        return db
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(sqlite3_connection, *args)`` on aiosqlite's connection thread."""
+        raw: sqlite3.Connection = self._conn._conn
+        result: T = await self._conn._execute(fn, raw, *args)  # type: ignore[no-untyped-call]
+        return result
+
+    # --- jobs and credits -------------------------------------------------------------
+
+    async def reserve(
+        self,
+        *,
+        job_id: str,
+        user_id: str,
+        request: dict[str, Any],
+        cost: int,
+        day: str,
+        default_allowance: int,
+        unlimited: bool,
+        max_user_open: int,
+        max_open: int,
+        instance_id: str | None,
+        reply: dict[str, Any] | None,
+        now: float,
+    ) -> Reservation:
+        """Hold ``cost`` credits for a new job, or return the job this id already made."""
+        return await self._run(
+            _reserve,
+            job_id,
+            user_id,
+            request,
+            cost,
+            day,
+            default_allowance,
+            unlimited,
+            max_user_open,
+            max_open,
+            instance_id,
+            reply,
+            now,
+        )
+
+    async def mark_running(self, job_id: str, now: float) -> bool:
+        return await self._run(_mark_running, job_id, now)
+
+    async def settle(
+        self,
+        job_id: str,
+        *,
+        delivered: int,
+        seed: int | None,
+        model: str | None,
+        gpu_seconds: float | None,
+        now: float,
+        note: str = "",
+    ) -> JobRecord | None:
+        """Charge ``delivered`` credits and give the rest of the reservation back."""
+        return await self._run(_settle, job_id, delivered, seed, model, gpu_seconds, now, note)
+
+    async def refund(
+        self, job_id: str, *, error_kind: str, error: str, now: float, gpu_seconds: float | None = None
+    ) -> JobRecord | None:
+        """Fail an open job and return its credits; ``None`` when it was already closed."""
+        return await self._run(_refund, job_id, error_kind, error, now, gpu_seconds)
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        return await self._run(_get_job, job_id)
+
+    async def open_jobs(self, instance_ids: list[str] | None = None) -> list[JobRecord]:
+        return await self._run(_open_jobs, instance_ids)
+
+    async def queue_length(self) -> int:
+        return await self._run(_count_open)
+
+    async def set_reply(self, job_id: str, reply: dict[str, Any]) -> None:
+        await self._run(_set_reply, job_id, reply)
+
+    # --- quota and admin --------------------------------------------------------------
+
+    async def quota(self, user_id: str, *, day: str, default_allowance: int) -> QuotaState:
+        return await self._run(_quota, user_id, day, default_allowance)
+
+    async def set_allowance(self, user_id: str, allowance: int | None, *, now: float) -> None:
+        await self._run(_set_allowance, user_id, allowance, now)
+
+    async def grant(self, user_id: str, credits: int, *, by: str, now: float) -> int:
+        """Add (or, negative, take back) bonus credits; returns the new bonus balance."""
+        return await self._run(_grant, user_id, credits, by, now)
+
+    async def ban(self, user_id: str, reason: str, *, by: str, now: float) -> None:
+        await self._run(_ban, user_id, reason, by, now)
+
+    async def unban(self, user_id: str) -> bool:
+        return await self._run(_unban, user_id)
+
+    async def ban_reason(self, user_id: str) -> str | None:
+        return await self._run(_ban_reason, user_id)
+
+    async def stats(self, *, day: str, since: float) -> dict[str, Any]:
+        return await self._run(_stats, day, since)
+
+    async def ledger(self, user_id: str | None = None) -> list[dict[str, Any]]:
+        return await self._run(_ledger_rows, user_id)
+
+    async def check_ledger(self) -> list[str]:
+        """Every place where a stored balance differs from the ledger's sum (empty: all agree)."""
+        return await self._run(_check_ledger)
+
+    async def integrity_check(self) -> str:
+        return await self._run(lambda c: c.execute("PRAGMA integrity_check").fetchone()[0])
+
+    # --- process instances (crash recovery) -------------------------------------------
+
+    async def register_instance(self, instance_id: str, *, host: str, pid: int, now: float) -> None:
+        await self._run(_register_instance, instance_id, host, pid, now)
+
+    async def heartbeat(self, instance_id: str, now: float) -> None:
+        await self._run(
+            lambda c: c.execute("UPDATE instances SET heartbeat_at = ? WHERE id = ?", (now, instance_id))
+        )
+
+    async def stop_instance(self, instance_id: str, now: float) -> None:
+        await self._run(
+            lambda c: c.execute(
+                "UPDATE instances SET stopped_at = ?, heartbeat_at = ? WHERE id = ?",
+                (now, now, instance_id),
+            )
+        )
+
+    async def instances(self) -> list[InstanceRecord]:
+        return await self._run(
+            lambda c: [
+                InstanceRecord(*row)
+                for row in c.execute(
+                    "SELECT id, host, pid, started_at, heartbeat_at, stopped_at FROM instances"
+                )
+            ]
+        )
+
+
+# --- synchronous bodies, run on the connection thread ------------------------------------
+
+
+def _configure(c: sqlite3.Connection) -> None:
+    c.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    c.execute("PRAGMA journal_mode = WAL")
+    c.execute("PRAGMA synchronous = NORMAL")
+    c.execute("PRAGMA foreign_keys = ON")
+
+
+def _migrate(c: sqlite3.Connection) -> None:
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        c.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+        applied = {row[0] for row in c.execute("SELECT version FROM schema_migrations")}
+        for version, name, sql in migrations():
+            if version in applied:
+                continue
+            for statement in _split_sql(sql):
+                c.execute(statement)
+            c.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (version, name, time.time()),
+            )
+        c.execute("COMMIT")
+    except BaseException:
+        c.execute("ROLLBACK")
+        raise
+
+
+def _split_sql(sql: str) -> list[str]:
+    """Statements of a migration file (executescript would commit our transaction)."""
+    statements, current = [], []
+    for line in sql.splitlines():
+        stripped = line.split("--", 1)[0].rstrip()
+        if not stripped:
+            continue
+        current.append(stripped)
+        candidate = "\n".join(current)
+        if stripped.endswith(";") and sqlite3.complete_statement(candidate):
+            statements.append(candidate)
+            current = []
+    if current:
+        statements.append("\n".join(current))
+    return statements
+
+
+class _Tx:
+    """``with _Tx(c):`` is one ``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error)."""
+
+    def __init__(self, c: sqlite3.Connection) -> None:
+        self.c = c
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.c.execute("BEGIN IMMEDIATE")
+        return self.c
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> Literal[False]:
+        self.c.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        return False
+
+
+def _ensure_user(c: sqlite3.Connection, user_id: str, now: float) -> None:
+    c.execute("INSERT OR IGNORE INTO users (id, created_at) VALUES (?, ?)", (user_id, now))
+
+
+def _quota_in_tx(c: sqlite3.Connection, user_id: str, day: str, default_allowance: int) -> QuotaState:
+    row = c.execute(
+        "SELECT u.daily_allowance, u.bonus, COALESCE(d.used, 0), "
+        "(SELECT COALESCE(SUM(cost), 0) FROM jobs j "
+        " WHERE j.user_id = u.id AND j.status IN ('queued', 'running')) "
+        "FROM users u LEFT JOIN daily_usage d ON d.user_id = u.id AND d.day = ? WHERE u.id = ?",
+        (day, user_id),
+    ).fetchone()
+    if row is None:
+        return QuotaState(user_id, day, default_allowance, 0, 0, 0, False)
+    override, bonus, used, reserved = row
+    allowance = default_allowance if override is None else override
+    return QuotaState(user_id, day, allowance, used, bonus, reserved, override is not None)
+
+
+def _reserve(
+    c: sqlite3.Connection,
+    job_id: str,
+    user_id: str,
+    request: dict[str, Any],
+    cost: int,
+    day: str,
+    default_allowance: int,
+    unlimited: bool,
+    max_user_open: int,
+    max_open: int,
+    instance_id: str | None,
+    reply: dict[str, Any] | None,
+    now: float,
+) -> Reservation:
+    with _Tx(c):
+        row = c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is not None:
+            job = _job(row)
+            position = _position(c, job)
+            return Reservation(job, False, position, None)
+        ban = c.execute("SELECT reason FROM bans WHERE user_id = ?", (user_id,)).fetchone()
+        if ban is not None:
+            raise ReservationRefused(RefusedReason.BANNED, ban_reason=ban[0])
+        open_total = c.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()[
+            0
+        ]
+        if not unlimited:
+            user_open = c.execute(
+                "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN ('queued', 'running')",
+                (user_id,),
+            ).fetchone()[0]
+            if user_open >= max_user_open:
+                raise ReservationRefused(RefusedReason.USER_QUEUE, open_jobs=user_open)
+        if open_total >= max_open:
+            raise ReservationRefused(RefusedReason.QUEUE, open_jobs=open_total)
+        _ensure_user(c, user_id, now)
+        quota = _quota_in_tx(c, user_id, day, default_allowance)
+        if unlimited:
+            daily = bonus = 0
+        else:
+            if quota.remaining < cost:
+                raise ReservationRefused(RefusedReason.CREDITS, quota=quota)
+            daily = min(cost, max(0, quota.allowance - quota.used))
+            bonus = cost - daily
+        c.execute(
+            "INSERT INTO jobs (id, user_id, request, status, cost, day, daily, bonus, seed, reply, "
+            "instance_id, created_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                job_id,
+                user_id,
+                json.dumps(request),
+                cost,
+                day,
+                daily,
+                bonus,
+                request.get("seed"),
+                json.dumps(reply) if reply is not None else None,
+                instance_id,
+                now,
+            ),
+        )
+        c.execute(
+            "INSERT INTO ledger (user_id, job_id, kind, credits, daily, bonus, day, note, created_at) "
+            "VALUES (?, ?, 'reserve', ?, ?, ?, ?, ?, ?)",
+            (user_id, job_id, cost, daily, -bonus, day, "unlimited" if unlimited else None, now),
+        )
+        if daily:
+            c.execute(
+                "INSERT INTO daily_usage (user_id, day, used) VALUES (?, ?, ?) "
+                "ON CONFLICT (user_id, day) DO UPDATE SET used = used + excluded.used",
+                (user_id, day, daily),
+            )
+        if bonus:
+            c.execute("UPDATE users SET bonus = bonus - ? WHERE id = ?", (bonus, user_id))
+        job = _job(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        after = QuotaState(
+            user_id,
+            day,
+            quota.allowance,
+            quota.used + daily,
+            quota.bonus - bonus,
+            quota.reserved + cost,
+            quota.override,
+            unlimited,
+        )
+        return Reservation(job, True, open_total, after)
+
+
+def _position(c: sqlite3.Connection, job: JobRecord) -> int:
+    if not job.is_open:
+        return 0
+    return int(
+        c.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running') AND created_at < ?",
+            (job.created_at,),
+        ).fetchone()[0]
+    )
+
+
+def _mark_running(c: sqlite3.Connection, job_id: str, now: float) -> bool:
+    cur = c.execute(
+        "UPDATE jobs SET status = 'running', started_at = ? WHERE id = ? AND status = 'queued'",
+        (now, job_id),
+    )
+    return cur.rowcount == 1
+
+
+def _give_back(c: sqlite3.Connection, job: JobRecord, credits: int, now: float, note: str) -> None:
+    """Refund ``credits`` of a job's reservation: bonus first (it never expires), then daily."""
+    if credits <= 0:
+        return
+    bonus = min(credits, job.bonus)
+    daily = min(credits - bonus, job.daily)
+    c.execute(
+        "INSERT INTO ledger (user_id, job_id, kind, credits, daily, bonus, day, note, created_at) "
+        "VALUES (?, ?, 'refund', ?, ?, ?, ?, ?, ?)",
+        (job.user_id, job.id, credits, -daily, bonus, job.day, note, now),
+    )
+    if daily:
+        c.execute(
+            "UPDATE daily_usage SET used = used - ? WHERE user_id = ? AND day = ?",
+            (daily, job.user_id, job.day),
+        )
+    if bonus:
+        c.execute("UPDATE users SET bonus = bonus + ? WHERE id = ?", (bonus, job.user_id))
+
+
+def _settle(
+    c: sqlite3.Connection,
+    job_id: str,
+    delivered: int,
+    seed: int | None,
+    model: str | None,
+    gpu_seconds: float | None,
+    now: float,
+    note: str,
+) -> JobRecord | None:
+    with _Tx(c):
+        row = c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None or not _job(row).is_open:
+            return None
+        job = _job(row)
+        spent = max(0, min(delivered, job.cost))
+        c.execute(
+            "INSERT INTO ledger (user_id, job_id, kind, credits, day, note, created_at) "
+            "VALUES (?, ?, 'settle', ?, ?, ?, ?)",
+            (job.user_id, job.id, spent, job.day, note or None, now),
+        )
+        _give_back(c, job, job.cost - spent, now, note or "not delivered")
+        c.execute(
+            "UPDATE jobs SET status = 'succeeded', spent = ?, refunded = ?, seed = COALESCE(?, seed), "
+            "model = ?, gpu_seconds = ?, finished_at = ? WHERE id = ?",
+            (spent, job.cost - spent, seed, model, gpu_seconds, now, job_id),
+        )
+        return _job(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+
+def _refund(
+    c: sqlite3.Connection,
+    job_id: str,
+    error_kind: str,
+    error: str,
+    now: float,
+    gpu_seconds: float | None,
+) -> JobRecord | None:
+    with _Tx(c):
+        row = c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None or not _job(row).is_open:
+            return None
+        job = _job(row)
+        _give_back(c, job, job.cost, now, error_kind)
+        c.execute(
+            "UPDATE jobs SET status = 'failed', refunded = cost, error_kind = ?, error = ?, "
+            "gpu_seconds = ?, finished_at = ? WHERE id = ?",
+            (error_kind, error, gpu_seconds, now, job_id),
+        )
+        return _job(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone())
+
+
+def _get_job(c: sqlite3.Connection, job_id: str) -> JobRecord | None:
+    row = c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return _job(row) if row else None
+
+
+def _open_jobs(c: sqlite3.Connection, instance_ids: list[str] | None) -> list[JobRecord]:
+    rows = c.execute(
+        f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN ('queued', 'running') ORDER BY created_at"
+    ).fetchall()
+    jobs = [_job(r) for r in rows]
+    if instance_ids is not None:
+        wanted = set(instance_ids)
+        jobs = [j for j in jobs if j.instance_id in wanted]
+    return jobs
+
+
+def _count_open(c: sqlite3.Connection) -> int:
+    return int(c.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()[0])
+
+
+def _set_reply(c: sqlite3.Connection, job_id: str, reply: dict[str, Any]) -> None:
+    c.execute("UPDATE jobs SET reply = ? WHERE id = ?", (json.dumps(reply), job_id))
+
+
+def _quota(c: sqlite3.Connection, user_id: str, day: str, default_allowance: int) -> QuotaState:
+    return _quota_in_tx(c, user_id, day, default_allowance)
+
+
+def _set_allowance(c: sqlite3.Connection, user_id: str, allowance: int | None, now: float) -> None:
+    with _Tx(c):
+        _ensure_user(c, user_id, now)
+        c.execute("UPDATE users SET daily_allowance = ? WHERE id = ?", (allowance, user_id))
+
+
+def _grant(c: sqlite3.Connection, user_id: str, credits: int, by: str, now: float) -> int:
+    with _Tx(c):
+        _ensure_user(c, user_id, now)
+        bonus = c.execute("SELECT bonus FROM users WHERE id = ?", (user_id,)).fetchone()[0]
+        if bonus + credits < 0:
+            raise StoreError(f"{user_id} has {bonus} bonus credits; {-credits} cannot be taken back.")
+        c.execute(
+            "INSERT INTO ledger (user_id, kind, credits, bonus, note, created_at) "
+            "VALUES (?, 'grant', ?, ?, ?, ?)",
+            (user_id, credits, credits, f"by {by}", now),
+        )
+        c.execute("UPDATE users SET bonus = bonus + ? WHERE id = ?", (credits, user_id))
+        return int(bonus + credits)
+
+
+def _ban(c: sqlite3.Connection, user_id: str, reason: str, by: str, now: float) -> None:
+    with _Tx(c):
+        c.execute(
+            "INSERT INTO bans (user_id, reason, banned_by, created_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (user_id) DO UPDATE SET reason = excluded.reason, "
+            "banned_by = excluded.banned_by, created_at = excluded.created_at",
+            (user_id, reason, by, now),
+        )
+
+
+def _unban(c: sqlite3.Connection, user_id: str) -> bool:
+    return c.execute("DELETE FROM bans WHERE user_id = ?", (user_id,)).rowcount == 1
+
+
+def _ban_reason(c: sqlite3.Connection, user_id: str) -> str | None:
+    row = c.execute("SELECT reason FROM bans WHERE user_id = ?", (user_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _stats(c: sqlite3.Connection, day: str, since: float) -> dict[str, Any]:
+    by_status = dict(
+        c.execute(
+            "SELECT status, COUNT(*) FROM jobs WHERE created_at >= ? GROUP BY status", (since,)
+        ).fetchall()
+    )
+    failures = dict(
+        c.execute(
+            "SELECT error_kind, COUNT(*) FROM jobs WHERE status = 'failed' AND created_at >= ? "
+            "GROUP BY error_kind",
+            (since,),
+        ).fetchall()
+    )
+    spent, refunded, gpu, images = c.execute(
+        "SELECT COALESCE(SUM(spent), 0), COALESCE(SUM(refunded), 0), COALESCE(SUM(gpu_seconds), 0), "
+        "COALESCE(SUM(spent), 0) FROM jobs WHERE created_at >= ?",
+        (since,),
+    ).fetchone()
+    users_today = c.execute("SELECT COUNT(DISTINCT user_id) FROM jobs WHERE day = ?", (day,)).fetchone()[0]
+    total_users = c.execute("SELECT COUNT(*) FROM users").fetchone()[0]
+    bans = c.execute("SELECT COUNT(*) FROM bans").fetchone()[0]
+    return {
+        "jobs": by_status,
+        "failures": failures,
+        "credits_spent": spent,
+        "credits_refunded": refunded,
+        "gpu_seconds": gpu,
+        "images": images,
+        "active_users_today": users_today,
+        "users": total_users,
+        "banned": bans,
+        "open_jobs": _count_open(c),
+    }
+
+
+def _ledger_rows(c: sqlite3.Connection, user_id: str | None) -> list[dict[str, Any]]:
+    c_rows = c.execute(
+        "SELECT id, user_id, job_id, kind, credits, daily, bonus, day, note, created_at FROM ledger "
+        + ("WHERE user_id = ? " if user_id else "")
+        + "ORDER BY id",
+        (user_id,) if user_id else (),
+    )
+    names = [d[0] for d in c_rows.description]
+    return [dict(zip(names, row, strict=True)) for row in c_rows]
+
+
+def _check_ledger(c: sqlite3.Connection) -> list[str]:
+    problems = []
+    for user_id, stored, summed in c.execute(
+        "SELECT u.id, u.bonus, COALESCE((SELECT SUM(bonus) FROM ledger l WHERE l.user_id = u.id), 0) "
+        "FROM users u"
+    ):
+        if stored != summed:
+            problems.append(f"{user_id}: bonus {stored} but the ledger sums to {summed}")
+    for user_id, day, stored, summed in c.execute(
+        "SELECT d.user_id, d.day, d.used, COALESCE((SELECT SUM(daily) FROM ledger l "
+        "WHERE l.user_id = d.user_id AND l.day = d.day), 0) FROM daily_usage d"
+    ):
+        if stored != summed:
+            problems.append(f"{user_id} on {day}: used {stored} but the ledger sums to {summed}")
+    for job_id, status, cost, spent, refunded, reserved, settled, back in c.execute(
+        "SELECT j.id, j.status, j.cost, j.spent, j.refunded, "
+        "COALESCE((SELECT SUM(credits) FROM ledger l WHERE l.job_id = j.id AND kind = 'reserve'), 0), "
+        "COALESCE((SELECT SUM(credits) FROM ledger l WHERE l.job_id = j.id AND kind = 'settle'), 0), "
+        "COALESCE((SELECT SUM(credits) FROM ledger l WHERE l.job_id = j.id AND kind = 'refund'), 0) "
+        "FROM jobs j"
+    ):
+        if reserved != cost:
+            problems.append(f"job {job_id}: reserved {reserved} of {cost}")
+        if status in OPEN_STATUSES and (settled or back):
+            problems.append(f"job {job_id}: open but settled {settled} and refunded {back}")
+        if status not in OPEN_STATUSES and (settled != spent or back != refunded or spent + back != cost):
+            problems.append(
+                f"job {job_id}: cost {cost}, settled {settled}/{spent}, refunded {back}/{refunded}"
+            )
+    return problems
+
+
+def _register_instance(c: sqlite3.Connection, instance_id: str, host: str, pid: int, now: float) -> None:
+    c.execute(
+        "INSERT OR REPLACE INTO instances (id, host, pid, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?)",
+        (instance_id, host, pid, now, now),
+    )
