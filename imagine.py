@@ -1,7 +1,382 @@
-"""The `imagine` command (placeholder while the core is built)."""
+"""The `imagine` command: the one place that wires settings -> storage -> backend -> gateway -> fronts.
+
+No part of the project imports this module.
+"""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import getpass
+import json
+import logging
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
 
-def main(argv: list[str] | None = None) -> int:
-    return 0
+from gateway import (
+    Backend,
+    ImagineError,
+    ImagineService,
+    InvalidRequest,
+    JobFailed,
+    Settings,
+    SettingsError,
+    create_backend,
+    parse_prompt,
+    parse_user,
+)
+from gateway.errors import credits_word
+from storage import Database
+
+log = logging.getLogger("imagine")
+
+EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_REFUSED, EXIT_FAILED = 0, 1, 2, 3, 4
+
+
+class Front(Protocol):
+    """A front the main job runs: the web page, the Discord bot, the Telegram bot."""
+
+    name: str
+
+    async def start(self) -> str:
+        """Start serving; return where (a URL, a bot name) for the start-up line."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop taking work (the service then finishes or refunds what is in flight)."""
+        ...
+
+
+class SecretFilter(logging.Filter):
+    """Replace every configured secret in log records (httpx logs Telegram URLs with the token)."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            if any(s in message for s in self.secrets):
+                for s in self.secrets:
+                    message = message.replace(s, "**********")
+                record.msg, record.args = message, None
+        return True
+
+
+def setup_logging(settings: Settings, *, verbose: bool = False) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    secrets = [
+        s.get()
+        for s in (
+            settings.discord_token,
+            settings.telegram_token,
+            settings.backend_api_key,
+            settings.replicate_api_token,
+            settings.telegram_webhook_secret,
+        )
+        if s
+    ]
+    handler.addFilter(SecretFilter(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("httpx", "httpcore", "discord", "telegram", "urllib3", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextlib.asynccontextmanager
+async def open_service(
+    settings: Settings, *, backend: Backend | None = None
+) -> AsyncIterator[ImagineService]:
+    """Database, backend and gateway, started and closed in order."""
+    db = await Database.open(settings.db_path)
+    try:
+        backend = backend or create_backend(settings)
+        await backend.start()
+        try:
+            service = ImagineService(settings, db, backend)
+            await service.start()
+            try:
+                yield service
+            finally:
+                await service.close()
+        finally:
+            await backend.close()
+    finally:
+        await db.close()
+
+
+@contextlib.asynccontextmanager
+async def open_database(settings: Settings) -> AsyncIterator[ImagineService]:
+    """The gateway over the database alone, for admin commands (no backend is loaded)."""
+    from gateway.fake_backend import FakeBackend
+
+    db = await Database.open(settings.db_path)
+    try:
+        backend = FakeBackend(settings)
+        backend.name = settings.backend
+        yield ImagineService(settings, db, backend)
+    finally:
+        await db.close()
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+async def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
+    request = parse_prompt(args.prompt)  # bad input fails here, before any model is loaded
+    user = f"cli:{getpass.getuser()}"
+    async with open_service(settings) as service:
+        job = await service.submit(user, request, job_id=f"cli:{uuid.uuid4().hex}")
+        last_line = ""
+        async for update in job.updates():
+            if update.status.value == "running" and sys.stderr.isatty():
+                line = f"\r{update.step}/{update.total_steps} steps"
+                if line != last_line:
+                    print(line, end="", file=sys.stderr, flush=True)
+                    last_line = line
+        if last_line:
+            print(file=sys.stderr)
+        result = await job.wait()
+    paths = _output_paths(args.output, result.seeds)
+    for path, png in zip(paths, result.images, strict=False):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png)
+    left = "unlimited" if result.credits_left is None else credits_word(result.credits_left)
+    seeds = ", ".join(str(s) for s in result.seeds)
+    print(
+        f"Saved {', '.join(str(p) for p in paths[: len(result.images)])} · "
+        f"{result.request.width}x{result.request.height} · seed {seeds} · "
+        f"{result.elapsed:.1f} s · {left} left"
+    )
+    for note in result.notes:
+        print(note)
+    return EXIT_OK
+
+
+def _output_paths(output: str | None, seeds: list[int]) -> list[Path]:
+    if output is None:
+        return [Path(f"imagine-{seed}.png") for seed in seeds]
+    path = Path(output)
+    if len(seeds) == 1:
+        return [path]
+    suffix = path.suffix or ".png"
+    return [path.with_name(f"{path.stem}-{i + 1}{suffix}") for i in range(len(seeds))]
+
+
+async def cmd_quota(settings: Settings, args: argparse.Namespace) -> int:
+    user = parse_user(args.user, "cli")
+    async with open_database(settings) as service:
+        if args.action == "show":
+            print(service.quota_text(await service.quota(user)))
+        elif args.action == "set":
+            value = None if args.n.lower() == "default" else _int_arg(args.n, "N")
+            print(await service.set_allowance(None, user, value))
+        else:
+            print(await service.grant(None, user, _int_arg(args.n, "N")))
+    return EXIT_OK
+
+
+def _int_arg(raw: str, name: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a whole number; got {raw!r}.") from None
+
+
+async def cmd_ban(settings: Settings, args: argparse.Namespace) -> int:
+    user = parse_user(args.user, "cli")
+    async with open_database(settings) as service:
+        print(await service.ban(None, user, " ".join(args.reason)))
+    return EXIT_OK
+
+
+async def cmd_unban(settings: Settings, args: argparse.Namespace) -> int:
+    user = parse_user(args.user, "cli")
+    async with open_database(settings) as service:
+        print(await service.unban(None, user))
+    return EXIT_OK
+
+
+async def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_database(settings) as service:
+        stats = await service.stats(None)
+        print(json.dumps(stats, indent=2, sort_keys=True) if args.json else service.stats_text(stats))
+    return EXIT_OK
+
+
+def cmd_download_model(settings: Settings, args: argparse.Namespace) -> int:
+    from backend.pipeline import download_model
+
+    model = args.model or settings.model
+    path = download_model(model)
+    print(f"{model} is ready at {path}")
+    return EXIT_OK
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from backend.worker import serve
+
+    serve(settings, host=args.host, port=args.port)
+    return EXIT_OK
+
+
+def _fronts(settings: Settings, service: ImagineService, which: Sequence[str]) -> list[Front]:
+    fronts: list[Front] = []
+    for name in which:
+        if name == "web":
+            from gateway.web.app import WebFront
+
+            fronts.append(WebFront(settings, service))
+        elif name == "discord":
+            from bots.discord_bot import DiscordFront
+
+            fronts.append(DiscordFront(settings, service))
+        elif name == "telegram":
+            from bots.telegram_bot import TelegramFront
+
+            fronts.append(TelegramFront(settings, service))
+    return fronts
+
+
+async def serve_fronts(settings: Settings, which: Sequence[str]) -> int:
+    """Run fronts until SIGTERM/SIGINT, then stop taking work, finish or refund, exit 0."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with open_service(settings) as service:
+        fronts = _fronts(settings, service, which)
+        started: list[Front] = []
+        try:
+            for front in fronts:
+                where = await front.start()
+                started.append(front)
+                print(f"imagine: {front.name} is on: {where}", flush=True)
+            off = [n for n in ("web", "discord", "telegram") if n not in which]
+            if off:
+                print(f"imagine: off: {', '.join(off)} (set its token to turn it on)", flush=True)
+            print(f"imagine: backend {settings.backend}, model {settings.model}", flush=True)
+            await stop.wait()
+            print("imagine: stopping: no new work; finishing or refunding what is in flight", flush=True)
+        finally:
+            for front in reversed(started):
+                with contextlib.suppress(Exception):
+                    await front.stop()
+    print("imagine: stopped", flush=True)
+    return EXIT_OK
+
+
+def _run_fronts(which: Sequence[str]) -> Callable[[Settings, argparse.Namespace], Awaitable[int]]:
+    async def command(settings: Settings, args: argparse.Namespace) -> int:
+        wanted = list(which)
+        if wanted == ["all"]:
+            wanted = ["web"]
+            if settings.discord_token:
+                wanted.append("discord")
+            if settings.telegram_token:
+                wanted.append("telegram")
+        if "discord" in wanted and not settings.discord_token:
+            raise SettingsError("The Discord bot needs DISCORD_TOKEN; set it in the environment or .env.")
+        if "telegram" in wanted and not settings.telegram_token:
+            raise SettingsError("The Telegram bot needs TELEGRAM_TOKEN; set it in the environment or .env.")
+        return await serve_fronts(settings, wanted)
+
+    return command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imagine", description="Stable Diffusion for Discord, Telegram and the web."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("run", help="every configured front in one process (the main job)").set_defaults(
+        run=_run_fronts(["all"])
+    )
+    for name in ("web", "discord", "telegram"):
+        sub.add_parser(name, help=f"the {name} front alone").set_defaults(run=_run_fronts([name]))
+
+    p = sub.add_parser("worker", help="the GPU worker HTTP service (Cog prediction protocol)")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8001)
+    p.set_defaults(sync=cmd_worker)
+
+    p = sub.add_parser("generate", help="one image through the gateway, as cli:<your login>")
+    p.add_argument("prompt", help='the prompt with flags, e.g. "a red fox --seed 7 --ar 16:9"')
+    p.add_argument("-o", "--output", help="PNG file to write (several images: name-1.png, ...)")
+    p.set_defaults(run=cmd_generate)
+
+    p = sub.add_parser("quota", help="admin: show, set or grant credits")
+    qsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    qs = qsub.add_parser("show", help="a user's quota")
+    qs.add_argument("user")
+    qs = qsub.add_parser("set", help="a user's daily allowance (or 'default')")
+    qs.add_argument("user")
+    qs.add_argument("n")
+    qs = qsub.add_parser("grant", help="bonus credits that do not expire (negative takes back)")
+    qs.add_argument("user")
+    qs.add_argument("n")
+    p.set_defaults(run=cmd_quota)
+
+    p = sub.add_parser("ban", help="admin: ban a user")
+    p.add_argument("user")
+    p.add_argument("reason", nargs="*")
+    p.set_defaults(run=cmd_ban)
+    p = sub.add_parser("unban", help="admin: lift a ban")
+    p.add_argument("user")
+    p.set_defaults(run=cmd_unban)
+    p = sub.add_parser("stats", help="admin: jobs, credits and users of the last 24 hours")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_stats)
+
+    p = sub.add_parser("download-model", help="fetch model weights ahead of time (Docker build)")
+    p.add_argument("model", nargs="?")
+    p.set_defaults(sync=cmd_download_model)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"imagine: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    setup_logging(settings, verbose=args.verbose)
+    try:
+        if hasattr(args, "sync"):
+            code: int = args.sync(settings, args)
+            return code
+        run: Callable[[Settings, argparse.Namespace], Awaitable[int]] = args.run
+        return asyncio.run(run(settings, args))
+    except (InvalidRequest, SettingsError) as exc:
+        print(f"imagine: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except JobFailed as exc:
+        print(f"imagine: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except ImagineError as exc:
+        print(f"imagine: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear line rather than a traceback; -v shows the traceback
+        log.debug("failed", exc_info=True)
+        message: Any = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        print(f"imagine: {message}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
