@@ -143,15 +143,23 @@ def _check_int(flag: str, value: object, low: int, high: int) -> None:
 
 
 def size_for_aspect_ratio(w: float, h: float) -> tuple[int, int]:
-    """About 512x512 pixels in the ratio ``w:h``, each side a multiple of 64."""
+    """About 512x512 pixels in the ratio ``w:h``, each side a multiple of 64.
+
+    Of the sizes whose area is within 0.7x-1.4x of 512x512, the one closest in ratio wins
+    (ties: closest in area), so 3:2 is 576x384 and 16:9 is 704x384.
+    """
     ratio = w / h
-    width = math.sqrt(TARGET_PIXELS * ratio)
-    height = width / ratio
+    sides = range(MIN_SIDE, MAX_SIDE + 1, SIDE_STEP)
 
-    def snap(x: float) -> int:
-        return int(min(MAX_SIDE, max(MIN_SIDE, round(x / SIDE_STEP) * SIDE_STEP)))
+    def score(size: tuple[int, int]) -> float:
+        return abs(math.log(size[0] / size[1] / ratio)) + 0.1 * abs(
+            math.log(size[0] * size[1] / TARGET_PIXELS)
+        )
 
-    return snap(width), snap(height)
+    candidates = [
+        (cw, ch) for cw in sides for ch in sides if 0.7 <= cw * ch / TARGET_PIXELS <= 1.4
+    ] or [(MIN_SIDE, MIN_SIDE)]
+    return min(candidates, key=score)
 
 
 def _parse_int(flag: str, raw: str, low: int, high: int) -> int:

@@ -1,0 +1,141 @@
+"""The inline flag parser and the one validator: every flag of DESIGN.md and every bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.errors import InvalidRequest
+from gateway.request import ImageRequest, parse_prompt, size_for_aspect_ratio, validate
+
+
+def test_plain_prompt_takes_the_defaults() -> None:
+    req = parse_prompt("  a lighthouse at dusk  ")
+    assert req == ImageRequest(prompt="a lighthouse at dusk")
+    assert (req.width, req.height, req.steps, req.guidance, req.num_images) == (512, 512, 25, 7.5, 1)
+    assert req.seed is None and req.scheduler == "dpmpp"
+
+
+def test_every_flag_of_the_design_example() -> None:
+    req = parse_prompt(
+        "a lighthouse at dusk, oil painting --ar 16:9 --seed 42 --steps 30 "
+        "--no text, watermark --n 4 --guidance 8"
+    )
+    assert req.prompt == "a lighthouse at dusk, oil painting"
+    assert (req.width, req.height) == (704, 384)
+    assert req.seed == 42 and req.steps == 30 and req.num_images == 4 and req.guidance == 8.0
+    assert req.negative_prompt == "text, watermark"
+
+
+@pytest.mark.parametrize(
+    ("ratio", "size"),
+    [
+        ("1:1", (512, 512)),
+        ("16:9", (704, 384)),
+        ("9:16", (384, 704)),
+        ("4:1", (1024, 256)),
+        ("1:4", (256, 1024)),
+        ("3:2", (576, 384)),
+        ("2:3", (384, 576)),
+    ],
+)
+def test_aspect_ratio_keeps_about_512x512_in_multiples_of_64(ratio: str, size: tuple[int, int]) -> None:
+    req = parse_prompt(f"a fox --ar {ratio}")
+    assert (req.width, req.height) == size
+    assert req.width % 64 == 0 and req.height % 64 == 0
+    assert 0.6 < req.width * req.height / (512 * 512) < 1.4
+
+
+def test_size_seed_limits_and_dash_variants() -> None:
+    assert (parse_prompt("x --size 1024x256").width, parse_prompt("x --size 768x512").height) == (1024, 512)
+    assert parse_prompt("x --seed 0").seed == 0
+    assert parse_prompt("x --seed 4294967295").seed == 2**32 - 1
+    assert parse_prompt("x —seed 5").seed == 5  # phones turn -- into an em dash
+    assert parse_prompt("x --SEED 5").seed == 5
+    assert parse_prompt("x --guidance 1").guidance == 1.0
+    assert parse_prompt("x --guidance 20").guidance == 20.0
+    assert parse_prompt("x --steps 1").steps == 1 and parse_prompt("x --steps 50").steps == 50
+    assert parse_prompt("x --n 1").num_images == 1
+    assert parse_prompt("a well-known--thing").prompt == "a well-known--thing"
+
+
+def test_typed_options_are_defaults_that_flags_override() -> None:
+    req = parse_prompt("a fox --steps 10", steps=40, seed=3, negative_prompt="blur")
+    assert (req.steps, req.seed, req.negative_prompt) == (10, 3, "blur")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "The prompt is empty: describe the image you want, e.g. `a lighthouse at dusk --ar 16:9`."),
+        (
+            "   --seed 3",
+            "The prompt is empty: describe the image you want, e.g. `a lighthouse at dusk --ar 16:9`.",
+        ),
+        ("x" * 1001, "The prompt is 1001 characters long; the limit is 1000."),
+        ("a fox\x07", "The prompt contains a control character (U+0007); remove it and try again."),
+        ("a fox\u202e", "The prompt contains a control character (U+202E); remove it and try again."),
+        (
+            "a fox --no bad\x1b",
+            "The negative prompt (--no) contains a control character (U+001B); remove it and try again.",
+        ),
+        ("a fox --no " + "y" * 501, "The negative prompt (--no) is 501 characters long; the limit is 500."),
+        (
+            "a fox --style raw",
+            "Unknown flag --style; the known flags are --ar, --size, --seed, --steps, --guidance, --no, --n.",
+        ),
+        ("a fox --steps 0", "--steps must be a whole number from 1 to 50; got 0."),
+        ("a fox --steps 51", "--steps must be a whole number from 1 to 50; got 51."),
+        ("a fox --steps ten", "--steps takes a whole number from 1 to 50; got 'ten'."),
+        ("a fox --steps 2.5", "--steps takes a whole number from 1 to 50; got '2.5'."),
+        ("a fox --seed -1", "--seed takes a whole number from 0 to 4294967295; got '-1'."),
+        ("a fox --seed 4294967296", "--seed must be a whole number from 0 to 4294967295; got 4294967296."),
+        ("a fox --n 5", "--n must be a whole number from 1 to 4; got 5."),
+        ("a fox --n 0", "--n must be a whole number from 1 to 4; got 0."),
+        ("a fox --guidance 0.5", "--guidance must be a number from 1 to 20; got 0.5."),
+        ("a fox --guidance 21", "--guidance must be a number from 1 to 20; got 21."),
+        ("a fox --guidance nan", "--guidance takes a number from 1 to 20; got 'nan'."),
+        ("a fox --guidance 1e1", "--guidance takes a number from 1 to 20; got '1e1'."),
+        ("a fox --ar 5:1", "--ar must be from 1:4 to 4:1; got 5:1."),
+        ("a fox --ar 0:1", "--ar takes a ratio like 16:9, from 1:4 to 4:1; got '0:1'."),
+        ("a fox --ar wide", "--ar takes a ratio like 16:9, from 1:4 to 4:1; got 'wide'."),
+        ("a fox --size 500x500", "--size sides must be multiples of 64 from 256 to 1024; got 500x500."),
+        ("a fox --size 2048x512", "--size sides must be multiples of 64 from 256 to 1024; got 2048x512."),
+        (
+            "a fox --size big",
+            "--size takes WIDTHxHEIGHT like 768x512, each side a multiple of 64 from 256 to 1024; got 'big'.",
+        ),
+        ("a fox --ar 1:1 --size 512x512", "Use either --ar or --size, not both."),
+        ("a fox --seed 1 --seed 2", "--seed is given twice; give it once."),
+        ("a fox --seed", "--seed needs a value; see /help for examples."),
+        (
+            "a fox --seed 42 and a hat",
+            "--seed takes one value; got '42 and a hat'. Put the prompt before the flags.",
+        ),
+    ],
+)
+def test_bad_input_gets_one_clear_sentence(text: str, message: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_prompt(text)
+    assert str(caught.value) == message
+
+
+def test_validator_checks_requests_built_without_the_parser() -> None:
+    with pytest.raises(
+        InvalidRequest, match=r"^The width must be a multiple of 64 from 256 to 1024; got 300\.$"
+    ):
+        validate(ImageRequest(prompt="x", width=300))
+    with pytest.raises(InvalidRequest, match=r"^Unknown scheduler 'magic'; the known schedulers are dpmpp"):
+        validate(ImageRequest(prompt="x", scheduler="magic"))
+    with pytest.raises(InvalidRequest, match="--steps must be a whole number"):
+        validate(ImageRequest(prompt="x", steps=True))
+
+
+def test_round_trip_through_json_and_flags() -> None:
+    req = parse_prompt("a fox --size 768x512 --seed 9 --steps 12 --guidance 6.5 --n 2 --no blur")
+    assert ImageRequest.from_json(req.to_json()) == req
+    assert parse_prompt(req.describe()) == req
+
+
+def test_aspect_ratio_helper_clamps_to_the_side_limits() -> None:
+    assert size_for_aspect_ratio(4, 1) == (1024, 256)
+    assert size_for_aspect_ratio(1, 1) == (512, 512)
