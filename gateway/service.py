@@ -73,6 +73,7 @@ class ImagineService:
         self._wakeup = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._running: dict[str, asyncio.Task[GenerationResult]] = {}
+        self._active: dict[str, Job] = {}  # taken from the queue, not finished
         self._background: list[asyncio.Task[None]] = []
         self._accepting = False
         self._recovered: list[JobRecord] = []
@@ -98,7 +99,7 @@ class ImagineService:
         while self._pending:
             job = self._pending.popleft()
             await self._fail(job, Cancelled(self._refund_sentence(job, "Imagine is shutting down")))
-        if self._running:
+        if self._active:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drain_running(), drain_timeout)
         for running in self._running.values():
@@ -116,7 +117,11 @@ class ImagineService:
             await self.db.stop_instance(self.instance_id, self.clock())
 
     async def _drain_running(self) -> None:
-        await asyncio.gather(*self._running.values(), return_exceptions=True)
+        async def finished(job: Job) -> None:
+            async for _ in job.updates():
+                pass
+
+        await asyncio.gather(*(finished(job) for job in list(self._active.values())))
 
     async def _heartbeat(self) -> None:
         while True:
@@ -235,7 +240,7 @@ class ImagineService:
         job.credits_left = None if unlimited or reservation.quota is None else reservation.quota.remaining
         self._live[job_id] = job
         self._pending.append(job)
-        job.position = len(self._pending) - 1 + len(self._running)
+        job.position = len(self._pending) - 1 + len(self._active)
         self.metrics.accepted(len(self._pending))
         self._wakeup.set()
         return job
@@ -279,9 +284,19 @@ class ImagineService:
                 await self._wakeup.wait()
             job = self._pending.popleft()
             for i, waiting in enumerate(self._pending):
-                waiting.position = i + len(self._running) + 1
+                waiting.position = i + len(self._active) + 1
                 waiting._notify()
-            await self._run(job)
+            self._active[job.id] = job
+            try:
+                await self._run(job)
+            except asyncio.CancelledError:
+                # The service is closing: whatever this job was doing, it is refunded.
+                if not job.status.finished:
+                    error = Cancelled(self._refund_sentence(job, "Imagine is shutting down"))
+                    await asyncio.shield(self._fail(job, error))
+                raise
+            finally:
+                self._active.pop(job.id, None)
 
     async def _run(self, job: Job) -> None:
         started = time.monotonic()
@@ -306,11 +321,9 @@ class ImagineService:
                 self._refund_sentence(job, f"The image took longer than {self.settings.backend_timeout:g} s")
             )
         except asyncio.CancelledError:
-            error = Cancelled(self._refund_sentence(job, "The job was cancelled"))
             if not job.cancel_requested:
-                await self._fail(job, error)
-                self._running.pop(job.id, None)
                 raise
+            error = Cancelled(self._refund_sentence(job, "The job was cancelled"))
         except BackendError as exc:
             self.metrics.backend_error(type(exc).__name__)
             error = BackendFailed(
@@ -465,7 +478,7 @@ class ImagineService:
 
     @property
     def queue_length(self) -> int:
-        return len(self._pending) + len(self._running)
+        return len(self._pending) + len(self._active)
 
     async def quota(self, user_id: str) -> QuotaState:
         state = await self.db.quota(
