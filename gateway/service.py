@@ -459,9 +459,13 @@ class ImagineService:
             self.metrics.job_finished(error.kind, refunded=record.refunded, seconds=gpu_seconds or 0.0)
 
     def _forget_later(self, job: Job) -> None:
-        """Keep finished jobs a while for duplicate events and status polls, then drop them."""
+        """Keep finished jobs a while for duplicate events and status polls, then drop them.
+
+        A job still waiting for its front to confirm delivery stays: ``delivered()`` needs it.
+        """
         if len(self._live) > self._finished_keep:
-            for old_id in [k for k, v in self._live.items() if v.status.finished][: self._finished_keep // 2]:
+            done = [k for k, v in self._live.items() if v.status.finished and not v.confirm_delivery]
+            for old_id in done[: self._finished_keep // 2]:
                 del self._live[old_id]
 
     # --- queries -----------------------------------------------------------------------

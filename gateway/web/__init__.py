@@ -1,0 +1,1 @@
+"""The web front: a static page and a JSON API over the gateway (``imagine web``)."""

@@ -1,0 +1,968 @@
+"""The web front: the page at ``/`` and the JSON API of DESIGN.md, on uvicorn inside the `imagine` process.
+
+``POST /api/jobs`` only reads and checks the body and hands it to the gateway, which validates,
+reserves the credits and queues the job; every other route reads what the gateway keeps. A web job
+is charged when its image is first downloaded (the gateway's ``confirm_delivery``): an image that
+nobody fetched, because the tab was closed or the server stopped, is refunded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import hashlib
+import json
+import logging
+import math
+import re
+import socket
+import time
+import uuid
+from base64 import b64encode
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, cast
+
+import uvicorn
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import Banned, Busy, ImagineError, InvalidRequest, NotAllowed, OutOfCredits
+from gateway.jobs import Job, JobStatus, JobUpdate
+from gateway.messages import duration, next_reset, queue_text, result_caption
+from gateway.request import (
+    MAX_GUIDANCE,
+    MAX_IMAGES,
+    MAX_SEED,
+    MAX_SIDE,
+    MAX_STEPS,
+    MIN_GUIDANCE,
+    MIN_IMAGES,
+    MIN_SIDE,
+    MIN_STEPS,
+    SCHEDULERS,
+    SIDE_STEP,
+    ImageRequest,
+    parse_prompt,
+)
+from gateway.service import ImagineService
+from gateway.settings import Settings
+from gateway.web.guard import Client, ClientResolver, RateLimiter
+
+log = logging.getLogger("imagine.web")
+
+PAGE = Path(__file__).with_name("static") / "index.html"
+CLIENT_KEY = "imagine.client"
+JOB_PREFIX = "web:"
+_IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1d8c2e-5a0b-4f7e-9a51-1f3c0e2b7d44")
+_IMAGE_NAME = re.compile(r"(\d{1,2})\.png")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_JSON_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json\s*(?:;.*)?", re.IGNORECASE)
+BODY_HELP = 'The request body must be a JSON object like {"prompt": "a lighthouse at dusk --ar 16:9"}.'
+
+
+@dataclass(frozen=True)
+class WebOptions:
+    """Limits of the web front; the defaults are what `imagine web` runs with."""
+
+    max_body_bytes: int = 16 * 1024
+    #: A finished image waits this long for its first download; then it is refunded.
+    pickup_seconds: float = 300.0
+    #: Images stay downloadable this long after the job ends (while memory allows).
+    image_ttl_seconds: float = 3600.0
+    image_cache_bytes: int = 256 * 1024 * 1024
+    max_kept_jobs: int = 20_000
+    #: ``POST /api/jobs`` per client: a burst, then this many a second (None: no limit).
+    post_rate: float | None = 0.5
+    post_burst: int = 10
+    max_wait_seconds: float = 30.0
+    sweep_seconds: float = 5.0
+    graceful_shutdown_seconds: int = 5
+
+
+# --- OpenAPI models (documentation; the handlers check bodies themselves for one clear sentence) ----
+
+
+class JobRequest(BaseModel):
+    """``prompt`` carries the inline flags of DESIGN.md; the other fields are optional typed
+    defaults (like the Discord options), and flags in the prompt win over them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(examples=["a lighthouse at dusk, oil painting --ar 16:9 --seed 42"])
+    negative_prompt: str | None = Field(None, description="What to leave out (`--no`).")
+    width: int | None = Field(None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_STEP)
+    height: int | None = Field(None, ge=MIN_SIDE, le=MAX_SIDE, multiple_of=SIDE_STEP)
+    steps: int | None = Field(None, ge=MIN_STEPS, le=MAX_STEPS)
+    guidance: float | None = Field(None, ge=MIN_GUIDANCE, le=MAX_GUIDANCE)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    num_images: int | None = Field(None, ge=MIN_IMAGES, le=MAX_IMAGES)
+    scheduler: Literal[SCHEDULERS] | None = None  # type: ignore[valid-type]
+
+
+class JobCreated(BaseModel):
+    id: str = Field(examples=["web:4f0c8b0e-3c1d-4b53-9b8e-0d6f1f0a2b3c"])
+    status: Literal["queued", "running", "succeeded", "failed"]
+    position: int = Field(description="Jobs ahead of this one.")
+
+
+class JobView(BaseModel):
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed"]
+    position: int = Field(description="Jobs ahead of this one while queued; 0 otherwise.")
+    progress: float = Field(ge=0, le=1)
+    step: int
+    total_steps: int
+    message: str = Field(description="The job's state in words, as the chat bots say it.")
+    images: list[str] = Field(description="URLs of the PNGs, downloadable for a limited time.")
+    expired: bool = Field(description="The job succeeded but its images are no longer kept.")
+    error: str | None = Field(description="Why the job failed, in one sentence.")
+    refunded: bool = Field(description="The job's credits were given back.")
+    prompt: str
+    request: str = Field(description="The request as prompt and flags, to make it again.")
+    width: int
+    height: int
+    seeds: list[int]
+    caption: str | None
+    credits_left: int | None
+    notes: list[str]
+    tag: str = Field(description="Changes whenever the job does; pass it as `after` to wait for news.")
+
+
+class Quota(BaseModel):
+    user: str
+    allowance: int
+    used: int
+    bonus: int
+    reserved: int
+    remaining: int
+    unlimited: bool
+    override: bool
+    resets_at: str
+    text: str
+
+
+class Health(BaseModel):
+    status: Literal["ok", "stopping"]
+    backend: str
+    available: bool
+    queue: int
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="One sentence that names the problem; show it as it is.")
+    kind: str = Field(description="invalid, out_of_credits, busy, rate_limited, banned, blocked, ...")
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        400: "The input cannot be used (nothing was charged).",
+        403: "The address is blocked or the user is banned.",
+        404: "No such web job.",
+        409: "The Idempotency-Key was used for a different request.",
+        410: "The image is no longer kept.",
+        413: "The body is too large.",
+        415: "The body is not JSON.",
+        429: "Out of credits, too many jobs in progress, too many requests, or busy; see Retry-After.",
+        503: "Imagine is stopping.",
+    }
+    return {status: {"model": ErrorBody, "description": described[status]} for status in statuses}
+
+
+# --- responses -----------------------------------------------------------------------------------
+
+
+class JSON(Response):
+    """Compact ASCII JSON: cheap to make, and never fails on odd characters."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":")).encode()
+
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def error_response(
+    status: int,
+    message: str,
+    kind: str,
+    *,
+    retry_after: float | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSON:
+    all_headers = dict(NO_STORE)
+    if retry_after is not None:
+        all_headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    if headers:
+        all_headers.update(headers)
+    return JSON({"error": message, "kind": kind}, status_code=status, headers=all_headers)
+
+
+def refusal(error: ImagineError, now: float) -> JSON:
+    """The HTTP answer for a gateway error raised before anything was charged."""
+    if isinstance(error, InvalidRequest):
+        return error_response(400, str(error), error.kind)
+    if isinstance(error, Banned | NotAllowed):
+        return error_response(403, str(error), error.kind)
+    if isinstance(error, OutOfCredits):
+        return error_response(429, str(error), error.kind, retry_after=error.resets_at.timestamp() - now)
+    if isinstance(error, Busy):
+        return error_response(429, str(error), error.kind, retry_after=error.retry_after)
+    return error_response(400, str(error), error.kind)
+
+
+# --- the job body --------------------------------------------------------------------------------
+
+_TYPED_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "negative_prompt": ((str,), "text"),
+    "width": ((int,), "a whole number"),
+    "height": ((int,), "a whole number"),
+    "steps": ((int,), "a whole number"),
+    "guidance": ((int, float), "a number"),
+    "seed": ((int,), "a whole number"),
+    "num_images": ((int,), "a whole number"),
+    "scheduler": ((str,), "text"),
+}
+_KNOWN_FIELDS = ("prompt", *_TYPED_FIELDS)
+
+
+def read_job_body(body: bytes) -> tuple[str, dict[str, Any]]:
+    """``(prompt text, typed defaults)`` from a POST body, or :class:`InvalidRequest` with the sentence."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidRequest(BODY_HELP) from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(BODY_HELP)
+    for name in data:
+        if name not in _KNOWN_FIELDS:
+            shown = json.dumps(name)[:60]
+            raise InvalidRequest(f"Unknown field {shown}; the known fields are {', '.join(_KNOWN_FIELDS)}.")
+    prompt = data.get("prompt")
+    if not isinstance(prompt, str):
+        raise InvalidRequest(
+            'The request needs "prompt": the text of the image you want, with any flags, '
+            'e.g. {"prompt": "a lighthouse at dusk --ar 16:9"}.'
+        )
+    _check_text("prompt", prompt)
+    defaults: dict[str, Any] = {}
+    for name, (kinds, what) in _TYPED_FIELDS.items():
+        value = data.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise InvalidRequest(f'"{name}" must be {what}; got {json.dumps(value)[:60]}.')
+        if isinstance(value, str):
+            _check_text(name, value)
+        defaults[name] = value
+    return prompt, defaults
+
+
+def _check_text(name: str, text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(
+            f'"{name}" contains a character that is not valid text (an unpaired surrogate); remove it.'
+        ) from None
+
+
+def _same_request(first: ImageRequest, again: ImageRequest) -> bool:
+    """Whether a repeated Idempotency-Key asks for the job it made (its random seed aside)."""
+    if again.seed is None:
+        again = again.with_seed(first.seed)
+    return first.to_json() == again.to_json()
+
+
+def job_id_for(client: Client, idempotency_key: str | None) -> str:
+    if idempotency_key is None:
+        return f"{JOB_PREFIX}{uuid.uuid4()}"
+    return f"{JOB_PREFIX}{uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f'{client.user_id} {idempotency_key}')}"
+
+
+# --- web jobs and their images -------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class WebJob:
+    """A job submitted here, kept while its images may be downloaded."""
+
+    job: Job
+    submitted_at: float
+    finished_at: float | None = None
+    delivered_at: float | None = None
+    refund_error: str | None = None  # the image was not fetched in time and was refunded
+    expired: bool = False
+
+    @property
+    def image_bytes(self) -> int:
+        result = self.job.result
+        return sum(len(png) for png in result.images) if result is not None else 0
+
+
+@dataclass
+class WebJobs:
+    options: WebOptions
+    jobs: OrderedDict[str, WebJob] = field(default_factory=OrderedDict)
+
+    def add(self, job: Job, now: float) -> None:
+        self.jobs[job.id] = WebJob(job, now)
+
+    def get(self, job_id: str) -> WebJob | None:
+        return self.jobs.get(job_id)
+
+    def awaiting_pickup(self, now: float) -> list[WebJob]:
+        """Jobs whose images were made but not fetched within the pickup time."""
+        late = []
+        for web in self.jobs.values():
+            if web.finished_at is None and web.job.status.finished:
+                web.finished_at = now
+            if (
+                web.job.status is JobStatus.SUCCEEDED
+                and web.delivered_at is None
+                and web.refund_error is None
+                and web.finished_at is not None
+                and now - web.finished_at >= self.options.pickup_seconds
+            ):
+                late.append(web)
+        return late
+
+    def forget_old(self, now: float) -> None:
+        """Drop jobs past the image lifetime, then the oldest finished ones while over the limits."""
+        ttl = self.options.image_ttl_seconds
+        total = 0
+        for job_id, web in list(self.jobs.items()):
+            if self._settled(web) and web.finished_at is not None and now - web.finished_at >= ttl:
+                del self.jobs[job_id]
+            else:
+                total += web.image_bytes
+        if total <= self.options.image_cache_bytes and len(self.jobs) <= self.options.max_kept_jobs:
+            return
+        for job_id, web in list(self.jobs.items()):
+            if total <= self.options.image_cache_bytes and len(self.jobs) <= self.options.max_kept_jobs:
+                break
+            if self._settled(web):
+                total -= web.image_bytes
+                del self.jobs[job_id]
+
+    @staticmethod
+    def _settled(web: WebJob) -> bool:
+        """Finished, and nothing more to charge or refund: safe to forget."""
+        job = web.job
+        if not job.status.finished:
+            return False
+        return job.status is JobStatus.FAILED or web.delivered_at is not None or web.refund_error is not None
+
+    @property
+    def image_bytes(self) -> int:
+        return sum(web.image_bytes for web in self.jobs.values())
+
+
+def _tag(job: Job) -> str:
+    return f"{job.status.value}.{job.position}.{job.step}"
+
+
+def _message(job: Job, web: WebJob | None) -> str:
+    if web is not None and web.refund_error is not None:
+        return web.refund_error
+    if job.status is JobStatus.QUEUED:
+        return queue_text(job.position)
+    if job.status is JobStatus.RUNNING:
+        return f"Making your image… step {job.step} of {job.total_steps}."
+    if job.status is JobStatus.SUCCEEDED:
+        return "Done."
+    return str(job.error) if job.error is not None else "The job failed; its credits were refunded."
+
+
+def job_view(job: Job, web: WebJob | None) -> dict[str, Any]:
+    request = job.request
+    result = job.result
+    status = job.status.value
+    error = str(job.error) if job.error is not None else None
+    refunded = bool(job.error is not None and job.error.refunded)
+    images: list[str] = []
+    expired = False
+    if web is not None and web.refund_error is not None:
+        status, error, refunded = "failed", web.refund_error, True
+    elif job.status is JobStatus.SUCCEEDED:
+        if web is not None and result is not None and not web.expired:
+            images = [f"/api/jobs/{job.id}/images/{i}.png" for i in range(len(result.images))]
+        else:
+            expired = True
+    if result is not None:
+        seeds = list(result.seeds)
+    elif request.seed is not None:
+        seeds = [request.seed + i for i in range(request.num_images)]
+    else:
+        seeds = []
+    return {
+        "id": job.id,
+        "status": status,
+        "position": job.position if job.status is JobStatus.QUEUED else 0,
+        "progress": round(job.progress, 4),
+        "step": job.step,
+        "total_steps": job.total_steps,
+        "message": _message(job, web),
+        "images": images,
+        "expired": expired,
+        "error": error,
+        "refunded": refunded,
+        "prompt": request.prompt,
+        "request": request.describe(),
+        "width": request.width,
+        "height": request.height,
+        "seeds": seeds,
+        "caption": result_caption(result) if result is not None and images else None,
+        "credits_left": result.credits_left if result is not None else job.credits_left,
+        "notes": list(result.notes) if result is not None else [],
+        "tag": _tag(job) if web is None or web.refund_error is None else "refunded",
+    }
+
+
+async def wait_for_change(job: Job, after: str, seconds: float, stopping: asyncio.Event) -> None:
+    """Return when the job's tag differs from ``after``, after ``seconds``, or when stopping."""
+
+    async def changed() -> None:
+        async with contextlib.aclosing(cast(AsyncGenerator[JobUpdate, None], job.updates())) as updates:
+            async for _ in updates:
+                if _tag(job) != after:
+                    return
+
+    waiters = [asyncio.ensure_future(changed()), asyncio.ensure_future(stopping.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+
+
+# --- the page ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Page:
+    html: bytes
+    gzipped: bytes
+    etag: str
+    headers: dict[str, str]
+
+    @classmethod
+    def load(cls, path: Path = PAGE) -> Page:
+        html = path.read_bytes()
+        text = html.decode("utf-8")
+        scripts = re.findall(r"<script>(.*?)</script>", text, re.DOTALL)
+        styles = re.findall(r"<style>(.*?)</style>", text, re.DOTALL)
+
+        def sources(blocks: list[str]) -> str:
+            hashes = (b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in blocks)
+            return " ".join(f"'sha256-{h}'" for h in hashes) or "'none'"
+
+        csp = (
+            f"default-src 'none'; script-src {sources(scripts)}; style-src {sources(styles)}; "
+            "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'self'; "
+            "frame-ancestors 'none'"
+        )
+        etag = '"' + hashlib.sha256(html).hexdigest()[:20] + '"'
+        headers = {
+            "Content-Security-Policy": csp,
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-cache",
+            "ETag": etag,
+            "Vary": "Accept-Encoding",
+        }
+        return cls(html, gzip.compress(html, 9, mtime=0), etag, headers)
+
+
+# --- middleware: who is asking, blocked addresses, request counts --------------------------------
+
+_ROUTES = frozenset({"/", "/api/jobs", "/api/quota", "/healthz", "/metrics", "/openapi.json"})
+
+
+def route_label(path: str) -> str:
+    if path.startswith("/api/jobs/"):
+        return "/api/jobs/{id}/images/{n}" if "/images/" in path else "/api/jobs/{id}"
+    return path if path in _ROUTES else "other"
+
+
+class ClientMiddleware:
+    """Resolve the client once per request, refuse blocked addresses, count responses by route."""
+
+    def __init__(self, app: ASGIApp, web: WebState) -> None:
+        self.app = app
+        self.web = web
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        peer = scope.get("client")
+        forwarded = [v.decode("latin-1") for k, v in scope["headers"] if k == b"x-forwarded-for"]
+        client = self.web.resolver.resolve(peer[0] if peer else None, forwarded)
+        scope[CLIENT_KEY] = client
+        status = 500
+
+        async def send_counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if client.blocked:
+                response = error_response(
+                    403, "Requests from your address are blocked by this Imagine server.", "blocked"
+                )
+                await response(scope, receive, send_counted)
+            else:
+                await self.app(scope, receive, send_counted)
+        finally:
+            self.web.service.metrics.http_requests[(route_label(scope["path"]), status)] += 1
+
+
+# --- the app -------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class WebState:
+    settings: Settings
+    service: ImagineService
+    options: WebOptions
+    resolver: ClientResolver
+    limiter: RateLimiter | None
+    page: Page
+    jobs: WebJobs
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _client(request: Request) -> Client:
+    client: Client = request.scope[CLIENT_KEY]
+    return client
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None when it is larger than ``limit`` bytes (read no further than that)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(
+    settings: Settings, service: ImagineService, options: WebOptions | None = None
+) -> tuple[FastAPI, WebState]:
+    """The ASGI app and its state; :class:`WebFront` serves it, tests may too."""
+    options = options or WebOptions()
+    web = WebState(
+        settings=settings,
+        service=service,
+        options=options,
+        resolver=ClientResolver(trusted_proxies=settings.trusted_proxies, blocked=settings.blocked_ips),
+        limiter=RateLimiter(options.post_rate, options.post_burst) if options.post_rate else None,
+        page=Page.load(),
+        jobs=WebJobs(options),
+    )
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 404:
+            return error_response(404, f"There is nothing at {request.url.path[:200]}.", "not_found")
+        if exc.status_code == 405:
+            allowed = headers.get("Allow", headers.get("allow", ""))
+            message = f"{request.method} is not allowed on {request.url.path[:200]}; use {allowed}."
+            return error_response(405, message, "method_not_allowed", headers=headers)
+        return error_response(exc.status_code, str(exc.detail), "http", headers=headers)
+
+    async def invalid_parameters(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        problems = []
+        for problem in exc.errors()[:3]:
+            where = ".".join(str(part) for part in problem.get("loc", ())[1:]) or "request"
+            problems.append(f"{where}: {str(problem.get('msg', 'invalid')).rstrip('.')}")
+        return error_response(400, "; ".join(problems) + ".", "invalid")
+
+    async def crashed(request: Request, exc: Exception) -> Response:
+        log.error("web request %s %s failed", request.method, request.url.path, exc_info=exc)
+        return error_response(500, "Something went wrong inside Imagine; please try again.", "internal")
+
+    app = FastAPI(
+        title="Imagine",
+        version="1",
+        summary="Stable Diffusion images through the Imagine gateway: quotas, queue, refunds.",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        exception_handlers={
+            StarletteHTTPException: http_error,
+            RequestValidationError: invalid_parameters,
+            Exception: crashed,
+        },
+    )
+    app.add_middleware(ClientMiddleware, web=web)
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema without its 422 answers: this API answers bad input with 400 and a sentence."""
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/", include_in_schema=False)
+    async def page(request: Request) -> Response:
+        page = web.page
+        if request.headers.get("if-none-match") == page.etag:
+            return Response(status_code=304, headers=page.headers)
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            headers = {**page.headers, "Content-Encoding": "gzip"}
+            return Response(page.gzipped, media_type="text/html; charset=utf-8", headers=headers)
+        return Response(page.html, media_type="text/html; charset=utf-8", headers=page.headers)
+
+    @app.post(
+        "/api/jobs",
+        status_code=202,
+        response_model=JobCreated,
+        responses=_errors(400, 403, 409, 413, 415, 429, 503),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": JobRequest.model_json_schema()}},
+            },
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "description": "Send the same key again (e.g. after a network error) to get the same "
+                    "job instead of a second one; 1 to 255 visible ASCII characters.",
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+                }
+            ],
+        },
+        summary="Ask for an image",
+    )
+    async def create_job(request: Request) -> Response:
+        """Validate, reserve the credits and queue; 202 with the job id, or one sentence why not."""
+        client = _client(request)
+        service = web.service
+        now = time.time()
+        if web.stopping.is_set():
+            return error_response(
+                503, "Imagine is restarting; try again in a minute.", "busy", retry_after=60
+            )
+        if web.limiter is not None and not service.is_admin(client.user_id):
+            wait = web.limiter.take(client.user_id)
+            if wait:
+                return error_response(
+                    429,
+                    f"Too many requests from your address; try again in {duration(math.ceil(wait))}.",
+                    "rate_limited",
+                    retry_after=wait,
+                )
+        content_type = request.headers.get("content-type", "")
+        if not _JSON_TYPE.fullmatch(content_type):
+            return error_response(
+                415, f"Send the request as JSON (Content-Type: application/json). {BODY_HELP}", "unsupported"
+            )
+        key = request.headers.get("idempotency-key")
+        if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+            return error_response(
+                400,
+                "The Idempotency-Key header must be 1 to 255 visible ASCII characters, e.g. a UUID.",
+                "invalid",
+            )
+        body = await read_body(request, web.options.max_body_bytes)
+        if body is None:
+            return error_response(
+                413, f"The request body is larger than {web.options.max_body_bytes} bytes.", "too_large"
+            )
+        try:
+            text, defaults = read_job_body(body)
+            image_request = parse_prompt(text, **defaults)
+            job = await service.submit(
+                client.user_id,
+                image_request,
+                job_id=job_id_for(client, key),
+                reply={"front": "web"},
+                confirm_delivery=True,
+            )
+        except ImagineError as error:
+            return refusal(error, now)
+        headers = {"Location": f"/api/jobs/{job.id}", **NO_STORE}
+        if job.duplicate:
+            if not _same_request(job.request, image_request):
+                return error_response(
+                    409,
+                    "This Idempotency-Key was already used for a different request; "
+                    "use a new key for a new image.",
+                    "conflict",
+                )
+            headers["Idempotent-Replayed"] = "true"
+        else:
+            web.jobs.add(job, now)
+        body_out = {"id": job.id, "status": job.status.value, "position": job.position}
+        return JSON(body_out, status_code=202, headers=headers)
+
+    async def find(job_id: str) -> tuple[Job, WebJob | None] | None:
+        if not job_id.startswith(JOB_PREFIX):
+            return None  # other fronts' jobs are not the web's to show
+        known = web.jobs.get(job_id)
+        if known is not None:
+            return known.job, known
+        job = await web.service.find_job(job_id)
+        return None if job is None else (job, None)
+
+    @app.get(
+        "/api/jobs/{job_id}",
+        response_model=JobView,
+        responses=_errors(400, 404),
+        summary="A job's status, progress and images",
+    )
+    async def get_job(
+        job_id: str,
+        wait: Annotated[
+            float,
+            Query(ge=0, le=30, allow_inf_nan=False, description="Seconds to wait for news (long polling)."),
+        ] = 0,
+        after: Annotated[
+            str | None, Query(max_length=100, description="The `tag` last seen: wait until it changes.")
+        ] = None,
+    ) -> Response:
+        found = await find(job_id)
+        if found is None:
+            return error_response(404, f"There is no web job {job_id[:100]!r}.", "not_found")
+        job, known = found
+        if wait > 0 and not job.status.finished and (after is None or after == _tag(job)):
+            timeout = min(wait, web.options.max_wait_seconds)
+            await wait_for_change(job, after or _tag(job), timeout, web.stopping)
+        if known is not None and known.finished_at is None and job.status.finished:
+            known.finished_at = time.time()
+        return JSON(job_view(job, known), headers=NO_STORE)
+
+    @app.get(
+        "/api/jobs/{job_id}/images/{name}",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}, **_errors(404, 410)},
+        summary="One image of a job, as PNG; the first download charges the job's credits",
+    )
+    async def get_image(job_id: str, name: str) -> Response:
+        match = _IMAGE_NAME.fullmatch(name)
+        found = await find(job_id) if match else None
+        if found is None or match is None:
+            return error_response(
+                404, f"There is no image {name[:20]!r} of web job {job_id[:100]!r}.", "not_found"
+            )
+        job, known = found
+        result = job.result
+        index = int(match[1])
+        if job.status is JobStatus.SUCCEEDED and (known is None or result is None or known.expired):
+            return error_response(
+                410,
+                f"This image is no longer kept; images stay for {duration(web.options.image_ttl_seconds)}.",
+                "expired",
+            )
+        if known is not None and known.refund_error is not None:
+            return error_response(410, known.refund_error, "expired")
+        if known is None or result is None or index >= len(result.images):
+            return error_response(404, f"There is no image {name!r} of web job {job_id!r}.", "not_found")
+        if known.delivered_at is None:
+            if not job.confirm_delivery:  # refunded a moment ago (pickup time over, or stopping)
+                return error_response(410, "This image was refunded and is no longer served.", "expired")
+            known.delivered_at = time.time()
+            await web.service.delivered(job.id)
+        seed = result.seeds[index] if index < len(result.seeds) else index
+        headers = {
+            "Cache-Control": f"private, max-age={int(web.options.image_ttl_seconds)}, immutable",
+            "Content-Disposition": f'inline; filename="imagine-{seed}.png"',
+            "X-Content-Type-Options": "nosniff",
+        }
+        return Response(result.images[index], media_type="image/png", headers=headers)
+
+    @app.get("/api/quota", response_model=Quota, summary="Your credits: used, left, and when they reset")
+    async def get_quota(request: Request) -> Response:
+        client = _client(request)
+        state = await web.service.quota(client.user_id)
+        now = time.time()
+        body = {
+            "user": client.user_id,
+            "allowance": state.allowance,
+            "used": state.used,
+            "bonus": state.bonus,
+            "reserved": state.reserved,
+            "remaining": state.remaining,
+            "unlimited": state.unlimited,
+            "override": state.override,
+            "resets_at": next_reset(now).isoformat().replace("+00:00", "Z"),
+            "text": web.service.quota_text(state),
+        }
+        return JSON(body, headers=NO_STORE)
+
+    @app.get("/healthz", response_model=Health, responses=_errors(503), summary="Liveness and backend state")
+    async def healthz() -> Response:
+        service = web.service
+        try:
+            service.backend.check_available()
+            available = True
+        except ImagineError:
+            available = False
+        except Exception:
+            available = False
+        stopping = web.stopping.is_set()
+        body = {
+            "status": "stopping" if stopping else "ok",
+            "backend": service.backend.name,
+            "available": available,
+            "queue": service.queue_length,
+        }
+        return JSON(body, status_code=503 if stopping else 200, headers=NO_STORE)
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}},
+        summary="Prometheus metrics",
+    )
+    async def metrics() -> Response:
+        service = web.service
+        text = service.metrics.render(queue_length=service.queue_length)
+        text += (
+            "# HELP imagine_web_images_kept_bytes PNG bytes the web front keeps for download.\n"
+            "# TYPE imagine_web_images_kept_bytes gauge\n"
+            f"imagine_web_images_kept_bytes {web.jobs.image_bytes}\n"
+            "# HELP imagine_web_jobs_kept Web jobs kept for status and download.\n"
+            "# TYPE imagine_web_jobs_kept gauge\n"
+            f"imagine_web_jobs_kept {len(web.jobs.jobs)}\n"
+        )
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app, web
+
+
+async def sweep(web: WebState) -> None:
+    """Refund images nobody fetched in time; forget jobs past the image lifetime."""
+    now = time.time()
+    for late in web.jobs.awaiting_pickup(now):
+        reason = f"The image was not downloaded within {duration(web.options.pickup_seconds)}"
+        error = await web.service.delivery_failed(late.job.id, reason)
+        if error is not None:
+            late.refund_error = str(error)
+    web.jobs.forget_old(now)
+
+
+# --- serving -------------------------------------------------------------------------------------
+
+
+class _EmbeddedServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # the `imagine` command owns SIGTERM and SIGINT and stops the fronts itself
+
+
+class WebFront:
+    """The page and the API, served by uvicorn on ``IMAGINE_WEB_HOST:IMAGINE_WEB_PORT``."""
+
+    name = "web"
+
+    def __init__(
+        self, settings: Settings, service: ImagineService, options: WebOptions | None = None
+    ) -> None:
+        self.settings = settings
+        self.service = service
+        self.app, self.state = create_app(settings, service, options)
+        self.url: str | None = None
+        self._server: _EmbeddedServer | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self._sweeping: asyncio.Task[None] | None = None
+
+    async def start(self) -> str:
+        host, port = self.settings.web_host, self.settings.web_port
+        sock = _listen(host, port)
+        bound_port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            lifespan="off",
+            proxy_headers=False,  # forwarded-for is read by ClientMiddleware, from trusted proxies only
+            server_header=False,
+            access_log=False,
+            log_config=None,
+            log_level="warning",
+            ws="none",
+            backlog=2048,
+            timeout_graceful_shutdown=self.state.options.graceful_shutdown_seconds,
+        )
+        self._server = _EmbeddedServer(config)
+        self._serving = asyncio.create_task(self._server.serve(sockets=[sock]), name="imagine-web")
+        while not self._server.started:
+            if self._serving.done():
+                sock.close()
+                self._serving.result()
+                raise RuntimeError(f"The web front did not start on {host}:{bound_port}.")
+            await asyncio.sleep(0.01)
+        self._sweeping = asyncio.create_task(self._sweep_forever(), name="imagine-web-sweep")
+        shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
+        if ":" in shown and not shown.startswith("["):
+            shown = f"[{shown}]"
+        self.url = f"http://{shown}:{bound_port}/"
+        return self.url
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.state.options.sweep_seconds)
+            try:
+                await sweep(self.state)
+            except Exception:
+                log.exception("web sweep failed")
+
+    async def stop(self) -> None:
+        self.state.stopping.set()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._serving is not None:
+            with contextlib.suppress(Exception):
+                await self._serving
+        if self._sweeping is not None:
+            self._sweeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeping
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the listening socket ourselves, so a busy port is a clear error and port 0 works."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise OSError(
+            exc.errno,
+            f"The web front cannot listen on {host}:{port} ({exc.strerror}); "
+            "set IMAGINE_WEB_HOST / IMAGINE_WEB_PORT to a free address.",
+        ) from None
+    return sock
