@@ -1,0 +1,215 @@
+"""The ``replicate`` backend: the real replicate client against a local fake of Replicate's HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from gateway import ImagineService, JobFailed, JobStatus, Settings, SettingsError, create_backend
+from gateway.cog import PNG_SIGNATURE
+from gateway.replicate_backend import ReplicateBackend
+from storage import Database
+from tests.fakes.replicate_server import VERSION, FakeReplicate
+
+USER = "discord:7"
+QUOTA = 25
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeReplicate]:
+    server = await FakeReplicate().start()
+    yield server
+    await server.close()
+
+
+def replicate_settings(data_dir: Path, fake: FakeReplicate, **env: str) -> Settings:
+    return Settings.from_env(
+        {
+            "IMAGINE_DB": str(data_dir / "imagine.sqlite3"),
+            "IMAGINE_BACKEND": "replicate",
+            "REPLICATE_API_TOKEN": fake.token,
+            "REPLICATE_BASE_URL": fake.base_url,
+            "IMAGINE_REPLICATE_MODEL": "stability-ai/stable-diffusion",
+            "IMAGINE_DAILY_QUOTA": str(QUOTA),
+            **env,
+        },
+        env_file=None,
+    )
+
+
+ServiceFactory = Callable[..., Awaitable[ImagineService]]
+
+
+@pytest.fixture
+async def service(data_dir: Path, fake: FakeReplicate) -> AsyncIterator[ServiceFactory]:
+    made: list[tuple[ImagineService, ReplicateBackend, Database]] = []
+
+    async def make(**env: str) -> ImagineService:
+        settings = replicate_settings(data_dir, fake, **env)
+        backend = create_backend(settings)
+        assert isinstance(backend, ReplicateBackend)
+        backend.poll_interval = 0.02
+        db = await Database.open(settings.db_path)
+        await backend.start()
+        svc = ImagineService(settings, db, backend)
+        await svc.start()
+        made.append((svc, backend, db))
+        return svc
+
+    yield make
+    for svc, backend, db in made:
+        await svc.close()
+        await backend.close()
+        assert await db.check_ledger() == []
+        assert await db.open_jobs() == []
+        await db.close()
+
+
+async def remaining(svc: ImagineService) -> int:
+    return (await svc.quota(USER)).remaining
+
+
+async def test_success_sends_replicate_field_names_and_fetches_images(
+    service: ServiceFactory, fake: FakeReplicate
+) -> None:
+    svc = await service()
+    job = await svc.submit(USER, "a lighthouse --seed 5 --size 384x256 --n 2 --steps 30", job_id="discord:1")
+    steps_seen = [u.step for u in [u async for u in job.updates()] if u.status is JobStatus.RUNNING]
+    result = await job.wait()
+    assert len(result.images) == 2 and all(img.startswith(PNG_SIGNATURE) for img in result.images)
+    assert struct.unpack(">II", result.images[0][16:24]) == (384, 256)
+    assert result.seeds == [5, 6]
+    assert result.model == "replicate:stability-ai/stable-diffusion"
+    assert any(0 < s < 30 for s in steps_seen), steps_seen  # progress from the model's logs
+    (prediction,) = fake.predictions.values()
+    assert prediction.input == {
+        "prompt": "a lighthouse",
+        "negative_prompt": "",
+        "width": 384,
+        "height": 256,
+        "num_outputs": 2,
+        "num_inference_steps": 30,
+        "guidance_scale": 7.5,
+        "scheduler": "DPMSolverMultistep",
+        "seed": 5,
+    }
+    api = [h for _, path, h in fake.requests if path.startswith("/v1/")]
+    files = [h for _, path, h in fake.requests if path.startswith("/files/")]
+    assert all(h["authorization"] == f"Bearer {fake.token}" for h in api)
+    assert len(files) == 2 and all("authorization" not in h for h in files)  # the token stays with the API
+    assert await remaining(svc) == QUOTA - 2
+
+
+async def test_a_failed_prediction_is_refunded_with_its_reason(
+    service: ServiceFactory, fake: FakeReplicate
+) -> None:
+    fake.outcome = ("failed", "NSFW content detected. Try running it again, or try a different prompt.")
+    svc = await service()
+    job = await svc.submit(USER, "a fox --seed 1", job_id="discord:2")
+    with pytest.raises(JobFailed) as info:
+        await job.wait()
+    assert "Replicate: NSFW content detected" in str(info.value)
+    assert "refunded" in str(info.value)
+    assert await remaining(svc) == QUOTA
+
+
+@pytest.mark.parametrize(
+    ("outcome", "words"), [("canceled", "cancelled on Replicate"), ("aborted", "aborted")]
+)
+async def test_canceled_and_aborted_are_refunded(
+    service: ServiceFactory, fake: FakeReplicate, outcome: str, words: str
+) -> None:
+    fake.outcome = outcome
+    svc = await service()
+    job = await svc.submit(USER, "a fox --seed 1", job_id="discord:3")
+    with pytest.raises(JobFailed, match=words):
+        await job.wait()
+    assert await remaining(svc) == QUOTA
+
+
+async def test_a_timeout_cancels_the_prediction_on_replicate(
+    service: ServiceFactory, fake: FakeReplicate
+) -> None:
+    fake.outcome = "hang"
+    svc = await service(IMAGINE_BACKEND_TIMEOUT="1")
+    job = await svc.submit(USER, "a fox --seed 1", job_id="discord:4")
+    with pytest.raises(JobFailed, match="longer than 1 s"):
+        await job.wait()
+    for _ in range(200):
+        if fake.cancelled:
+            break
+        await asyncio.sleep(0.02)
+    assert fake.cancelled == list(fake.predictions)
+    assert await remaining(svc) == QUOTA
+
+
+async def test_a_user_cancel_cancels_the_prediction(service: ServiceFactory, fake: FakeReplicate) -> None:
+    fake.outcome = "hang"
+    svc = await service()
+    job = await svc.submit(USER, "a fox --seed 1", job_id="discord:5")
+    async for update in job.updates():
+        if update.step > 0:
+            break
+    assert await svc.cancel("discord:5", by=USER)
+    with pytest.raises(JobFailed, match="cancelled"):
+        await job.wait()
+    for _ in range(200):
+        if fake.cancelled:
+            break
+        await asyncio.sleep(0.02)
+    assert fake.cancelled == list(fake.predictions)
+    assert await remaining(svc) == QUOTA
+
+
+async def test_a_community_model_runs_its_latest_version(
+    service: ServiceFactory, fake: FakeReplicate
+) -> None:
+    fake.versioned_only.add("stability-ai/stable-diffusion")
+    svc = await service()
+    job = await svc.submit(USER, "a fox --seed 1", job_id="discord:6")
+    await job.wait()
+    (prediction,) = fake.predictions.values()
+    assert prediction.version == VERSION
+    assert isinstance(svc.backend, ReplicateBackend) and svc.backend.version == VERSION
+
+
+async def test_a_pinned_version_is_used_as_given(service: ServiceFactory, fake: FakeReplicate) -> None:
+    svc = await service(IMAGINE_REPLICATE_MODEL=f"stability-ai/stable-diffusion:{VERSION}")
+    job = await svc.submit(USER, "a fox --seed 1", job_id="discord:7")
+    await job.wait()
+    assert [p for m, p, _ in fake.requests if m == "POST"] == ["/v1/predictions"]
+
+
+async def test_webp_output_becomes_png(service: ServiceFactory, fake: FakeReplicate) -> None:
+    fake.image_format = "WEBP"
+    svc = await service()
+    job = await svc.submit(USER, "a fox --seed 1", job_id="discord:8")
+    result = await job.wait()
+    assert result.images[0].startswith(PNG_SIGNATURE)
+
+
+async def test_a_wrong_token_names_the_variable_not_the_token(
+    service: ServiceFactory, fake: FakeReplicate
+) -> None:
+    svc = await service(REPLICATE_API_TOKEN="r8_wrong")
+    job = await svc.submit(USER, "a fox --seed 1", job_id="discord:9")
+    with pytest.raises(JobFailed) as info:
+        await job.wait()
+    assert "REPLICATE_API_TOKEN" in str(info.value) and "r8_wrong" not in str(info.value)
+    assert await remaining(svc) == QUOTA
+
+
+def test_the_token_is_required(data_dir: Path, fake: FakeReplicate) -> None:
+    settings = replicate_settings(data_dir, fake).with_overrides(replicate_api_token=None)
+    with pytest.raises(SettingsError, match="REPLICATE_API_TOKEN"):
+        ReplicateBackend(settings)
+
+
+def test_a_bad_model_reference_names_the_variable(data_dir: Path, fake: FakeReplicate) -> None:
+    settings = replicate_settings(data_dir, fake, IMAGINE_REPLICATE_MODEL="stable-diffusion")
+    with pytest.raises(SettingsError, match="IMAGINE_REPLICATE_MODEL"):
+        ReplicateBackend(settings)
