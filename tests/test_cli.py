@@ -1,0 +1,184 @@
+"""The `imagine` command: generate through the whole core, quotas, bans, stats, bad input."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import imagine
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith(("IMAGINE_", "DISCORD_", "TELEGRAM_", "REPLICATE_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("IMAGINE_DB", str(tmp_path / "db.sqlite3"))
+    monkeypatch.setenv("IMAGINE_BACKEND", "fake")
+    return tmp_path
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = imagine.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_writes_the_png_and_reports_seed_time_and_credits(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "generate", "a red fox --seed 7 --size 320x256", "-o", "fox.png")
+    assert code == 0, err
+    assert Image.open(env / "fox.png").size == (320, 256)
+    assert "seed 7" in out and "24 credits left" in out and " s · " in out
+
+
+def test_the_26th_image_of_the_day_is_refused_and_not_charged(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i in range(25):
+        code, out, err = run(capsys, "generate", f"fox {i}", "-o", f"f{i}.png")
+        assert code == 0, err
+    code, out, err = run(capsys, "generate", "one more", "-o", "extra.png")
+    assert code == imagine.EXIT_REFUSED
+    assert err.startswith(
+        "imagine: You have used all 25 credits of today's allowance; they reset at 00:00 UTC"
+    )
+    assert not (env / "extra.png").exists()
+    user = f"cli:{getpass.getuser()}"
+    code, out, _ = run(capsys, "quota", "show", user)
+    assert "Used today: 25 of 25" in out and "Reserved by images in progress: 0" in out
+    code, out, _ = run(capsys, "quota", "grant", user, "5")
+    assert out.strip() == f"Granted 5 credits to {user}; bonus now 5."
+    code, out, err = run(capsys, "generate", "one more", "-o", "extra.png")
+    assert code == 0 and "4 credits left" in out, err
+
+
+def test_admin_commands_share_the_database(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        run(capsys, "quota", "set", "discord:5", "3")[1].strip() == "discord:5 may now make 3 images a day."
+    )
+    assert "Used today: 0 of 3 (set by an admin)" in run(capsys, "quota", "show", "discord:5")[1]
+    assert run(capsys, "quota", "set", "discord:5", "default")[1].strip() == (
+        "discord:5 is back on the default allowance of 25 a day."
+    )
+    user = f"cli:{getpass.getuser()}"
+    assert run(capsys, "ban", user, "too", "many", "foxes")[1].strip() == f"{user} is banned: too many foxes"
+    code, _, err = run(capsys, "generate", "a fox")
+    assert (
+        code == imagine.EXIT_REFUSED and err.strip() == "imagine: You are banned from Imagine: too many foxes"
+    )
+    assert run(capsys, "unban", user)[1].strip() == f"{user} is no longer banned."
+    assert run(capsys, "generate", "a fox", "-o", "a.png")[0] == 0
+    code, out, _ = run(capsys, "stats")
+    assert code == 0 and "Jobs: 1 (succeeded 1)" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["generate", "a fox --steps 0"], "imagine: --steps must be a whole number from 1 to 50; got 0."),
+        (
+            ["quota", "grant", "bob", "5"],
+            "imagine: Name the user by id or as platform:id, e.g. cli:123; got 'bob'.",
+        ),
+        (["quota", "grant", "cli:bob", "five"], "imagine: N must be a whole number; got 'five'."),
+        (
+            ["quota", "set", "cli:bob", "-2"],
+            "imagine: The daily allowance must be from 0 to 1000000; got -2.",
+        ),
+    ],
+)
+def test_bad_arguments_get_one_sentence_and_exit_2(
+    env: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    code, _, err = run(capsys, *argv)
+    assert code == imagine.EXIT_INVALID and err.strip() == message
+
+
+def test_bad_settings_name_the_variable(
+    env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMAGINE_DAILY_QUOTA", "lots")
+    code, _, err = run(capsys, "stats")
+    assert code == imagine.EXIT_INVALID
+    assert err.strip() == "imagine: IMAGINE_DAILY_QUOTA must be a whole number; got 'lots'."
+    monkeypatch.setenv("IMAGINE_DAILY_QUOTA", "3")
+    monkeypatch.setenv("IMAGINE_BACKEND", "quantum")
+    code, _, err = run(capsys, "generate", "a fox")
+    assert "IMAGINE_BACKEND='quantum' is not a backend; choose one of" in err
+
+
+def test_failed_generation_exits_4_with_the_refund(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.backend import register_backend
+
+    register_backend("broken", "tests.test_cli:BrokenBackend")
+    os.environ["IMAGINE_BACKEND"] = "broken"
+    code, _, err = run(capsys, "generate", "a fox")
+    assert code == imagine.EXIT_FAILED
+    assert err.strip() == "imagine: The image generator failed: out of memory; your 1 credit was refunded."
+
+
+class BrokenBackend:
+    """Registered through the real registry, like any backend plugin."""
+
+    name = "broken"
+    capacity = 1
+
+    def __init__(self, settings: object) -> None:
+        pass
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def check_available(self) -> None:
+        pass
+
+    async def generate(self, job_id: str, request: object, progress: object) -> object:
+        from gateway.errors import BackendError
+
+        raise BackendError("out of memory")
+
+
+@pytest.mark.slow
+def test_generate_with_the_tiny_model_end_to_end(tmp_path: Path) -> None:
+    """The issue's first line: the real local backend, the tiny model, a 320x256 PNG."""
+    pytest.importorskip("backend.local")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "DISCORD_", "TELEGRAM_"))}
+    env.update(
+        IMAGINE_MODEL="tiny",
+        IMAGINE_DB=str(tmp_path / "db.sqlite3"),
+        IMAGINE_CACHE_DIR=str(tmp_path / "models"),
+        PYTHONPATH=str(ROOT),
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "imagine",
+            "generate",
+            "a red fox --seed 7 --size 320x256 --steps 4",
+            "-o",
+            "fox.png",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(tmp_path / "fox.png").size == (320, 256)
+    assert "seed 7" in proc.stdout and "24 credits left" in proc.stdout
