@@ -70,7 +70,7 @@ class ImagineService:
         self.instance_id = uuid.uuid4().hex
         self._live: dict[str, Job] = {}
         self._pending: deque[Job] = deque()
-        self._wakeup = asyncio.Event()
+        self._ready: asyncio.Queue[None] = asyncio.Queue()  # one token per queued job
         self._workers: list[asyncio.Task[None]] = []
         self._running: dict[str, asyncio.Task[GenerationResult]] = {}
         self._active: dict[str, Job] = {}  # taken from the queue, not finished
@@ -242,7 +242,7 @@ class ImagineService:
         self._pending.append(job)
         job.position = len(self._pending) - 1 + len(self._active)
         self.metrics.accepted(len(self._pending))
-        self._wakeup.set()
+        self._ready.put_nowait(None)
         return job
 
     def _refusal(self, refused: ReservationRefused, request: ImageRequest, now: float) -> ImagineError:
@@ -279,9 +279,9 @@ class ImagineService:
 
     async def _worker(self) -> None:
         while True:
-            while not self._pending:
-                self._wakeup.clear()
-                await self._wakeup.wait()
+            await self._ready.get()
+            if not self._pending:
+                continue  # its job was cancelled while queued
             job = self._pending.popleft()
             for i, waiting in enumerate(self._pending):
                 waiting.position = i + len(self._active) + 1

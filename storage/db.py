@@ -9,6 +9,7 @@ lock and busy timeout, against other processes sharing the file.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import time
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -144,6 +145,8 @@ class Database:
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path
+        self._batch: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._flushing: set[asyncio.Future[Any]] = set()
 
     @classmethod
     async def open(cls, path: str | Path) -> Database:
@@ -169,6 +172,44 @@ class Database:
         result: T = await self._conn._execute(fn, raw, *args)  # type: ignore[no-untyped-call]
         return result
 
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` in a write transaction, committed together with the writes queued beside it.
+
+        Group commit: writes that arrive while one batch runs go in the next, each in its own
+        savepoint, so one failing (a refused reservation) leaves the others whole, and a busy
+        gateway pays one thread hop and one commit per batch instead of per write.
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._batch.append((fn, args, future))
+        if len(self._batch) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+        result: T = await future
+        return result
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        if not batch:
+            return
+
+        def deliver(task: asyncio.Future[list[tuple[bool, Any]]]) -> None:
+            error = task.exception() if not task.cancelled() else asyncio.CancelledError()
+            for index, (_, _, future) in enumerate(batch):
+                if future.done():
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    ok, value = task.result()[index]
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+
+        task = asyncio.ensure_future(self._run(_run_batch, [(fn, args) for fn, args, _ in batch]))  # noqa: RUF006 (kept in _flushing)
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+        task.add_done_callback(deliver)
+
     # --- jobs and credits -------------------------------------------------------------
 
     async def reserve(
@@ -188,7 +229,7 @@ class Database:
         now: float,
     ) -> Reservation:
         """Hold ``cost`` credits for a new job, or return the job this id already made."""
-        return await self._run(
+        return await self._write(
             _reserve,
             job_id,
             user_id,
@@ -205,7 +246,7 @@ class Database:
         )
 
     async def mark_running(self, job_id: str, now: float) -> bool:
-        return await self._run(_mark_running, job_id, now)
+        return await self._write(_mark_running, job_id, now)
 
     async def settle(
         self,
@@ -219,13 +260,13 @@ class Database:
         note: str = "",
     ) -> JobRecord | None:
         """Charge ``delivered`` credits and give the rest of the reservation back."""
-        return await self._run(_settle, job_id, delivered, seed, model, gpu_seconds, now, note)
+        return await self._write(_settle, job_id, delivered, seed, model, gpu_seconds, now, note)
 
     async def refund(
         self, job_id: str, *, error_kind: str, error: str, now: float, gpu_seconds: float | None = None
     ) -> JobRecord | None:
         """Fail an open job and return its credits; ``None`` when it was already closed."""
-        return await self._run(_refund, job_id, error_kind, error, now, gpu_seconds)
+        return await self._write(_refund, job_id, error_kind, error, now, gpu_seconds)
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         return await self._run(_get_job, job_id)
@@ -237,7 +278,7 @@ class Database:
         return await self._run(_count_open)
 
     async def set_reply(self, job_id: str, reply: dict[str, Any]) -> None:
-        await self._run(_set_reply, job_id, reply)
+        await self._write(_set_reply, job_id, reply)
 
     # --- quota and admin --------------------------------------------------------------
 
@@ -245,17 +286,17 @@ class Database:
         return await self._run(_quota, user_id, day, default_allowance)
 
     async def set_allowance(self, user_id: str, allowance: int | None, *, now: float) -> None:
-        await self._run(_set_allowance, user_id, allowance, now)
+        await self._write(_set_allowance, user_id, allowance, now)
 
     async def grant(self, user_id: str, credits: int, *, by: str, now: float) -> int:
         """Add (or, negative, take back) bonus credits; returns the new bonus balance."""
-        return await self._run(_grant, user_id, credits, by, now)
+        return await self._write(_grant, user_id, credits, by, now)
 
     async def ban(self, user_id: str, reason: str, *, by: str, now: float) -> None:
-        await self._run(_ban, user_id, reason, by, now)
+        await self._write(_ban, user_id, reason, by, now)
 
     async def unban(self, user_id: str) -> bool:
-        return await self._run(_unban, user_id)
+        return await self._write(_unban, user_id)
 
     async def ban_reason(self, user_id: str) -> str | None:
         return await self._run(_ban_reason, user_id)
@@ -276,7 +317,7 @@ class Database:
     # --- process instances (crash recovery) -------------------------------------------
 
     async def register_instance(self, instance_id: str, *, host: str, pid: int, now: float) -> None:
-        await self._run(_register_instance, instance_id, host, pid, now)
+        await self._write(_register_instance, instance_id, host, pid, now)
 
     async def heartbeat(self, instance_id: str, now: float) -> None:
         await self._run(
@@ -352,19 +393,27 @@ def _split_sql(sql: str) -> list[str]:
     return statements
 
 
-class _Tx:
-    """``with _Tx(c):`` is one ``BEGIN IMMEDIATE`` ... ``COMMIT`` (``ROLLBACK`` on error)."""
-
-    def __init__(self, c: sqlite3.Connection) -> None:
-        self.c = c
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.c.execute("BEGIN IMMEDIATE")
-        return self.c
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> Literal[False]:
-        self.c.execute("COMMIT" if exc_type is None else "ROLLBACK")
-        return False
+def _run_batch(
+    c: sqlite3.Connection, batch: list[tuple[Callable[..., Any], tuple[Any, ...]]]
+) -> list[tuple[bool, Any]]:
+    """One ``BEGIN IMMEDIATE`` ... ``COMMIT`` around the batch, a savepoint around each write."""
+    results: list[tuple[bool, Any]] = []
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        for fn, args in batch:
+            c.execute("SAVEPOINT write")
+            try:
+                results.append((True, fn(c, *args)))
+            except Exception as exc:
+                c.execute("ROLLBACK TO write")
+                results.append((False, exc))
+            c.execute("RELEASE write")
+        c.execute("COMMIT")
+    except BaseException:
+        if c.in_transaction:
+            c.execute("ROLLBACK")
+        raise
+    return results
 
 
 def _ensure_user(c: sqlite3.Connection, user_id: str, now: float) -> None:
@@ -401,78 +450,75 @@ def _reserve(
     reply: dict[str, Any] | None,
     now: float,
 ) -> Reservation:
-    with _Tx(c):
-        row = c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is not None:
-            job = _job(row)
-            position = _position(c, job)
-            return Reservation(job, False, position, None)
-        ban = c.execute("SELECT reason FROM bans WHERE user_id = ?", (user_id,)).fetchone()
-        if ban is not None:
-            raise ReservationRefused(RefusedReason.BANNED, ban_reason=ban[0])
-        open_total = c.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()[
-            0
-        ]
-        if not unlimited:
-            user_open = c.execute(
-                "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN ('queued', 'running')",
-                (user_id,),
-            ).fetchone()[0]
-            if user_open >= max_user_open:
-                raise ReservationRefused(RefusedReason.USER_QUEUE, open_jobs=user_open)
-        if open_total >= max_open:
-            raise ReservationRefused(RefusedReason.QUEUE, open_jobs=open_total)
-        _ensure_user(c, user_id, now)
-        quota = _quota_in_tx(c, user_id, day, default_allowance)
-        if unlimited:
-            daily = bonus = 0
-        else:
-            if quota.remaining < cost:
-                raise ReservationRefused(RefusedReason.CREDITS, quota=quota)
-            daily = min(cost, max(0, quota.allowance - quota.used))
-            bonus = cost - daily
-        c.execute(
-            "INSERT INTO jobs (id, user_id, request, status, cost, day, daily, bonus, seed, reply, "
-            "instance_id, created_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                job_id,
-                user_id,
-                json.dumps(request),
-                cost,
-                day,
-                daily,
-                bonus,
-                request.get("seed"),
-                json.dumps(reply) if reply is not None else None,
-                instance_id,
-                now,
-            ),
-        )
-        c.execute(
-            "INSERT INTO ledger (user_id, job_id, kind, credits, daily, bonus, day, note, created_at) "
-            "VALUES (?, ?, 'reserve', ?, ?, ?, ?, ?, ?)",
-            (user_id, job_id, cost, daily, -bonus, day, "unlimited" if unlimited else None, now),
-        )
-        if daily:
-            c.execute(
-                "INSERT INTO daily_usage (user_id, day, used) VALUES (?, ?, ?) "
-                "ON CONFLICT (user_id, day) DO UPDATE SET used = used + excluded.used",
-                (user_id, day, daily),
-            )
-        if bonus:
-            c.execute("UPDATE users SET bonus = bonus - ? WHERE id = ?", (bonus, user_id))
-        job = _job(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone())
-        after = QuotaState(
+    row = c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is not None:
+        job = _job(row)
+        position = _position(c, job)
+        return Reservation(job, False, position, None)
+    ban = c.execute("SELECT reason FROM bans WHERE user_id = ?", (user_id,)).fetchone()
+    if ban is not None:
+        raise ReservationRefused(RefusedReason.BANNED, ban_reason=ban[0])
+    open_total = c.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()[0]
+    if not unlimited:
+        user_open = c.execute(
+            "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN ('queued', 'running')",
+            (user_id,),
+        ).fetchone()[0]
+        if user_open >= max_user_open:
+            raise ReservationRefused(RefusedReason.USER_QUEUE, open_jobs=user_open)
+    if open_total >= max_open:
+        raise ReservationRefused(RefusedReason.QUEUE, open_jobs=open_total)
+    _ensure_user(c, user_id, now)
+    quota = _quota_in_tx(c, user_id, day, default_allowance)
+    if unlimited:
+        daily = bonus = 0
+    else:
+        if quota.remaining < cost:
+            raise ReservationRefused(RefusedReason.CREDITS, quota=quota)
+        daily = min(cost, max(0, quota.allowance - quota.used))
+        bonus = cost - daily
+    c.execute(
+        "INSERT INTO jobs (id, user_id, request, status, cost, day, daily, bonus, seed, reply, "
+        "instance_id, created_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            job_id,
             user_id,
+            json.dumps(request),
+            cost,
             day,
-            quota.allowance,
-            quota.used + daily,
-            quota.bonus - bonus,
-            quota.reserved + cost,
-            quota.override,
-            unlimited,
+            daily,
+            bonus,
+            request.get("seed"),
+            json.dumps(reply) if reply is not None else None,
+            instance_id,
+            now,
+        ),
+    )
+    c.execute(
+        "INSERT INTO ledger (user_id, job_id, kind, credits, daily, bonus, day, note, created_at) "
+        "VALUES (?, ?, 'reserve', ?, ?, ?, ?, ?, ?)",
+        (user_id, job_id, cost, daily, -bonus, day, "unlimited" if unlimited else None, now),
+    )
+    if daily:
+        c.execute(
+            "INSERT INTO daily_usage (user_id, day, used) VALUES (?, ?, ?) "
+            "ON CONFLICT (user_id, day) DO UPDATE SET used = used + excluded.used",
+            (user_id, day, daily),
         )
-        return Reservation(job, True, open_total, after)
+    if bonus:
+        c.execute("UPDATE users SET bonus = bonus - ? WHERE id = ?", (bonus, user_id))
+    job = _job(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone())
+    after = QuotaState(
+        user_id,
+        day,
+        quota.allowance,
+        quota.used + daily,
+        quota.bonus - bonus,
+        quota.reserved + cost,
+        quota.override,
+        unlimited,
+    )
+    return Reservation(job, True, open_total, after)
 
 
 def _position(c: sqlite3.Connection, job: JobRecord) -> int:
@@ -524,24 +570,23 @@ def _settle(
     now: float,
     note: str,
 ) -> JobRecord | None:
-    with _Tx(c):
-        row = c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None or not _job(row).is_open:
-            return None
-        job = _job(row)
-        spent = max(0, min(delivered, job.cost))
-        c.execute(
-            "INSERT INTO ledger (user_id, job_id, kind, credits, day, note, created_at) "
-            "VALUES (?, ?, 'settle', ?, ?, ?, ?)",
-            (job.user_id, job.id, spent, job.day, note or None, now),
-        )
-        _give_back(c, job, job.cost - spent, now, note or "not delivered")
-        c.execute(
-            "UPDATE jobs SET status = 'succeeded', spent = ?, refunded = ?, seed = COALESCE(?, seed), "
-            "model = ?, gpu_seconds = ?, finished_at = ? WHERE id = ?",
-            (spent, job.cost - spent, seed, model, gpu_seconds, now, job_id),
-        )
-        return _job(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone())
+    row = c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None or not _job(row).is_open:
+        return None
+    job = _job(row)
+    spent = max(0, min(delivered, job.cost))
+    c.execute(
+        "INSERT INTO ledger (user_id, job_id, kind, credits, day, note, created_at) "
+        "VALUES (?, ?, 'settle', ?, ?, ?, ?)",
+        (job.user_id, job.id, spent, job.day, note or None, now),
+    )
+    _give_back(c, job, job.cost - spent, now, note or "not delivered")
+    c.execute(
+        "UPDATE jobs SET status = 'succeeded', spent = ?, refunded = ?, seed = COALESCE(?, seed), "
+        "model = ?, gpu_seconds = ?, finished_at = ? WHERE id = ?",
+        (spent, job.cost - spent, seed, model, gpu_seconds, now, job_id),
+    )
+    return _job(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
 
 def _refund(
@@ -552,18 +597,17 @@ def _refund(
     now: float,
     gpu_seconds: float | None,
 ) -> JobRecord | None:
-    with _Tx(c):
-        row = c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None or not _job(row).is_open:
-            return None
-        job = _job(row)
-        _give_back(c, job, job.cost, now, error_kind)
-        c.execute(
-            "UPDATE jobs SET status = 'failed', refunded = cost, error_kind = ?, error = ?, "
-            "gpu_seconds = ?, finished_at = ? WHERE id = ?",
-            (error_kind, error, gpu_seconds, now, job_id),
-        )
-        return _job(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone())
+    row = c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None or not _job(row).is_open:
+        return None
+    job = _job(row)
+    _give_back(c, job, job.cost, now, error_kind)
+    c.execute(
+        "UPDATE jobs SET status = 'failed', refunded = cost, error_kind = ?, error = ?, "
+        "gpu_seconds = ?, finished_at = ? WHERE id = ?",
+        (error_kind, error, gpu_seconds, now, job_id),
+    )
+    return _job(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone())
 
 
 def _get_job(c: sqlite3.Connection, job_id: str) -> JobRecord | None:
@@ -595,34 +639,31 @@ def _quota(c: sqlite3.Connection, user_id: str, day: str, default_allowance: int
 
 
 def _set_allowance(c: sqlite3.Connection, user_id: str, allowance: int | None, now: float) -> None:
-    with _Tx(c):
-        _ensure_user(c, user_id, now)
-        c.execute("UPDATE users SET daily_allowance = ? WHERE id = ?", (allowance, user_id))
+    _ensure_user(c, user_id, now)
+    c.execute("UPDATE users SET daily_allowance = ? WHERE id = ?", (allowance, user_id))
 
 
 def _grant(c: sqlite3.Connection, user_id: str, credits: int, by: str, now: float) -> int:
-    with _Tx(c):
-        _ensure_user(c, user_id, now)
-        bonus = c.execute("SELECT bonus FROM users WHERE id = ?", (user_id,)).fetchone()[0]
-        if bonus + credits < 0:
-            raise StoreError(f"{user_id} has {bonus} bonus credits; {-credits} cannot be taken back.")
-        c.execute(
-            "INSERT INTO ledger (user_id, kind, credits, bonus, note, created_at) "
-            "VALUES (?, 'grant', ?, ?, ?, ?)",
-            (user_id, credits, credits, f"by {by}", now),
-        )
-        c.execute("UPDATE users SET bonus = bonus + ? WHERE id = ?", (credits, user_id))
-        return int(bonus + credits)
+    _ensure_user(c, user_id, now)
+    bonus = c.execute("SELECT bonus FROM users WHERE id = ?", (user_id,)).fetchone()[0]
+    if bonus + credits < 0:
+        raise StoreError(f"{user_id} has {bonus} bonus credits; {-credits} cannot be taken back.")
+    c.execute(
+        "INSERT INTO ledger (user_id, kind, credits, bonus, note, created_at) "
+        "VALUES (?, 'grant', ?, ?, ?, ?)",
+        (user_id, credits, credits, f"by {by}", now),
+    )
+    c.execute("UPDATE users SET bonus = bonus + ? WHERE id = ?", (credits, user_id))
+    return int(bonus + credits)
 
 
 def _ban(c: sqlite3.Connection, user_id: str, reason: str, by: str, now: float) -> None:
-    with _Tx(c):
-        c.execute(
-            "INSERT INTO bans (user_id, reason, banned_by, created_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (user_id) DO UPDATE SET reason = excluded.reason, "
-            "banned_by = excluded.banned_by, created_at = excluded.created_at",
-            (user_id, reason, by, now),
-        )
+    c.execute(
+        "INSERT INTO bans (user_id, reason, banned_by, created_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (user_id) DO UPDATE SET reason = excluded.reason, "
+        "banned_by = excluded.banned_by, created_at = excluded.created_at",
+        (user_id, reason, by, now),
+    )
 
 
 def _unban(c: sqlite3.Connection, user_id: str) -> bool:
