@@ -1,0 +1,132 @@
+"""The page in a real browser: Debian's headless Chromium, driven by playwright-core, against `imagine web`.
+
+Needs `apt-get install chromium` and `npm ci` in tests/browser (no browser download). Outside CI a
+machine without them skips this test and says why; in CI (CI=true) their absence fails it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.request import size_for_aspect_ratio
+
+ROOT = Path(__file__).resolve().parents[1]
+BROWSER_DIR = ROOT / "tests" / "browser"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+
+#: The in-process diffusers backend with the tiny model when it is there; else the fake backend.
+LOCAL_BACKEND = importlib.util.find_spec("backend.local") is not None
+
+
+def _missing() -> str | None:
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} is missing: apt-get install chromium"
+    if shutil.which("node") is None:
+        return "node is missing: apt-get install nodejs npm"
+    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
+        return "playwright-core is missing: (cd tests/browser && npm ci)"
+    return None
+
+
+def imagine_command() -> list[str]:
+    """The installed `imagine` script next to this Python, else the module."""
+    script = Path(sys.executable).with_name("imagine")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "imagine"]
+
+
+@pytest.fixture
+def browser() -> None:
+    missing = _missing()
+    if missing is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"the browser test cannot run: {missing}")
+        pytest.skip(missing)
+
+
+@pytest.fixture
+def web_url(browser: None, data_dir: Path) -> Iterator[str]:
+    env = {
+        **os.environ,
+        "IMAGINE_DB": str(data_dir / "browser.sqlite3"),
+        "IMAGINE_MODEL": "tiny",
+        "IMAGINE_BACKEND": "local" if LOCAL_BACKEND else "fake",
+        "IMAGINE_FAKE_DELAY": "0.15",  # seconds per step, so the fake shows progress like a model
+        "IMAGINE_WEB_HOST": "127.0.0.1",
+        "IMAGINE_WEB_PORT": "0",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for token in ("DISCORD_TOKEN", "TELEGRAM_TOKEN"):
+        env.pop(token, None)
+    proc = subprocess.Popen(
+        [*imagine_command(), "web"],
+        cwd=data_dir,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    url = None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "imagine: web is on: " in line:
+            url = line.split("imagine: web is on: ", 1)[1].split()[0]
+            break
+    assert url is not None, "imagine web did not start:\n" + "".join(lines)
+    try:
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        proc.stdout.close()
+
+
+@pytest.mark.slow
+def test_a_person_generates_an_image_and_sees_a_bad_flag_explained(web_url: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    prompt = "a lighthouse at dusk, oil painting --ar 16:9 --steps 8 --seed 42"
+    bad = "a lighthouse --steps 99"
+    run = subprocess.run(
+        ["node", "generate.mjs", web_url, prompt, bad, str(ARTIFACTS)],
+        cwd=BROWSER_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr + run.stdout
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+
+    assert seen["pageStatus"] == 200
+    assets = [url for url in seen["requests"][: seen["pageRequests"]] if "/api/" not in url]
+    assert assets == [web_url], "the page loads in one round trip: no scripts, styles or fonts to fetch"
+    assert seen["errorsBeforeBadFlag"] == []
+    assert all(url.startswith(web_url) for url in seen["requests"]), "nothing is fetched from elsewhere"
+    assert seen["quotaBefore"] == "25 credits left · resets at 00:00 UTC"
+
+    texts = [state["text"] for state in seen["states"]]
+    values = [state["value"] for state in seen["states"] if state["value"] is not None]
+    assert any(text.startswith("Making your image… step") for text in texts), texts
+    assert any(0 < value < 1 for value in values), f"the progress bar moved: {values}"
+
+    width, height = size_for_aspect_ratio(16, 9)
+    image = seen["image"]
+    assert (image["naturalWidth"], image["naturalHeight"]) == (width, height)
+    assert (image["width"], image["height"]) == (width, height)
+    assert "seed 42" in seen["caption"] and "24 credits left" in seen["caption"]
+    assert seen["quotaAfter"] == "24 credits left · resets at 00:00 UTC"
+    assert seen["buttonEnabled"] is True
+
+    assert seen["error"] == "--steps must be a whole number from 1 to 50; got 99."
+    assert (ARTIFACTS / "browser-result.png").stat().st_size > 0
