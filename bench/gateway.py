@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway import GenerationResult, ImageRequest, ImagineService, Settings  # noqa: E402
-from gateway.backend import ProgressCallback  # noqa: E402
-from gateway.fake_backend import solid_png  # noqa: E402
-from storage import Database  # noqa: E402
+from gateway import GenerationResult, ImageRequest, ImagineService, Settings
+from gateway.backend import ProgressCallback
+from gateway.fake_backend import solid_png
+from storage import Database
 
 PNG = solid_png(8, 8, (200, 100, 50))
 
@@ -48,7 +48,9 @@ class ZeroLatencyBackend:
         return GenerationResult([PNG], [request.seed], "zero", timings={"predict_time": 0.0})
 
 
-async def run_case(concurrency: int, users: int, total: int) -> dict[str, float]:
+async def run_case(
+    concurrency: int, users: int, total: int, *, group_commit: bool = True
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings.from_env(
             {
@@ -59,7 +61,7 @@ async def run_case(concurrency: int, users: int, total: int) -> dict[str, float]
             },
             env_file=None,
         )
-        db = await Database.open(settings.db_path)
+        db = await Database.open(settings.db_path, group_commit=group_commit)
         service = ImagineService(settings, db, ZeroLatencyBackend())
         await service.start()
         latencies: list[float] = []
@@ -98,22 +100,30 @@ async def main() -> None:
     rows = []
     for users in (1, 1000):
         for concurrency in (1, 50, 200):
-            result = await run_case(concurrency, users, total if concurrency > 1 else total // 3)
+            n = total if concurrency > 1 else total // 3
+            base = await run_case(concurrency, users, n, group_commit=False)
+            result = await run_case(concurrency, users, n)
+            result["base_rps"], result["base_p99"] = base["rps"], base["p99"]
             rows.append((users, concurrency, result))
             print(
                 f"users {users:>5}  concurrency {concurrency:>4}: {result['rps']:8.0f} req/s  "
-                f"p50 {result['p50']:6.2f} ms  p99 {result['p99']:6.2f} ms",
+                f"p50 {result['p50']:6.2f} ms  p99 {result['p99']:6.2f} ms  "
+                f"(one transaction per write: {base['rps']:.0f} req/s)",
                 flush=True,
             )
     print()
     print(f"Gateway core, zero-latency backend, SQLite WAL on {platform.node()} ({platform.machine()},")
     print(f"Python {platform.python_version()}), {total} requests per row (1/3 at concurrency 1)")
     print()
-    print("| users | concurrency | accepted+settled req/s | p50 ms | p99 ms |")
-    print("|---:|---:|---:|---:|---:|")
-    for users, concurrency, result in rows:
+    print(
+        "| users | concurrency | accepted+settled req/s | p50 ms | p99 ms "
+        "| baseline req/s (a transaction per write) | baseline p99 ms | ratio |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for users, concurrency, r in rows:
         print(
-            f"| {users} | {concurrency} | {result['rps']:.0f} | {result['p50']:.2f} | {result['p99']:.2f} |"
+            f"| {users} | {concurrency} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} "
+            f"| {r['base_rps']:.0f} | {r['base_p99']:.2f} | {r['rps'] / r['base_rps']:.2f}x |"
         )
     goal = next(r for u, c, r in rows if u == 1 and c == 50)
     ok = goal["rps"] >= 1000 and goal["p99"] < 20

@@ -142,19 +142,20 @@ def migrations() -> list[tuple[int, str, str]]:
 
 
 class Database:
-    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, conn: aiosqlite.Connection, path: Path, *, group_commit: bool = True) -> None:
         self._conn = conn
         self.path = path
+        self.group_commit = group_commit  # off: one transaction per write (the benchmark's baseline)
         self._batch: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._flushing: set[asyncio.Future[Any]] = set()
 
     @classmethod
-    async def open(cls, path: str | Path) -> Database:
+    async def open(cls, path: str | Path, *, group_commit: bool = True) -> Database:
         path = Path(path)
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
         conn = await aiosqlite.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-        db = cls(conn, path)
+        db = cls(conn, path, group_commit=group_commit)
         try:
             await db._run(_configure)
             await db._run(_migrate)
@@ -179,6 +180,11 @@ class Database:
         savepoint, so one failing (a refused reservation) leaves the others whole, and a busy
         gateway pays one thread hop and one commit per batch instead of per write.
         """
+        if not self.group_commit:
+            ok, value = (await self._run(_run_batch, [(fn, args)]))[0]
+            if not ok:
+                raise value
+            return value  # type: ignore[no-any-return]
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._batch.append((fn, args, future))
         if len(self._batch) == 1:
