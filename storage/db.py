@@ -187,8 +187,8 @@ class Database:
             return value  # type: ignore[no-any-return]
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._batch.append((fn, args, future))
-        if len(self._batch) == 1:
-            asyncio.get_running_loop().call_soon(self._flush)
+        if not self._flushing:
+            self._flush()  # nothing in flight: go now; writes arriving meanwhile form the next batch
         result: T = await future
         return result
 
@@ -213,8 +213,13 @@ class Database:
 
         task = asyncio.ensure_future(self._run(_run_batch, [(fn, args) for fn, args, _ in batch]))  # noqa: RUF006 (kept in _flushing)
         self._flushing.add(task)
-        task.add_done_callback(self._flushing.discard)
         task.add_done_callback(deliver)
+        task.add_done_callback(self._next_batch)
+
+    def _next_batch(self, task: asyncio.Future[Any]) -> None:
+        self._flushing.discard(task)
+        if self._batch:
+            self._flush()
 
     # --- jobs and credits -------------------------------------------------------------
 
