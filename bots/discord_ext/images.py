@@ -1,0 +1,344 @@
+"""``/imagine`` and the buttons under a result: defer, submit, show progress, deliver, settle.
+
+The job id is the interaction id (``discord:<id>``), so an event Discord delivers twice is charged and
+answered once. Credits are settled only once Discord has taken the image (``confirm_delivery``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import re
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, cast
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bots.discord_ext.delivery import MESSAGE_LIMIT, SEND_ERRORS, Reply, fit_images, image_name
+from gateway import ImageRequest, ImagineError, ImagineService, Job, JobResult, JobStatus, parse_prompt
+from gateway.messages import progress_text, queue_text, result_caption
+from gateway.request import MAX_IMAGES, MAX_SEED, size_for_aspect_ratio
+
+if TYPE_CHECKING:
+    from bots.discord_bot import ImagineBot
+
+log = logging.getLogger("imagine.discord")
+
+RECOVERY_POLL = 10.0  # the gateway finds dead processes' jobs on its heartbeat too
+SEEN_EVENTS = 10_000
+VARIATIONS = MAX_IMAGES
+# Room for "<@user id> " when a result goes to the channel instead of the interaction.
+CAPTION_LIMIT = MESSAGE_LIMIT - 32
+
+# Front words: refusals only a Discord button meets, and the reasons the gateway words a refund with.
+NOT_YOURS = "Only the person who asked for this image (or an Imagine admin) can delete it."
+UNKNOWN_IMAGE = "That image is not known to Imagine any more; use /imagine to make a new one."
+DELIVERY_FAILED = "Discord would not take the image"
+SENDING_FAILED = "Something went wrong while sending the image"
+
+SIZES = {
+    f"{w}:{h} ({size[0]}x{size[1]})": size
+    for w, h in ((1, 1), (4, 3), (3, 2), (16, 9), (2, 1), (3, 4), (2, 3), (9, 16), (1, 2))
+    for size in [size_for_aspect_ratio(w, h)]
+} | {"768x768": (768, 768), "1024x1024": (1024, 1024)}
+SIZE_CHOICES = [app_commands.Choice(name=name, value=f"{w}x{h}") for name, (w, h) in SIZES.items()]
+
+
+@dataclass
+class Flight:
+    """A job this process is following, for a graceful stop."""
+
+    task: asyncio.Task[Any]
+    user_id: str
+
+
+class ImageCommands(commands.Cog):
+    def __init__(self, bot: ImagineBot) -> None:
+        self.bot = bot
+        self.service: ImagineService = bot.service
+        self.in_flight: dict[str, Flight] = {}
+        self._seen: OrderedDict[int, None] = OrderedDict()
+        self._recovery: asyncio.Task[None] | None = None
+
+    async def cog_load(self) -> None:
+        self._recovery = asyncio.create_task(self._tell_recovered(), name="imagine-discord-recovered")
+
+    async def cog_unload(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
+
+    # --- /imagine ---------------------------------------------------------------------------
+
+    @app_commands.command(name="imagine", description="Make an image from a prompt")
+    @app_commands.describe(
+        prompt="What to draw; inline flags work too: --ar 16:9 --seed 42 --no text",
+        negative="What to leave out (negative prompt)",
+        size="Aspect ratio and size",
+        steps="Denoising steps (more: slower, finer)",
+        guidance="How closely to follow the prompt",
+        seed="The same seed gives the same image",
+        count="How many images (one credit each)",
+    )
+    @app_commands.choices(size=SIZE_CHOICES)
+    async def imagine(
+        self,
+        interaction: discord.Interaction[Any],
+        prompt: str,
+        negative: app_commands.Range[str, 1, 500] | None = None,
+        size: app_commands.Choice[str] | None = None,
+        steps: app_commands.Range[int, 1, 50] | None = None,
+        guidance: app_commands.Range[float, 1.0, 20.0] | None = None,
+        seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+        count: app_commands.Range[int, 1, MAX_IMAGES] | None = None,
+    ) -> None:
+        if not self._first_sighting(interaction):
+            return
+        options: dict[str, Any] = {}
+        if negative is not None:
+            options["negative_prompt"] = negative
+        if size is not None:
+            width, _, height = size.value.partition("x")
+            options["width"], options["height"] = int(width), int(height)
+        for name, value in (("steps", steps), ("guidance", guidance), ("seed", seed), ("num_images", count)):
+            if value is not None:
+                options[name] = value
+        try:
+            request = parse_prompt(prompt, **options)
+        except ImagineError as exc:
+            # Answered at once and privately: nothing else was awaited, nothing was charged.
+            await interaction.response.send_message(str(exc), ephemeral=True)
+            return
+        if not await _defer(interaction, thinking=True):
+            return
+        await self.run_job(interaction, request, job_id=f"discord:{interaction.id}")
+
+    # --- buttons ------------------------------------------------------------------------------
+
+    async def on_button(self, interaction: discord.Interaction[Any], action: str, source_id: str) -> None:
+        if not self._first_sighting(interaction):
+            return
+        if action == "delete":
+            await self._delete(interaction, source_id)
+            return
+        if not await _defer(interaction, thinking=True):
+            return
+        source = await self.service.find_job(source_id)
+        if source is None:
+            await Reply.from_interaction(self.bot, interaction).tell(UNKNOWN_IMAGE)
+            return
+        request = source.request.with_seed(None)
+        if action == "vary":
+            request = replace(request, num_images=VARIATIONS)
+        await self.run_job(interaction, request, job_id=f"discord:{interaction.id}")
+
+    async def _delete(self, interaction: discord.Interaction[Any], source_id: str) -> None:
+        if not await _defer(interaction, thinking=False):
+            return
+        source = await self.service.find_job(source_id)
+        user = f"discord:{interaction.user.id}"
+        if not self.service.is_admin(user) and (source is None or source.user_id != user):
+            await interaction.followup.send(NOT_YOURS, ephemeral=True)
+            return
+        try:
+            await interaction.delete_original_response()
+        except discord.HTTPException:
+            if interaction.message is None:
+                raise
+            await interaction.message.delete()
+
+    # --- a job, from submit to settled ---------------------------------------------------------
+
+    async def run_job(
+        self, interaction: discord.Interaction[Any], request: ImageRequest, *, job_id: str
+    ) -> None:
+        """After the defer: submit, follow the job, deliver; every outcome ends in one sentence."""
+        reply = Reply.from_interaction(self.bot, interaction)
+        user = f"discord:{interaction.user.id}"
+        try:
+            job = await self.service.submit(
+                user, request, job_id=job_id, reply=reply.to_json(), confirm_delivery=True
+            )
+        except ImagineError as exc:
+            await reply.tell(str(exc))
+            return
+        if job.duplicate:
+            return  # the first delivery of this event answers it
+        task = asyncio.current_task()
+        assert task is not None
+        self.in_flight[job.id] = Flight(task, user)
+        try:
+            await self._follow(job, reply)
+        except Exception:
+            log.exception("discord delivery of %s failed", job.id)
+            error = await self.service.delivery_failed(job.id, SENDING_FAILED)
+            if error is not None:
+                await reply.tell(str(error))
+        finally:
+            self.in_flight.pop(job.id, None)
+
+    async def _follow(self, job: Job, reply: Reply) -> None:
+        await self._show_progress(job, reply)
+        if job.status is JobStatus.FAILED:
+            assert job.error is not None
+            await reply.tell(str(job.error))  # the sentence already says the credits came back
+            return
+        assert job.result is not None
+        await self._deliver(job, job.result, reply)
+
+    async def _show_progress(self, job: Job, reply: Reply) -> None:
+        """Queue position, then progress; at most one edit per interval, always the newest state.
+
+        The interval never holds back the end: the wait stops as soon as the job finishes.
+        """
+        interval = self.bot.progress_interval
+        finished = asyncio.create_task(_until_finished(job))
+        shown = ""
+        last_edit = -interval
+        try:
+            async for _ in job.updates():
+                wait = last_edit + interval - time.monotonic()
+                if wait > 0:
+                    await asyncio.wait({finished}, timeout=wait)
+                update = job.snapshot()  # updates() coalesces: after the wait, show what is true now
+                if update.status.finished:
+                    return
+                if update.status is JobStatus.QUEUED:
+                    text = queue_text(update.position)
+                else:
+                    text = progress_text(update.step, update.total_steps)
+                if text != shown:
+                    shown = text
+                    last_edit = time.monotonic()
+                    await reply.edit(text)
+        finally:
+            finished.cancel()
+
+    async def _deliver(self, job: Job, result: JobResult, reply: Reply) -> None:
+        images = fit_images(result.images, reply.upload_limit)
+        names = [image_name(data, seed) for data, seed in zip(images, result.seeds, strict=False)]
+
+        def files() -> list[discord.File]:
+            return [discord.File(io.BytesIO(d), filename=n) for d, n in zip(images, names, strict=True)]
+
+        try:
+            await reply.send(
+                result_caption(result, limit=CAPTION_LIMIT), files=files, view=result_view(job.id)
+            )
+        except SEND_ERRORS as exc:
+            log.warning("discord did not take the images of %s: %r", job.id, exc)
+            error = await self.service.delivery_failed(job.id, DELIVERY_FAILED)
+            if error is not None:
+                await reply.tell(str(error))
+            return
+        await self.service.delivered(job.id)
+
+    # --- restart and stop ----------------------------------------------------------------------
+
+    async def _tell_recovered(self) -> None:
+        """Tell each user whose job a killed process left open that their credits came back."""
+        await self.bot.wait_until_ready()
+        while True:
+            for record in self.service.take_recovered("discord:"):
+                if not record.reply or not record.error:
+                    continue
+                try:
+                    await Reply.from_json(self.bot, record.reply).tell(record.error)
+                except (KeyError, TypeError, ValueError):
+                    log.warning("job %s has no usable discord reply data", record.id)
+                except Exception:
+                    log.exception("could not tell the user of job %s about its refund", record.id)
+            await asyncio.sleep(RECOVERY_POLL)
+
+    async def drain(self, grace: float) -> None:
+        """Let jobs in flight finish for ``grace`` s; cancel the rest, which tells their users."""
+        tasks = {flight.task for flight in self.in_flight.values()}
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        for job_id, flight in list(self.in_flight.items()):
+            with contextlib.suppress(ImagineError):
+                await self.service.cancel(job_id, by=flight.user_id)
+        tasks = {flight.task for flight in self.in_flight.values()}
+        if tasks:
+            await asyncio.wait(tasks, timeout=5.0)
+
+    def _first_sighting(self, interaction: discord.Interaction[Any]) -> bool:
+        """False for an interaction already seen: Discord may deliver an event twice."""
+        if interaction.id in self._seen:
+            return False
+        self._seen[interaction.id] = None
+        if len(self._seen) > SEEN_EVENTS:
+            self._seen.popitem(last=False)
+        return True
+
+
+class ResultButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"imagine:(?P<action>reroll|vary|delete):(?P<job>discord:[0-9]+)",
+):
+    """A button under a result; the job id in its custom id keeps it working after a restart."""
+
+    LOOKS: dict[str, tuple[str, str, discord.ButtonStyle]] = {
+        "reroll": ("Re-roll", "🎲", discord.ButtonStyle.primary),
+        "vary": ("Variations", "🎨", discord.ButtonStyle.secondary),
+        "delete": ("Delete", "🗑️", discord.ButtonStyle.danger),
+    }
+
+    def __init__(self, action: str, job_id: str) -> None:
+        label, emoji, style = self.LOOKS[action]
+        super().__init__(
+            discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"imagine:{action}:{job_id}")
+        )
+        self.action = action
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> ResultButton:
+        return cls(match["action"], match["job"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        cog = cast("ImageCommands | None", interaction.client.get_cog("ImageCommands"))  # type: ignore[attr-defined]
+        if cog is not None:
+            await cog.on_button(interaction, self.action, self.job_id)
+
+
+def result_view(job_id: str) -> discord.ui.View:
+    """The buttons under a result: all dynamic items, so discord.py keeps nothing per message."""
+    view = discord.ui.View(timeout=None)
+    for action in ResultButton.LOOKS:
+        view.add_item(ResultButton(action, job_id))
+    return view
+
+
+async def _until_finished(job: Job) -> None:
+    async for update in job.updates():
+        if update.status.finished:
+            return
+
+
+async def _defer(interaction: discord.Interaction[Any], *, thinking: bool) -> bool:
+    """Acknowledge within Discord's 3 s; False if Discord says it is too late or already answered."""
+    try:
+        await interaction.response.defer(thinking=thinking)
+    except discord.HTTPException as exc:
+        log.warning("could not defer interaction %s (%s %s)", interaction.id, exc.status, exc.code)
+        return False
+    return True
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(ImageCommands(cast("ImagineBot", bot)))
+    bot.add_dynamic_items(ResultButton)

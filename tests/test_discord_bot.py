@@ -1,0 +1,510 @@
+"""The Discord bot end to end: the real discord.py client against the fake Discord on loopback.
+
+Every test runs the bot (``bots.discord_bot.DiscordFront``) with the gateway service on a real SQLite
+file and the fake backend, and asserts what a Discord user would see, as recorded by the fake
+(tests/fakes/discord_server.py). Nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import itertools
+import os
+import re
+import signal
+import struct
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import discord
+import pytest
+
+from bots.discord_bot import DiscordFront
+from bots.discord_ext import images as images_ext
+from bots.discord_ext.delivery import fit_images
+from gateway import BackendError, ImageRequest, ImagineService, Secret, Settings, SettingsError, parse_prompt
+from gateway.backend import GenerationResult, ProgressCallback
+from gateway.fake_backend import FakeBackend
+from gateway.messages import utc_day
+from storage import Database
+from tests.fakes.discord_server import (
+    CallbackType,
+    FakeDiscord,
+    FakeInteraction,
+    FakeMessage,
+    RecordedRequest,
+)
+
+TOKEN = "MTA1NzY0NjQ4OTQ0NTYzNzI0OA.GfakeX.bot-token-for-tests"
+ORIGINAL = "/webhooks/{application_id}/{token}/messages/@original"
+CALLBACK = "/interactions/{interaction_id}/{token}/callback"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return int(width), int(height)
+
+
+class World:
+    """The fake Discord, the gateway over a temp SQLite file, and the bot between them."""
+
+    def __init__(self, fake: FakeDiscord, settings: Settings, db: Database) -> None:
+        self.fake = fake
+        self.settings = settings
+        self.db = db
+        self.backend = FakeBackend()
+        self.service = ImagineService(settings, db, self.backend)
+        self.front: DiscordFront | None = None
+        self.alice = fake.default_user_id
+        self.bob = fake.add_user("bob").id
+        self.admin = next(user.id for user in fake.users.values() if user.username == "admin")
+
+    async def start_bot(self, *, progress_interval: float = 1.5) -> str:
+        self.front = DiscordFront(self.settings, self.service)
+        self.front.progress_interval = progress_interval
+        self.front.stop_grace = 0.0
+        self.front.identify_interval = 0.0  # Discord's 5 s between shard IDENTIFYs; the fake has no limit
+        return await self.front.start()
+
+    async def stop_bot(self) -> None:
+        if self.front is not None:
+            await self.front.stop()
+            self.front = None
+
+    async def imagine(self, prompt: str, **options: Any) -> FakeInteraction:
+        return await self.fake.dispatch_slash_command("imagine", {"prompt": prompt, **options})
+
+    async def result_of(self, interaction: FakeInteraction, within: float = 10.0) -> FakeMessage:
+        """The message carrying the image(s) for ``interaction``."""
+
+        def delivered() -> FakeMessage | None:
+            for message in interaction.messages:
+                if message.attachments:
+                    return message
+            return None
+
+        return await self.fake.wait_for(delivered, within)
+
+    async def settled(self, interaction: FakeInteraction) -> str:
+        """The job's final status, once the bot has settled (or refunded) it after the delivery."""
+        async with asyncio.timeout(5):
+            while True:
+                job = await self.db.get_job(f"discord:{interaction.id}")
+                if job is not None and job.status in ("succeeded", "failed"):
+                    return job.status
+                await asyncio.sleep(0.02)
+
+    async def said(self, interaction: FakeInteraction, text: str, within: float = 5.0) -> FakeMessage:
+        """The message of ``interaction`` whose content contains ``text``."""
+        return await self.fake.wait_for(
+            lambda: next((m for m in interaction.messages if text in m.content), None), within
+        )
+
+
+@pytest.fixture
+async def world(settings: Settings) -> AsyncIterator[World]:
+    fake = FakeDiscord(token=TOKEN, recommended_shards=2)
+    await fake.start()
+    admin = fake.add_user("admin")
+    settings = settings.with_overrides(
+        discord_token=Secret(TOKEN),
+        discord_api_base_url=fake.api_base_url,
+        discord_gateway_url=fake.gateway_url,
+        admins=frozenset({f"discord:{admin.id}"}),
+    )
+    db = await Database.open(settings.db_path)
+    world = World(fake, settings, db)
+    await world.service.start()
+    try:
+        await world.start_bot()
+        yield world
+    finally:
+        await world.stop_bot()
+        await world.service.close(drain_timeout=1.0)
+        assert await db.check_ledger() == []
+        await db.close()
+        await fake.close()
+
+
+async def test_start_logs_in_syncs_commands_and_connects_every_shard(world: World) -> None:
+    fake = world.fake
+    sessions = await fake.wait_until_ready(shard_count=2)
+    assert sorted(s.shard for s in sessions) == [(0, 2), (1, 2)]
+    assert set(fake.commands()) == {"imagine", "quota", "help", "admin"}
+    options = {o["name"]: o for o in fake.commands()["imagine"]["options"]}
+    assert list(options) == ["prompt", "negative", "size", "steps", "guidance", "seed", "count"]
+    assert options["count"]["max_value"] == 4
+    admin = {o["name"] for o in fake.commands()["admin"]["options"]}
+    assert admin == {"quota", "grant", "ban", "unban", "stats"}
+    assert all(identify["intents"] == 0 for identify in fake.identifies)  # no privileged intents
+    await world.stop_bot()
+    assert await world.start_bot() == "Discord as Imagine#0001 (2 shards)"
+
+
+def requests_of(world: World, interaction: FakeInteraction, method: str, path: str) -> list[RecordedRequest]:
+    return [r for r in world.fake.requests_for(interaction) if r.matches(method, path)]
+
+
+async def test_a_wrong_or_missing_token_fails_start_with_a_clear_error_that_hides_the_token(
+    world: World,
+) -> None:
+    wrong = world.settings.with_overrides(discord_token=Secret("not-the-token"))
+    with pytest.raises(discord.LoginFailure) as failure:
+        await DiscordFront(wrong, world.service).start()
+    assert "not-the-token" not in str(failure.value)
+    with pytest.raises(SettingsError, match="DISCORD_TOKEN"):
+        await DiscordFront(world.settings.with_overrides(discord_token=None), world.service).start()
+
+
+async def test_defer_reaches_discord_within_a_second_while_the_backend_takes_10_s(world: World) -> None:
+    world.backend.delay = 0.4  # 25 steps: 10 s
+    sent = time.monotonic()
+    interaction = await world.imagine("a lighthouse at dusk")
+    callback = await world.fake.wait_for_request(
+        lambda r: r.interaction_id == interaction.id and r.matches("POST", CALLBACK), 1.0
+    )
+    assert callback.time - sent < 1.0
+    assert interaction.response_type == CallbackType.DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE
+    await world.said(interaction, "Working…")
+    # Stopping the bot now cancels the job (no 10 s wait): refunded, and the user is told so.
+    await world.stop_bot()
+    await world.said(interaction, "The job was cancelled; your 1 credit was refunded.")
+    assert (await world.service.quota(f"discord:{world.alice}")).used == 0
+
+
+async def test_progress_edits_arrive_in_order_then_the_png_of_the_requested_size(world: World) -> None:
+    await world.stop_bot()
+    await world.start_bot(progress_interval=0.25)
+    world.backend.delay = 0.1
+    interaction = await world.imagine("a red fox in the snow --ar 16:9 --steps 10 --seed 7")
+    result = await world.result_of(interaction)
+
+    edits = requests_of(world, interaction, "PATCH", ORIGINAL)
+    progress, final = edits[:-1], edits[-1]
+    texts = [edit.json["content"] for edit in progress]
+    assert texts[0] in ("Starting…", "In the queue: 1 ahead of you.")
+    steps = [int(match[1]) for text in texts if (match := re.search(r"(\d+)/10 steps", text))]
+    assert len(steps) >= 2 and steps == sorted(steps), texts
+    gaps = [later.time - earlier.time for earlier, later in itertools.pairwise(progress)]
+    assert min(gaps) >= 0.2, gaps  # throttled: at most one edit per interval
+
+    assert final.files and result is interaction.original
+    wanted = parse_prompt("x --ar 16:9")
+    assert png_size(result.attachments[0].data) == (wanted.width, wanted.height)
+    assert result.content.startswith("a red fox in the snow\nseed 7 · ")
+    assert "24 credits left" in result.content
+    job_id = f"discord:{interaction.id}"
+    assert result.custom_ids() == [f"imagine:{a}:{job_id}" for a in ("reroll", "vary", "delete")]
+    assert world.front is not None and not world.front.bot.persistent_views  # type: ignore[union-attr]
+    assert await world.settled(interaction) == "succeeded"  # settled once Discord took the image
+    quota = await world.service.quota(f"discord:{world.alice}")
+    assert (quota.used, quota.reserved) == (1, 0)
+
+
+async def test_typed_options_become_the_request(world: World) -> None:
+    options = {"negative": "text", "size": "768x768", "steps": 4, "guidance": 9.5, "seed": 11, "count": 2}
+    interaction = await world.imagine("a bowl of fruit", **options)
+    result = await world.result_of(interaction)
+    _, request = world.backend.calls[-1]
+    assert (request.negative_prompt, request.width, request.height) == ("text", 768, 768)
+    assert (request.steps, request.guidance, request.seed, request.num_images) == (4, 9.5, 11, 2)
+    assert [png_size(a.data) for a in result.attachments] == [(768, 768), (768, 768)]
+    assert "seeds 11, 12" in result.content
+
+
+async def test_buttons_reroll_after_a_restart_cost_credits_and_only_the_requester_deletes(
+    world: World,
+) -> None:
+    first = await world.imagine("a castle on a hill --seed 42")
+    result = await world.result_of(first)
+    reroll, vary, delete = result.custom_ids()
+    user = f"discord:{world.alice}"
+
+    await world.stop_bot()  # the buttons keep working after the bot restarts
+    await world.start_bot()
+
+    pressed = await world.fake.dispatch_component(reroll, result.id)
+    rerolled = await world.result_of(pressed)
+    assert pressed.response_type == CallbackType.DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE
+    assert rerolled.id != result.id and rerolled.content.startswith("a castle on a hill\nseed ")
+    assert "seed 42 " not in rerolled.content
+    assert rerolled.attachments[0].data != result.attachments[0].data
+    assert (await world.service.quota(user)).used == 2
+
+    varied = await world.result_of(await world.fake.dispatch_component(vary, result.id))
+    assert len(varied.attachments) == 4
+    assert (await world.service.quota(user)).used == 6
+
+    refused = await world.fake.dispatch_component(delete, result.id, user_id=world.bob)
+    answer = await world.said(refused, images_ext.NOT_YOURS)
+    assert answer.ephemeral and not result.deleted
+
+    await world.fake.dispatch_component(delete, result.id)
+    await world.fake.wait_for(lambda: result.deleted)
+    assert (await world.service.quota(user)).used == 6  # deleting refunds nothing and costs nothing
+
+
+async def test_admin_grant_is_refused_for_a_non_admin_and_works_for_an_admin(world: World) -> None:
+    bob = f"discord:{world.bob}"
+    before = await world.db.ledger()
+    refused = await world.fake.dispatch_slash_command(
+        "admin", {"user": f"<@{world.bob}>", "credits": 5}, subcommand="grant", user_id=world.bob
+    )
+    answer = await world.said(refused, "Only Imagine admins can do that; nothing was changed.")
+    assert answer.ephemeral
+    assert await world.db.ledger() == before
+    assert (await world.service.quota(bob)).bonus == 0
+
+    granted = await world.fake.dispatch_slash_command(
+        "admin", {"user": f"<@{world.bob}>", "credits": 5}, subcommand="grant", user_id=world.admin
+    )
+    answer = await world.said(granted, f"Granted 5 credits to {bob}; bonus now 5.")
+    assert answer.ephemeral
+    assert (await world.service.quota(bob)).bonus == 5
+
+    stats = await world.fake.dispatch_slash_command("admin", {}, subcommand="stats", user_id=world.admin)
+    await world.said(stats, "Last 24 hours:")
+
+
+async def test_the_same_interaction_delivered_twice_is_generated_charged_and_answered_once(
+    world: World,
+) -> None:
+    world.backend.delay = 0.02
+    interaction = await world.imagine("a pair of twins")
+    await world.fake.wait_for_response(interaction)
+    await world.fake.redispatch(interaction)
+    await world.result_of(interaction)
+    await asyncio.sleep(0.3)  # room for a second answer to show up, if the bot made one
+    assert interaction.deliveries == 2
+    assert len(world.backend.calls) == 1
+    assert len(requests_of(world, interaction, "POST", CALLBACK)) == 1
+    assert interaction.followups == [] and len(interaction.attachments) == 1
+    assert await world.settled(interaction) == "succeeded"
+    reserves = [row for row in await world.db.ledger() if row["kind"] == "reserve"]
+    assert len(reserves) == 1
+    assert (await world.service.quota(f"discord:{world.alice}")).used == 1
+
+
+async def test_a_429_on_the_delivery_is_retried_and_the_image_still_arrives(world: World) -> None:
+    await world.stop_bot()
+    await world.start_bot(progress_interval=60.0)  # one progress edit, then the delivery
+    world.backend.delay = 0.04
+    interaction = await world.imagine("a crowded harbour")
+    await world.fake.wait_for_request(
+        lambda r: r.interaction_id == interaction.id and r.matches("PATCH", ORIGINAL)
+    )
+    # Discord's 429 (discord.py waits and retries), then one without Via (discord.py gives up, the bot not).
+    polite = world.fake.inject_rate_limit("PATCH", ORIGINAL, retry_after=0.2)
+    blunt = world.fake.inject_rate_limit("PATCH", ORIGINAL, retry_after=0.2, cloudflare=True)
+    result = await world.result_of(interaction, 15.0)
+    assert [len(polite.hits), len(blunt.hits)] == [1, 1]
+    assert polite.hits[0].files and blunt.hits[0].files  # both were the delivery itself
+    assert png_size(result.attachments[0].data) == (512, 512)
+    assert await world.settled(interaction) == "succeeded"
+
+
+@pytest.mark.parametrize("channel_refuses", [False, True], ids=["channel", "dm"])
+async def test_a_job_that_outlives_its_token_is_delivered_in_the_channel_or_by_dm(
+    world: World, channel_refuses: bool
+) -> None:
+    world.backend.delay = 0.03
+    if channel_refuses:
+        world.fake.inject_error(
+            "POST", "/channels/{channel_id}/messages", status=403, code=50013, message="Missing Permissions"
+        )
+    interaction = await world.imagine("a very slow painting")
+    await world.fake.wait_for_response(interaction)
+    world.fake.expire_interaction(interaction)  # as if 15 minutes had passed
+
+    def delivered() -> FakeMessage | None:
+        if channel_refuses:
+            messages = world.fake.dm_messages(world.alice)
+        else:
+            messages = world.fake.channel_messages()
+        return next((m for m in messages if m.attachments and m.webhook_id is None), None)
+
+    message = await world.fake.wait_for(delivered, 10.0)
+    if not channel_refuses:
+        assert message.content.startswith(f"<@{world.alice}> a very slow painting\nseed ")
+    assert png_size(message.attachments[0].data) == (512, 512)
+    assert f"imagine:reroll:discord:{interaction.id}" in message.custom_ids()
+    assert await world.settled(interaction) == "succeeded"
+    quota = await world.service.quota(f"discord:{world.alice}")
+    assert (quota.used, quota.reserved) == (1, 0)
+
+
+class NoisyBackend(FakeBackend):
+    """Images of random pixels: PNG cannot compress them, like real photos at large sizes."""
+
+    async def generate(
+        self, job_id: str, request: ImageRequest, progress: ProgressCallback
+    ) -> GenerationResult:
+        from PIL import Image
+
+        result = await super().generate(job_id, request, progress)
+        noisy = []
+        for _ in result.images:
+            out = io.BytesIO()
+            pixels = os.urandom(request.width * request.height * 3)
+            Image.frombytes("RGB", (request.width, request.height), pixels).save(out, format="PNG")
+            noisy.append(out.getvalue())
+        return GenerationResult(noisy, result.seeds, result.model, timings=result.timings)
+
+
+async def test_an_image_over_the_interactions_upload_limit_is_reencoded_to_fit(world: World) -> None:
+    noisy = NoisyBackend()
+    world.service.backend = noisy
+    limit = 300_000
+    interaction = await world.fake.dispatch_slash_command(
+        "imagine", {"prompt": "static on an old television"}, attachment_size_limit=limit
+    )
+    result = await world.result_of(interaction)
+    attachment = result.attachments[0]
+    assert attachment.size <= limit and attachment.filename.endswith(".jpg")
+    assert attachment.data[:3] == b"\xff\xd8\xff"  # JPEG
+    assert not any(r.status == 413 for r in world.fake.requests)
+    assert await world.settled(interaction) == "succeeded"
+
+
+def test_fit_images_keeps_small_pngs_and_shrinks_big_ones() -> None:
+    from PIL import Image
+
+    small = FakeBackend  # noqa: F841 - the fake backend's PNGs are tiny
+    out = io.BytesIO()
+    Image.frombytes("RGB", (1024, 1024), os.urandom(1024 * 1024 * 3)).save(out, format="PNG")
+    big = out.getvalue()
+    tiny = b"\x89PNG\r\n\x1a\n" + b"0" * 1000
+    assert fit_images([tiny], 8 * 1024 * 1024) == [tiny]
+    fitted = fit_images([big, big], 1_000_000)
+    assert all(len(image) <= (1_000_000 - 64 * 1024) // 2 for image in fitted)
+    with Image.open(io.BytesIO(fitted[0])) as image:
+        assert image.format == "JPEG"
+
+
+async def test_refusals_and_failures_are_one_sentence_each_and_cost_nothing(world: World) -> None:
+    fake, alice = world.fake, f"discord:{world.alice}"
+
+    bad = await world.imagine("a cat --steps 99")
+    answer = await world.said(bad, "--steps must be a whole number from 1 to 50; got 99.")
+    assert bad.response_type == CallbackType.CHANNEL_MESSAGE_WITH_SOURCE and answer.ephemeral
+
+    world.backend.fail_with = BackendError("the GPU fell over")
+    failed = await world.imagine("a dog")
+    await world.said(failed, "The image generator failed: the GPU fell over; your 1 credit was refunded.")
+    world.backend.fail_with = None
+
+    world.backend.block = True
+    blocked = await world.imagine("something")
+    await world.said(blocked, "The safety filter blocked the image; your 1 credit was refunded.")
+    world.backend.block = False
+
+    ban = await fake.dispatch_slash_command(
+        "admin", {"user": str(world.bob), "reason": "spamming"}, subcommand="ban", user_id=world.admin
+    )
+    await world.said(ban, f"discord:{world.bob} is banned: spamming")
+    banned = await fake.dispatch_slash_command("imagine", {"prompt": "a horse"}, user_id=world.bob)
+    await world.said(banned, "You are banned from Imagine: spamming")
+
+    zero = await fake.dispatch_slash_command(
+        "admin", {"user": alice, "allowance": 0}, subcommand="quota", user_id=world.admin
+    )
+    await world.said(zero, f"{alice} may now make 0 images a day.")
+    broke = await world.imagine("a bird")
+    await world.said(broke, "they reset at 00:00 UTC")
+
+    quota = await fake.dispatch_slash_command("quota")
+    assert (await world.said(quota, "Used today: 0 of 0 (set by an admin)")).ephemeral
+    help_ = await fake.dispatch_slash_command("help")
+    assert (await world.said(help_, "--ar W:H")).ephemeral
+    assert (await world.service.quota(alice)).used == 0
+    assert len(world.backend.calls) == 2
+
+
+# --- the bot as a process: `imagine discord`, killed with SIGKILL mid-job and started again ------------
+
+
+async def start_bot_process(env: dict[str, str], cwd: Path, log: Path) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "imagine.py"),
+        "discord",
+        env=env,
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=log.open("ab"),
+    )
+    assert process.stdout is not None
+    async with asyncio.timeout(30):
+        while not (line := (await process.stdout.readline()).decode()).startswith("imagine: discord is on:"):
+            assert line, f"the bot exited before it was on; see {log}"
+    return process
+
+
+@pytest.mark.slow
+async def test_bot_killed_mid_job_and_restarted_refunds_the_credit_and_tells_the_user(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    fake = FakeDiscord(token=TOKEN)
+    await fake.start()
+    db_path = data_dir / "imagine.sqlite3"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "DISCORD_", "TELEGRAM_"))}
+    env |= {
+        "DISCORD_TOKEN": TOKEN,
+        "DISCORD_API_BASE_URL": fake.api_base_url,
+        "DISCORD_GATEWAY_URL": fake.gateway_url,
+        "IMAGINE_DB": str(db_path),
+        "IMAGINE_BACKEND": "fake",
+        "IMAGINE_MODEL": "tiny",
+        "IMAGINE_FAKE_DELAY": "1",  # 25 s for an image: it is mid-job when it dies
+    }
+    log = tmp_path / "bot.log"
+    processes: list[asyncio.subprocess.Process] = []
+    try:
+        processes.append(first := await start_bot_process(env, tmp_path, log))
+        interaction = await fake.dispatch_slash_command("imagine", {"prompt": "a lighthouse at dusk"})
+        await world_said(fake, interaction, "Working…")
+        maps = await asyncio.to_thread(Path(f"/proc/{first.pid}/maps").read_text)
+        assert "torch" not in maps  # the bot process never loads torch
+
+        first.send_signal(signal.SIGKILL)
+        await first.wait()
+        processes.append(second := await start_bot_process(env, tmp_path, log))
+        told = await world_said(fake, interaction, "refunded", within=15.0)
+        assert told.content.startswith(
+            "Imagine restarted while making your image; your 1 credit was refunded."
+        )
+        second.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(second.wait(), 30) == 0
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        await fake.close()
+
+    db = await Database.open(db_path)
+    try:
+        assert await db.check_ledger() == []
+        assert await db.integrity_check() == "ok"
+        job = await db.get_job(f"discord:{interaction.id}")
+        assert job is not None and (job.status, job.refunded, job.spent) == ("failed", 1, 0)
+        quota = await db.quota(
+            f"discord:{fake.default_user_id}", day=utc_day(time.time()), default_allowance=25
+        )
+        assert (quota.used, quota.reserved) == (0, 0)
+    finally:
+        await db.close()
+
+
+async def world_said(
+    fake: FakeDiscord, interaction: FakeInteraction, text: str, within: float = 10.0
+) -> FakeMessage:
+    return await fake.wait_for(
+        lambda: next((m for m in interaction.messages if text in m.content), None), within
+    )
