@@ -156,9 +156,7 @@ def size_for_aspect_ratio(w: float, h: float) -> tuple[int, int]:
             math.log(size[0] * size[1] / TARGET_PIXELS)
         )
 
-    candidates = [
-        (cw, ch) for cw in sides for ch in sides if 0.7 <= cw * ch / TARGET_PIXELS <= 1.4
-    ] or [(MIN_SIDE, MIN_SIDE)]
+    candidates = [(cw, ch) for cw in sides for ch in sides if 0.7 <= cw * ch / TARGET_PIXELS <= 1.4]
     return min(candidates, key=score)
 
 
