@@ -1,0 +1,850 @@
+"""The GPU worker: the Stable Diffusion pipeline behind HTTP, compatible with the Cog prediction protocol.
+
+It loads once and serves many (Cog's ``setup()``/``predict()`` split): the server answers
+``GET /health-check`` at once with ``STARTING`` while a thread imports torch, loads the
+weights, moves them to the device, compiles if asked and makes one warm-up image; then
+``READY``. ``POST /predictions`` and the idempotent ``PUT /predictions/{id}`` take
+``{"input": {...}}`` with the field names of Replicate's Stable Diffusion models.
+
+Concurrent predictions that share size, steps, guidance and scheduler are batched into one
+pipeline call (up to ``IMAGINE_MAX_BATCH`` images, waiting at most ``IMAGINE_BATCH_WAIT_MS``
+for company); each keeps its own seed, so an image is the same batched or alone. When as
+many predictions are waiting as the worker takes (:attr:`Worker.capacity`), the health check
+says ``BUSY`` and new ones get 409 with ``Retry-After``.
+
+``create_app(settings, runner=...)`` builds the app around any batch runner (tests, benchmarks);
+:func:`serve` runs it on uvicorn with the real pipeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import functools
+import hmac
+import json
+import logging
+import math
+import os
+import random
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.backend import GenerationResult
+from gateway.cog import INPUT_FIELDS, is_prediction_id, png_data_uri, request_from_input, safe_reason
+from gateway.errors import InvalidRequest
+from gateway.request import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_SCHEDULER,
+    MAX_IMAGES,
+    MAX_SEED,
+    ImageRequest,
+)
+from gateway.settings import Settings
+
+log = logging.getLogger("imagine.worker")
+
+#: A prediction request is a prompt and a few numbers; 64 KiB is far more than any needs.
+MAX_BODY_BYTES = 64 * 1024
+#: Finished predictions kept for idempotent retries of the same id.
+KEEP_FINISHED = 1000
+WARMUP_REQUEST = ImageRequest(
+    prompt="a lighthouse at dusk", width=512, height=512, steps=2, seed=0, scheduler=DEFAULT_SCHEDULER
+)
+BODY_FIELDS = ("id", "input", "created_at")
+
+
+class BatchRunner(Protocol):
+    """Makes the images of several requests that share size, steps, guidance and scheduler in ONE
+    pipeline call; one result per request, in order. Blocking: runs on the worker's GPU thread.
+    ``cancel`` is asked between denoising steps (``DiffusionRunner.generate`` is one)."""
+
+    def __call__(
+        self, requests: Sequence[ImageRequest], *, cancel: Callable[[], bool] | None = None
+    ) -> list[GenerationResult]: ...
+
+
+class Health(enum.StrEnum):
+    STARTING = "STARTING"
+    READY = "READY"
+    BUSY = "BUSY"
+    SETUP_FAILED = "SETUP_FAILED"
+
+
+@dataclass
+class Loaded:
+    """What setup produced: the runner, where the seconds went, and what it runs on."""
+
+    runner: BatchRunner
+    timings: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+    model: str = ""
+
+
+#: Loads the model (in a thread); ``phase`` is called with what it is doing, for the health check.
+Loader = Callable[[Callable[[str], None]], Loaded]
+
+
+# --- the OpenAPI shapes (the body is read and checked by hand, so a too-big body is refused
+# before parsing and a bad field gets the gateway's own sentence) -----------------------------
+
+
+class PredictionInput(BaseModel):
+    prompt: str = Field(description="What to draw; up to 1000 characters.")
+    negative_prompt: str = Field("", description="What to avoid; up to 500 characters.")
+    width: int = Field(512, ge=256, le=1024, multiple_of=64)
+    height: int = Field(512, ge=256, le=1024, multiple_of=64)
+    num_outputs: int = Field(1, ge=1, le=MAX_IMAGES)
+    num_inference_steps: int = Field(25, ge=1, le=50)
+    guidance_scale: float = Field(DEFAULT_GUIDANCE, ge=1, le=20)
+    scheduler: str = Field(
+        DEFAULT_SCHEDULER,
+        description="dpmpp, euler, euler_a, ddim, pndm, lms (or Replicate's names: DPMSolverMultistep, ...)",
+    )
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random when left out.")
+
+
+class PredictionRequest(BaseModel):
+    id: str | None = Field(None, description="Makes POST idempotent too; PUT takes it from the path.")
+    input: PredictionInput
+
+
+class PredictionResponse(BaseModel):
+    id: str
+    status: str = Field(description="succeeded, failed or canceled")
+    input: dict[str, Any]
+    output: list[str] | None = Field(description="PNG images as data URIs")
+    error: str | None
+    logs: str = ""
+    metrics: dict[str, float]
+    seed: int | None
+    seeds: list[int]
+    blocked: int = Field(0, description="images withheld by the safety checker")
+    prompt_truncated: bool
+    model: str
+    created_at: str
+    started_at: str | None
+    completed_at: str | None
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+def _request_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["input"],
+        "properties": {
+            "id": {"type": "string", "description": "Makes POST idempotent too; PUT takes it from the path."},
+            "input": PredictionInput.model_json_schema(),
+        },
+    }
+
+
+# --- predictions and batching ---------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Prediction:
+    id: str
+    request: ImageRequest
+    input: dict[str, Any]
+    created_at: float = field(default_factory=time.time)
+    queued_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None
+    completed_at: float | None = None
+    response: dict[str, Any] | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    canceled: bool = False
+
+    @property
+    def batch_key(self) -> tuple[int, int, int, float, str]:
+        r = self.request
+        return (r.width, r.height, r.steps, r.guidance, r.scheduler)
+
+    def finish(self, response: dict[str, Any]) -> None:
+        if self.response is None:
+            self.completed_at = time.time()
+            self.response = response
+            self.done.set()
+
+
+class WorkerFull(Exception):
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("full")
+        self.retry_after = retry_after
+
+
+class Worker:
+    """The state behind the routes: setup, the queue, the batch loop, finished predictions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        loader: Loader,
+        *,
+        capacity: int | None = None,
+        warmup: ImageRequest | None = WARMUP_REQUEST,
+    ) -> None:
+        self.settings = settings
+        self.loader = loader
+        self.max_batch = max(1, settings.max_batch)
+        self.batch_wait = max(0.0, settings.batch_wait_ms / 1000.0)
+        self.capacity = capacity if capacity is not None else max(4, 2 * self.max_batch)
+        self.warmup = warmup
+        self.health = Health.STARTING
+        self.phase = "starting"
+        self.setup_error: str | None = None
+        self.setup_started_at = time.time()
+        self.setup_completed_at: float | None = None
+        self.timings: dict[str, float] = {}
+        self.device = "unknown"
+        self.model = settings.model
+        self.runner: BatchRunner | None = None
+        self.pending: list[Prediction] = []
+        self.running: list[Prediction] = []
+        self.predictions: OrderedDict[str, Prediction] = OrderedDict()
+        self.batches = 0
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._recent_batch_seconds: float = 5.0
+        # One thread does all the model work: CUDA graphs and compiled kernels are per thread.
+        self._gpu_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagine-gpu")
+
+    async def _on_gpu_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._gpu_thread, functools.partial(fn, *args, **kwargs)
+        )
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._setup(), name="imagine-worker-setup"))
+        self._tasks.append(asyncio.create_task(self._batch_loop(), name="imagine-worker-batches"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for prediction in [*self.pending, *self.running]:
+            prediction.finish(self._failed(prediction, "the worker shut down before the image was made"))
+        self.pending.clear()
+        self._gpu_thread.shutdown(wait=False, cancel_futures=True)
+
+    async def _setup(self) -> None:
+        started = time.perf_counter()
+
+        def phase(text: str) -> None:
+            self.phase = text
+            log.info("setup: %s", text)
+
+        try:
+            loaded = await self._on_gpu_thread(self.loader, phase)
+            self.runner = loaded.runner
+            self.timings.update(loaded.timings)
+            self.device = loaded.device
+            self.model = loaded.model or self.model
+            if self.warmup is not None:
+                phase("warming up")
+                t = time.perf_counter()
+                await self._on_gpu_thread(self.runner, [self.warmup])
+                self.timings["warmup"] = time.perf_counter() - t
+        except Exception as exc:
+            log.exception("setup failed")
+            self.setup_error = f"{type(exc).__name__}: {safe_reason(exc, 500)}"
+            self.health = Health.SETUP_FAILED
+            self.phase = "setup failed"
+            self.setup_completed_at = time.time()
+            for prediction in self.pending:
+                prediction.finish(
+                    self._failed(prediction, f"the worker could not start ({self.setup_error})")
+                )
+            self.pending.clear()
+            return
+        self.timings["setup_total"] = time.perf_counter() - started
+        self.timings["process_start_to_ready"] = time.time() - process_started_at()
+        self.setup_completed_at = time.time()
+        self.phase = "ready"
+        self.health = Health.READY
+        breakdown = ", ".join(f"{k} {v:.2f} s" for k, v in self.timings.items())
+        log.info("ready on %s: %s", self.device, breakdown)
+        self._wakeup.set()
+
+    # --- health ----------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending) + len(self.running)
+
+    @property
+    def status(self) -> Health:
+        if self.health is not Health.READY:
+            return self.health
+        return Health.BUSY if self.in_flight >= self.capacity else Health.READY
+
+    def health_json(self) -> dict[str, Any]:
+        setup_status = {
+            Health.STARTING: "starting",
+            Health.SETUP_FAILED: "failed",
+        }.get(self.health, "succeeded")
+        return {
+            "status": self.status.value,
+            "setup": {
+                "status": setup_status,
+                "phase": self.phase,
+                "started_at": _iso(self.setup_started_at),
+                "completed_at": _iso(self.setup_completed_at),
+                "error": self.setup_error,
+            },
+            "cold_start": {k: round(v, 3) for k, v in self.timings.items()},
+            "queue": self.in_flight,
+            "running": len(self.running),
+            "capacity": self.capacity,
+            "max_batch": self.max_batch,
+            "batch_wait_ms": self.settings.batch_wait_ms,
+            "device": self.device,
+            "model": self.model,
+        }
+
+    def retry_after(self) -> int:
+        """Seconds until a slot is likely free: the batches ahead at the recent pace."""
+        batches_ahead = max(1, math.ceil(self.in_flight / self.max_batch))
+        return max(1, math.ceil(batches_ahead * self._recent_batch_seconds))
+
+    # --- predictions -----------------------------------------------------------------------
+
+    def submit(
+        self, prediction_id: str | None, request: ImageRequest, raw_input: dict[str, Any]
+    ) -> Prediction:
+        """Queue a prediction; an id seen before gives the first one back (nothing made twice)."""
+        if prediction_id is not None and (known := self.predictions.get(prediction_id)) is not None:
+            if known.input != raw_input:
+                raise InvalidRequest(
+                    f"Prediction {prediction_id} already exists with a different input; use a new id."
+                )
+            return known
+        if self.in_flight >= self.capacity:
+            raise WorkerFull(self.retry_after())
+        if request.seed is None:
+            request = request.with_seed(random.randrange(0, MAX_SEED - request.num_images + 1))
+        prediction = Prediction(id=prediction_id or uuid.uuid4().hex, request=request, input=raw_input)
+        self.predictions[prediction.id] = prediction
+        self._forget_old()
+        self.pending.append(prediction)
+        self._wakeup.set()
+        return prediction
+
+    def cancel(self, prediction_id: str) -> Prediction | None:
+        prediction = self.predictions.get(prediction_id)
+        if prediction is None:
+            return None
+        if prediction in self.pending:
+            self.pending.remove(prediction)
+            prediction.canceled = True
+            prediction.finish(self._response(prediction, status="canceled"))
+        elif prediction.response is None:
+            prediction.canceled = True  # in a running batch: its images are dropped
+        return prediction
+
+    def _forget_old(self) -> None:
+        while len(self.predictions) > KEEP_FINISHED:
+            oldest_id, oldest = next(iter(self.predictions.items()))
+            if oldest.response is None:
+                break
+            del self.predictions[oldest_id]
+
+    async def _batch_loop(self) -> None:
+        while True:
+            while self.runner is None or self.health is not Health.READY or not self.pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            batch = await self._gather_batch()
+            await self._run_batch(batch)
+
+    async def _gather_batch(self) -> list[Prediction]:
+        """The oldest prediction and compatible ones after it, waiting up to the batch window."""
+        head = self.pending[0]
+        deadline = head.queued_at + self.batch_wait
+        while True:
+            batch = self._compatible(head)
+            images = sum(p.request.num_images for p in batch)
+            left = deadline - time.monotonic()
+            if images >= self.max_batch or left <= 0:
+                break
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), left)
+            if head not in self.pending:  # cancelled while waiting
+                if not self.pending:
+                    return []
+                head = self.pending[0]
+                deadline = head.queued_at + self.batch_wait
+        for prediction in batch:
+            self.pending.remove(prediction)
+        return batch
+
+    def _compatible(self, head: Prediction) -> list[Prediction]:
+        batch = [head]
+        images = head.request.num_images
+        for other in self.pending:
+            if other is head or other.batch_key != head.batch_key:
+                continue
+            if images + other.request.num_images > self.max_batch:
+                continue
+            batch.append(other)
+            images += other.request.num_images
+        return batch
+
+    async def _run_batch(self, batch: list[Prediction]) -> None:
+        if not batch:
+            return
+        assert self.runner is not None
+        self.running = batch
+        started = time.time()
+        for prediction in batch:
+            prediction.started_at = started
+        t = time.perf_counter()
+
+        def all_cancelled() -> bool:
+            return all(p.canceled for p in batch)
+
+        try:
+            results: list[GenerationResult | BaseException] = list(
+                await self._on_gpu_thread(self.runner, [p.request for p in batch], cancel=all_cancelled)
+            )
+            if len(results) != len(batch):
+                raise RuntimeError(f"the runner returned {len(results)} results for {len(batch)} requests")
+        except Exception as exc:
+            if all_cancelled():
+                results = [exc] * len(batch)
+            elif len(batch) == 1:
+                log.exception("prediction %s failed", batch[0].id)
+                results = [exc]
+            else:
+                # One bad request (or a batch too big for memory) should not fail the others.
+                log.warning("a batch of %d failed (%s); running each alone", len(batch), type(exc).__name__)
+                results = []
+                for prediction in batch:
+                    try:
+                        (one,) = await self._on_gpu_thread(self.runner, [prediction.request])
+                        results.append(one)
+                    except Exception as single:
+                        log.exception("prediction %s failed", prediction.id)
+                        results.append(single)
+        finally:
+            self.running = []
+        seconds = time.perf_counter() - t
+        self._recent_batch_seconds = 0.7 * self._recent_batch_seconds + 0.3 * seconds
+        self.batches += 1
+        images = sum(p.request.num_images for p in batch)
+        for prediction, result in zip(batch, results, strict=True):
+            metrics = {
+                "predict_time": seconds,
+                "queue_time": max(0.0, started - prediction.created_at),
+                "batch_size": float(len(batch)),
+                "batch_images": float(images),
+            }
+            if prediction.canceled:
+                prediction.finish(self._response(prediction, status="canceled", metrics=metrics))
+            elif isinstance(result, BaseException):
+                prediction.finish(self._failed(prediction, _failure_reason(result), metrics))
+            else:
+                prediction.finish(self._succeeded(prediction, result, metrics))
+
+    # --- responses -------------------------------------------------------------------------
+
+    def _response(
+        self,
+        prediction: Prediction,
+        *,
+        status: str,
+        output: list[str] | None = None,
+        error: str | None = None,
+        metrics: dict[str, float] | None = None,
+        result: GenerationResult | None = None,
+    ) -> dict[str, Any]:
+        seed = prediction.request.seed
+        assert seed is not None
+        seeds = (
+            result.seeds if result is not None else [seed + i for i in range(prediction.request.num_images)]
+        )
+        metrics = dict(metrics or {})
+        if result is not None:
+            for key, value in result.timings.items():
+                metrics.setdefault(key, value)
+        return {
+            "id": prediction.id,
+            "status": status,
+            "input": prediction.input,
+            "output": output,
+            "error": error,
+            "logs": "",
+            "metrics": metrics,
+            "seed": seed,
+            "seeds": seeds,
+            "blocked": result.blocked if result is not None else 0,
+            "prompt_truncated": result.prompt_truncated if result is not None else False,
+            "model": (result.model if result is not None else "") or self.model,
+            "created_at": _iso(prediction.created_at),
+            "started_at": _iso(prediction.started_at),
+            "completed_at": _iso(time.time()),
+        }
+
+    def _succeeded(
+        self, prediction: Prediction, result: GenerationResult, metrics: dict[str, float]
+    ) -> dict[str, Any]:
+        return self._response(
+            prediction,
+            status="succeeded",
+            output=[png_data_uri(png) for png in result.images],
+            metrics=metrics,
+            result=result,
+        )
+
+    def _failed(
+        self, prediction: Prediction, reason: str, metrics: dict[str, float] | None = None
+    ) -> dict[str, Any]:
+        return self._response(prediction, status="failed", error=reason, metrics=metrics)
+
+
+def _failure_reason(exc: BaseException) -> str:
+    name = type(exc).__name__
+    if "OutOfMemory" in name or "out of memory" in str(exc).lower():
+        return "the GPU ran out of memory; try a smaller size or fewer images"
+    return f"the pipeline failed ({name}: {safe_reason(exc, 200)})"
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def process_started_at() -> float:
+    """When this process started (wall clock), from /proc where there is one."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        start_ticks = int(fields[19])
+        with open("/proc/stat", encoding="ascii") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED_AT
+
+
+_IMPORTED_AT = time.time()
+
+
+# --- HTTP ----------------------------------------------------------------------------------
+
+
+class BearerAuth:
+    """Every route but the health check needs ``Authorization: Bearer <key>``, compared in constant time."""
+
+    def __init__(self, app: ASGIApp, key: str | None, open_paths: Sequence[str] = ("/health-check",)) -> None:
+        self.app = app
+        self.key = key.encode("utf-8") if key else None
+        self.open_paths = frozenset(open_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.key is None or scope["type"] != "http" or scope["path"] in self.open_paths:
+            await self.app(scope, receive, send)
+            return
+        given = b""
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                given = value
+                break
+        scheme, _, token = given.partition(b" ")
+        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key):
+            await self.app(scope, receive, send)
+            return
+        detail = "Missing bearer token." if not given else "Wrong bearer token."
+        response = JSONResponse(
+            {"detail": f"{detail} Send Authorization: Bearer <IMAGINE_BACKEND_API_KEY>."},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+        await response(scope, receive, send)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body, refused past ``limit`` bytes (by its Content-Length, or while it streams in)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise BodyTooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge
+    return bytes(body)
+
+
+def create_app(
+    settings: Settings,
+    runner: BatchRunner | None = None,
+    *,
+    loader: Loader | None = None,
+    capacity: int | None = None,
+    warmup: ImageRequest | None = WARMUP_REQUEST,
+) -> FastAPI:
+    """The worker app. Give ``runner`` (tests) or ``loader``; by default the real pipeline is loaded."""
+    if loader is None:
+        if runner is not None:
+            given = runner
+
+            def loader(phase: Callable[[str], None]) -> Loaded:
+                return Loaded(given, device="injected", model=settings.model)
+        else:
+            loader = pipeline_loader(settings)
+    worker = Worker(settings, loader, capacity=capacity, warmup=warmup)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await worker.start()
+        try:
+            yield
+        finally:
+            await worker.stop()
+
+    app = FastAPI(
+        title="Imagine worker",
+        description="Stable Diffusion behind the Cog prediction protocol.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.worker = worker
+    key = settings.backend_api_key.get() if settings.backend_api_key else None
+    app.add_middleware(BearerAuth, key=key)
+
+    error_responses: dict[int | str, dict[str, Any]] = {
+        401: {"model": ErrorResponse, "description": "missing or wrong bearer key"},
+        409: {"model": ErrorResponse, "description": "full; retry after Retry-After seconds"},
+        413: {"model": ErrorResponse, "description": "body too large"},
+        422: {"model": ErrorResponse, "description": "invalid input, with the reason"},
+        503: {"model": ErrorResponse, "description": "starting or setup failed; retry after Retry-After"},
+    }
+
+    @app.get("/health-check", summary="STARTING, READY, BUSY or SETUP_FAILED (always 200)")
+    async def health_check() -> dict[str, Any]:
+        return worker.health_json()
+
+    @app.post(
+        "/predictions",
+        summary="Make images",
+        response_model=PredictionResponse,
+        responses=error_responses,
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _request_schema()}}}
+        },
+    )
+    async def create_prediction(request: Request) -> JSONResponse:
+        return await _predict(worker, request, None)
+
+    @app.put(
+        "/predictions/{prediction_id}",
+        summary="Make images, idempotently: the same id again returns the same prediction",
+        response_model=PredictionResponse,
+        responses=error_responses,
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _request_schema()}}}
+        },
+    )
+    async def put_prediction(prediction_id: str, request: Request) -> JSONResponse:
+        return await _predict(worker, request, prediction_id)
+
+    @app.post(
+        "/predictions/{prediction_id}/cancel",
+        summary="Cancel a queued or running prediction",
+        responses={404: {"model": ErrorResponse}},
+    )
+    async def cancel_prediction(prediction_id: str) -> JSONResponse:
+        prediction = worker.cancel(prediction_id)
+        if prediction is None:
+            return JSONResponse({"detail": f"No prediction {prediction_id}."}, status_code=404)
+        return JSONResponse({"id": prediction.id, "status": "canceled" if prediction.canceled else "done"})
+
+    return app
+
+
+async def _predict(worker: Worker, request: Request, path_id: str | None) -> JSONResponse:
+    # 1. Read the body, bounded, before any parsing.
+    try:
+        raw = await read_body(request)
+    except BodyTooLarge:
+        return _error(413, f"The body is larger than {MAX_BODY_BYTES // 1024} KiB.")
+    # 2. Check its shape and the input, with the gateway's sentences.
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return _error(422, 'The body is not valid JSON; send {"input": {"prompt": "a red fox"}}.')
+    if not isinstance(body, dict) or not isinstance(body.get("input"), dict):
+        return _error(
+            422,
+            'The body must be a JSON object with an "input" object, e.g. {"input": {"prompt": "a red fox"}}.',
+        )
+    unknown = sorted(k for k in body if k not in BODY_FIELDS)
+    if unknown:
+        return _error(
+            422,
+            f"Unknown field {unknown[0]!r}; the body takes {', '.join(BODY_FIELDS)} "
+            "(webhooks are not supported: the answer is the response).",
+        )
+    prediction_id = path_id if path_id is not None else body.get("id")
+    if prediction_id is not None and (
+        not isinstance(prediction_id, str) or not is_prediction_id(prediction_id)
+    ):
+        return _error(422, "The prediction id must be 1 to 128 letters, digits, '.', '_' or '-'.")
+    if path_id is not None and body.get("id") not in (None, path_id):
+        return _error(422, "The id in the body differs from the id in the path.")
+    try:
+        image_request = request_from_input(body["input"])
+    except InvalidRequest as exc:
+        return _error(422, str(exc))
+    # 3. Queue it, unless the worker cannot take it now.
+    if worker.health is Health.STARTING:
+        return _error(503, f"The worker is starting ({worker.phase}); try again shortly.", retry_after=10)
+    if worker.health is Health.SETUP_FAILED:
+        return _error(503, f"The worker could not start: {worker.setup_error}", retry_after=300)
+    raw_input = {k: body["input"][k] for k in INPUT_FIELDS if k in body["input"]}
+    try:
+        prediction = worker.submit(prediction_id, image_request, raw_input)
+    except WorkerFull as full:
+        return _error(
+            409,
+            f"The worker is full ({worker.in_flight} predictions in progress); "
+            f"retry after {full.retry_after} s.",
+            retry_after=full.retry_after,
+        )
+    except InvalidRequest as exc:
+        return _error(422, str(exc))
+    # 4. Wait for its batch. A client that goes away leaves the result for a retry of the same id.
+    await prediction.done.wait()
+    assert prediction.response is not None
+    return JSONResponse(prediction.response)
+
+
+def _error(status: int, detail: str, *, retry_after: float | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+# --- the real pipeline ----------------------------------------------------------------------
+
+
+def pipeline_loader(settings: Settings, device: str | None = None) -> Loader:
+    """Load ``IMAGINE_MODEL`` for :class:`backend.pipeline.DiffusionRunner`, timing each cold-start step.
+
+    The steps are those of :func:`backend.pipeline.load_pipeline`, taken one at a time so the
+    health check can say where the seconds went: imports, weights (safetensors, on CUDA
+    straight onto the GPU), to device, compile (``IMAGINE_COMPILE=1``: the first generation,
+    which is when torch compiles; the kernels are cached under the model cache folder, so a
+    new container with the same cache does not compile again).
+    """
+
+    def load(phase: Callable[[str], None]) -> Loaded:
+        timings: dict[str, float] = {}
+        # 1. Imports
+        phase("importing torch and diffusers")
+        t = time.perf_counter()
+        import diffusers
+        import torch
+
+        from backend import pipeline as sd
+        from backend.tiny import default_cache_dir
+
+        timings["imports"] = time.perf_counter() - t
+        where = device or sd.default_device()
+        on_cuda = where.startswith("cuda")
+        dtype = torch.float16 if on_cuda else torch.float32
+
+        # 2. Weights, from safetensors (the tiny model is built on first use)
+        phase(f"loading the weights of {settings.model}")
+        t = time.perf_counter()
+        source = sd.resolve_model(settings.model)
+        local = Path(source).is_dir()
+        options: dict[str, Any] = {"torch_dtype": dtype, "use_safetensors": True, "local_files_only": local}
+        if on_cuda:
+            options["device_map"] = where  # straight to the GPU, no stop in CPU memory
+        pipeline_class: Any = diffusers.StableDiffusionPipeline
+        try:
+            try:
+                pipe = pipeline_class.from_pretrained(source, **options)
+            except (NotImplementedError, TypeError):
+                options.pop("device_map", None)
+                pipe = pipeline_class.from_pretrained(source, **options)
+        except (OSError, ValueError) as exc:
+            raise sd.ModelUnavailable(sd._model_error_sentence(settings.model, exc)) from exc
+        pipe.set_progress_bar_config(disable=True)
+        base_config = pipe.scheduler.config
+        pipe.scheduler = sd.make_scheduler("dpmpp", base_config)
+        pipe.register_to_config(_imagine_base_scheduler=dict(base_config))
+        timings["weights"] = time.perf_counter() - t
+
+        # 3. To the device, in the layout that is fastest there
+        phase(f"moving the model to {where}")
+        t = time.perf_counter()
+        pipe.to(where)
+        if on_cuda:
+            pipe.unet.to(memory_format=torch.channels_last)
+            torch.cuda.synchronize()
+        timings["to_device"] = time.perf_counter() - t
+
+        runner = sd.DiffusionRunner(pipe, settings.model)
+        # 4. Compile (opt-in): torch compiles on the first call, so that call is the compile step
+        timings["compile"] = 0.0
+        if settings.compile:
+            phase("compiling the UNet")
+            t = time.perf_counter()
+            cache = default_cache_dir() / "torch-compile"
+            cache.mkdir(parents=True, exist_ok=True)
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
+            os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+            os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+            mode = "reduce-overhead" if on_cuda else None
+            pipe.unet = torch.compile(pipe.unet, mode=mode, fullgraph=True)
+            runner.generate([WARMUP_REQUEST])
+            timings["compile"] = time.perf_counter() - t
+        return Loaded(runner.generate, timings, device=where, model=settings.model)
+
+    return load
+
+
+def serve(settings: Settings, *, host: str = "0.0.0.0", port: int = 8001) -> None:
+    """Run the worker until SIGTERM/SIGINT (blocking); ``imagine worker`` calls this."""
+    import uvicorn
+
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,  # imagine.setup_logging already configured logging (and the secret filter)
+        access_log=False,
+        timeout_graceful_shutdown=60,
+        limit_concurrency=max(64, 8 * app.state.worker.capacity),
+        h11_max_incomplete_event_size=MAX_BODY_BYTES,
+    )
+    log.info("worker on http://%s:%d (model %s)", host, port, settings.model)
+    uvicorn.Server(config).run()

@@ -1,0 +1,498 @@
+"""The worker's HTTP API on real loopback HTTP (uvicorn in-process): auth, input checks, idempotent PUT,
+health states, the full path, batching (with the real tiny pipeline for "batched == alone")."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from backend.worker import MAX_BODY_BYTES, Loaded, create_app
+from gateway.backend import GenerationResult
+from gateway.cog import png_from_data_uri
+from gateway.errors import InvalidRequest
+from gateway.fake_backend import solid_png
+from gateway.request import ImageRequest, validate
+from gateway.settings import Settings
+
+KEY = "s3cret"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def worker_settings(**env: str) -> Settings:
+    base = {
+        "IMAGINE_MODEL": "tiny",
+        "IMAGINE_BACKEND_API_KEY": KEY,
+        "IMAGINE_MAX_BATCH": "4",
+        "IMAGINE_BATCH_WAIT_MS": "50",
+    }
+    return Settings.from_env({**base, **env}, env_file=None)
+
+
+class FakeRunner:
+    """Solid PNGs from the seed; records each call's batch; can be held at a gate or made to fail."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[ImageRequest]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.fail: Exception | None = None
+        self.fail_batches_over: int | None = None
+
+    def __call__(
+        self, requests: Sequence[ImageRequest], *, cancel: Callable[[], bool] | None = None
+    ) -> list[GenerationResult]:
+        self.calls.append(list(requests))
+        self.entered.set()
+        assert self.gate.wait(10)
+        if self.fail is not None:
+            raise self.fail
+        if self.fail_batches_over is not None and len(requests) > self.fail_batches_over:
+            raise RuntimeError("CUDA out of memory")
+        results = []
+        for r in requests:
+            assert r.seed is not None
+            seeds = [r.seed + i for i in range(r.num_images)]
+            images = [solid_png(r.width, r.height, (s % 256, 1, 2)) for s in seeds]
+            results.append(GenerationResult(images, seeds, "fake", timings={"step_time": 0.01}))
+        return results
+
+
+@contextlib.asynccontextmanager
+async def served(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on a loopback port with its lifespan, and a client pointed at it."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 (uvicorn offers no event to wait on)
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+async def wait_status(client: httpx.AsyncClient, status: str, within: float = 30) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        health: dict[str, Any] = (await client.get("/health-check")).json()
+        if health["status"] == status:
+            return health
+        assert loop.time() < deadline, health
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def runner() -> FakeRunner:
+    return FakeRunner()
+
+
+@pytest.fixture
+async def client(runner: FakeRunner) -> AsyncIterator[httpx.AsyncClient]:
+    async with served(create_app(worker_settings(), runner, warmup=None)) as c:
+        await wait_status(c, "READY")
+        yield c
+
+
+def predict(client: httpx.AsyncClient, inp: dict[str, Any], **kw: Any) -> Any:
+    return client.post("/predictions", json={"input": inp}, headers=AUTH, **kw)
+
+
+# --- auth -------------------------------------------------------------------------------------
+
+
+async def test_auth_missing_wrong_and_right(client: httpx.AsyncClient) -> None:
+    body = {"input": {"prompt": "a red fox", "width": 256, "height": 256, "seed": 7}}
+    missing = await client.post("/predictions", json=body)
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    assert "Missing bearer token" in missing.json()["detail"]
+    wrong = await client.post("/predictions", json=body, headers={"Authorization": "Bearer s3cres"})
+    assert wrong.status_code == 401 and "Wrong bearer token" in wrong.json()["detail"]
+    basic = await client.post("/predictions", json=body, headers={"Authorization": f"Basic {KEY}"})
+    assert basic.status_code == 401
+    right = await client.post("/predictions", json=body, headers=AUTH)
+    assert right.status_code == 200
+    assert (await client.get("/health-check")).status_code == 200  # open
+    assert (await client.get("/openapi.json")).status_code == 401
+    assert (await client.put("/predictions/x", json=body)).status_code == 401
+    assert (await client.post("/predictions/x/cancel")).status_code == 401
+
+
+async def test_no_key_configured_means_open(runner: FakeRunner) -> None:
+    app = create_app(Settings.from_env({"IMAGINE_MODEL": "tiny"}, env_file=None), runner, warmup=None)
+    async with served(app) as client:
+        await wait_status(client, "READY")
+        response = await client.post("/predictions", json={"input": {"prompt": "a fox", "width": 256}})
+        assert response.status_code == 200
+
+
+# --- a prediction -------------------------------------------------------------------------------
+
+
+async def test_a_prediction_has_the_cog_fields(client: httpx.AsyncClient) -> None:
+    response = await predict(
+        client, {"prompt": "a red fox", "width": 256, "height": 320, "seed": 7, "num_outputs": 2}
+    )
+    assert response.status_code == 200
+    data = response.json()
+    assert data["status"] == "succeeded" and data["error"] is None
+    assert data["seed"] == 7 and data["seeds"] == [7, 8]
+    assert len(data["output"]) == 2
+    png = png_from_data_uri(data["output"][0])
+    assert png[16:24] == (256).to_bytes(4, "big") + (320).to_bytes(4, "big")
+    assert data["metrics"]["predict_time"] >= 0 and data["metrics"]["batch_size"] == 1
+    assert data["input"] == {"prompt": "a red fox", "width": 256, "height": 320, "seed": 7, "num_outputs": 2}
+    assert data["id"] and data["created_at"].endswith("Z") and data["completed_at"]
+
+
+async def test_a_missing_seed_is_chosen_and_returned(client: httpx.AsyncClient, runner: FakeRunner) -> None:
+    data = (await predict(client, {"prompt": "a red fox", "width": 256})).json()
+    assert isinstance(data["seed"], int)
+    assert runner.calls[0][0].seed == data["seed"]
+
+
+async def test_replicate_scheduler_names_are_accepted(client: httpx.AsyncClient, runner: FakeRunner) -> None:
+    await predict(client, {"prompt": "a fox", "width": 256, "scheduler": "K_EULER_ANCESTRAL"})
+    assert runner.calls[0][0].scheduler == "euler_a"
+
+
+def sentence(**fields: Any) -> str:
+    """What the gateway's validator says about the same request."""
+    with pytest.raises(InvalidRequest) as info:
+        validate(ImageRequest(**{"prompt": "a fox", **fields}))
+    return str(info.value)
+
+
+INVALID: list[tuple[dict[str, Any], str]] = [
+    ({"prompt": ""}, sentence(prompt="")),
+    ({"prompt": "x" * 1001}, sentence(prompt="x" * 1001)),
+    ({"prompt": "a\x00fox"}, sentence(prompt="a\x00fox")),
+    ({"prompt": "a fox", "negative_prompt": "y" * 501}, sentence(negative_prompt="y" * 501)),
+    ({"prompt": "a fox", "width": 300}, sentence(width=300)),
+    ({"prompt": "a fox", "height": 2048}, sentence(height=2048)),
+    ({"prompt": "a fox", "width": "512"}, sentence(width="512")),
+    ({"prompt": "a fox", "num_outputs": 5}, sentence(num_images=5)),
+    ({"prompt": "a fox", "num_inference_steps": 0}, sentence(steps=0)),
+    ({"prompt": "a fox", "num_inference_steps": 51}, sentence(steps=51)),
+    ({"prompt": "a fox", "guidance_scale": 25}, sentence(guidance=25)),
+    ({"prompt": "a fox", "guidance_scale": True}, sentence(guidance=True)),
+    ({"prompt": "a fox", "seed": -1}, sentence(seed=-1)),
+    ({"prompt": "a fox", "seed": 2**32}, sentence(seed=2**32)),
+    ({"prompt": "a fox", "scheduler": "heun"}, sentence(scheduler="heun")),
+    ({"prompt": 42}, "The prompt must be text; got 42."),
+    ({"negative_prompt": "x"}, 'The input needs a "prompt": describe the image you want.'),
+    ({"prompt": "a fox", "num_output": 2}, "Unknown input field 'num_output'; the known fields are prompt, "),
+]
+
+
+@pytest.mark.parametrize(
+    ("inp", "reason"), INVALID, ids=[repr(sorted(i))[:40] + str(n) for n, (i, _) in enumerate(INVALID)]
+)
+async def test_each_invalid_field_is_a_422_with_the_reason(
+    client: httpx.AsyncClient, runner: FakeRunner, inp: dict[str, Any], reason: str
+) -> None:
+    response = await predict(client, inp)
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith(reason)
+    assert not runner.calls
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "The body is not valid JSON"),
+        (b'{"prompt": "a fox"}', 'The body must be a JSON object with an "input" object'),
+        (b'["a fox"]', 'The body must be a JSON object with an "input" object'),
+        (b'{"input": {"prompt": "a fox"}, "webhook": "http://x"}', "Unknown field 'webhook'"),
+        (b'{"input": {"prompt": "a fox"}, "id": "../etc"}', "The prediction id must be"),
+    ],
+)
+async def test_malformed_bodies_are_a_422(client: httpx.AsyncClient, body: bytes, reason: str) -> None:
+    response = await client.post(
+        "/predictions", content=body, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith(reason)
+
+
+async def test_a_body_over_the_bound_is_refused_before_parsing(client: httpx.AsyncClient) -> None:
+    big = b'{"input": {"prompt": "' + b"x" * MAX_BODY_BYTES + b'"}}'
+    response = await client.post("/predictions", content=big, headers=AUTH)
+    assert response.status_code == 413
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it streams
+        for _ in range(100):
+            yield b" " * 4096
+
+    response = await client.post("/predictions", content=chunks(), headers=AUTH)
+    assert response.status_code == 413
+
+
+# --- idempotency --------------------------------------------------------------------------------
+
+
+async def test_put_is_idempotent(client: httpx.AsyncClient, runner: FakeRunner) -> None:
+    body = {"input": {"prompt": "a red fox", "width": 256, "seed": 3}}
+    first = await client.put("/predictions/job-1", json=body, headers=AUTH)
+    again = await client.put("/predictions/job-1", json=body, headers=AUTH)
+    assert first.status_code == again.status_code == 200
+    assert first.json() == again.json()
+    assert first.json()["id"] == "job-1"
+    assert len(runner.calls) == 1
+    other = await client.put(
+        "/predictions/job-1", json={"input": {"prompt": "a blue fox", "width": 256, "seed": 3}}, headers=AUTH
+    )
+    assert other.status_code == 422 and "already exists with a different input" in other.json()["detail"]
+    mismatch = await client.put("/predictions/job-2", json={**body, "id": "job-3"}, headers=AUTH)
+    assert mismatch.status_code == 422
+
+
+async def test_a_put_retried_while_running_joins_the_first(
+    client: httpx.AsyncClient, runner: FakeRunner
+) -> None:
+    runner.gate.clear()
+    body = {"input": {"prompt": "a red fox", "width": 256, "seed": 3}}
+    first = asyncio.create_task(client.put("/predictions/job-9", json=body, headers=AUTH))
+    await asyncio.to_thread(runner.entered.wait, 10)
+    second = asyncio.create_task(client.put("/predictions/job-9", json=body, headers=AUTH))
+    await asyncio.sleep(0.1)
+    runner.gate.set()
+    a, b = await asyncio.gather(first, second)
+    assert a.json() == b.json()
+    assert len(runner.calls) == 1
+
+
+async def test_post_with_an_id_is_idempotent_too(client: httpx.AsyncClient, runner: FakeRunner) -> None:
+    body = {"id": "abc", "input": {"prompt": "a red fox", "width": 256, "seed": 3}}
+    first = await client.post("/predictions", json=body, headers=AUTH)
+    again = await client.post("/predictions", json=body, headers=AUTH)
+    assert first.json() == again.json() and len(runner.calls) == 1
+
+
+# --- health states --------------------------------------------------------------------------------
+
+
+async def test_starting_then_ready_after_the_warm_up_with_the_cold_start_breakdown(
+    runner: FakeRunner,
+) -> None:
+    release = threading.Event()
+
+    def loader(phase: Callable[[str], None]) -> Loaded:
+        phase("loading the weights of tiny")
+        assert release.wait(10)
+        return Loaded(
+            runner, {"imports": 0.5, "weights": 1.0, "to_device": 0.25, "compile": 0.0}, "cpu", "tiny"
+        )
+
+    app = create_app(worker_settings(), loader=loader)
+    async with served(app) as client:
+        health = (await client.get("/health-check")).json()
+        assert health["status"] == "STARTING"
+        assert health["setup"]["phase"] == "loading the weights of tiny"
+        early = await predict(client, {"prompt": "a fox"})
+        assert early.status_code == 503 and int(early.headers["retry-after"]) > 0
+        release.set()
+        health = await wait_status(client, "READY")
+        assert len(runner.calls) == 1 and runner.calls[0][0].prompt  # the warm-up image
+        cold = health["cold_start"]
+        assert {"imports", "weights", "to_device", "compile", "warmup", "setup_total"} <= set(cold)
+        assert cold["process_start_to_ready"] > 0
+        assert health["setup"]["status"] == "succeeded" and health["device"] == "cpu"
+
+
+async def test_setup_failed_says_why(runner: FakeRunner) -> None:
+    def loader(phase: Callable[[str], None]) -> Loaded:
+        raise OSError("model_index.json not found in /models/sd")
+
+    async with served(create_app(worker_settings(), loader=loader)) as client:
+        health = await wait_status(client, "SETUP_FAILED")
+        assert "model_index.json not found" in health["setup"]["error"]
+        response = await predict(client, {"prompt": "a fox"})
+        assert response.status_code == 503 and "could not start" in response.json()["detail"]
+        assert "retry-after" in response.headers
+
+
+async def test_busy_when_full_then_409_with_retry_after(runner: FakeRunner) -> None:
+    settings = worker_settings(IMAGINE_MAX_BATCH="1", IMAGINE_BATCH_WAIT_MS="0")
+    async with served(create_app(settings, runner, capacity=2, warmup=None)) as client:
+        await wait_status(client, "READY")
+        runner.gate.clear()
+        first = asyncio.create_task(predict(client, {"prompt": "a fox", "width": 256, "seed": 1}))
+        second = asyncio.create_task(predict(client, {"prompt": "a fox", "width": 256, "seed": 2}))
+        health = await wait_status(client, "BUSY")
+        assert health["queue"] == 2
+        refused = await predict(client, {"prompt": "a fox", "width": 256, "seed": 3})
+        assert refused.status_code == 409
+        assert int(refused.headers["retry-after"]) >= 1
+        assert "full" in refused.json()["detail"]
+        runner.gate.set()
+        assert [r.status_code for r in await asyncio.gather(first, second)] == [200, 200]
+        await wait_status(client, "READY")
+
+
+async def test_a_failed_generation_is_a_failed_prediction(
+    client: httpx.AsyncClient, runner: FakeRunner
+) -> None:
+    runner.fail = RuntimeError("CUDA error: device-side assert triggered")
+    data = (await predict(client, {"prompt": "a fox", "width": 256})).json()
+    assert data["status"] == "failed" and data["output"] is None
+    assert "CUDA error: device-side assert triggered" in data["error"]
+
+
+async def test_cancel_a_queued_prediction(runner: FakeRunner) -> None:
+    settings = worker_settings(IMAGINE_MAX_BATCH="1", IMAGINE_BATCH_WAIT_MS="0")
+    async with served(create_app(settings, runner, warmup=None)) as client:
+        await wait_status(client, "READY")
+        runner.gate.clear()
+        body = {"input": {"prompt": "a fox", "width": 256}}
+        first = asyncio.create_task(client.put("/predictions/one", json=body, headers=AUTH))
+        await asyncio.to_thread(runner.entered.wait, 10)
+        queued = asyncio.create_task(client.put("/predictions/two", json=body, headers=AUTH))
+        await asyncio.sleep(0.1)
+        cancel = await client.post("/predictions/two/cancel", headers=AUTH)
+        assert cancel.status_code == 200
+        assert (await queued).json()["status"] == "canceled"
+        runner.gate.set()
+        assert (await first).json()["status"] == "succeeded"
+        assert len(runner.calls) == 1
+        assert (await client.post("/predictions/nope/cancel", headers=AUTH)).status_code == 404
+
+
+# --- batching -------------------------------------------------------------------------------------
+
+
+async def test_compatible_predictions_share_one_call(client: httpx.AsyncClient, runner: FakeRunner) -> None:
+    runner.gate.clear()
+    blocker = asyncio.create_task(predict(client, {"prompt": "first", "width": 256, "seed": 0}))
+    await asyncio.to_thread(runner.entered.wait, 10)
+    same = [predict(client, {"prompt": f"fox {i}", "width": 256, "seed": i}) for i in range(3)]
+    other = predict(client, {"prompt": "a wolf", "width": 256, "num_inference_steps": 10, "seed": 9})
+    tasks = [asyncio.create_task(c) for c in [*same, other]]
+    await asyncio.sleep(0.2)
+    runner.gate.set()
+    responses = await asyncio.gather(blocker, *tasks)
+    assert all(r.json()["status"] == "succeeded" for r in responses)
+    sizes = sorted(len(call) for call in runner.calls)
+    assert sizes == [1, 1, 3], sizes
+    batched = next(call for call in runner.calls if len(call) == 3)
+    assert sorted(r.seed for r in batched if r.seed is not None) == [0, 1, 2]
+    assert responses[1].json()["metrics"]["batch_size"] == 3
+
+
+async def test_a_batch_counts_images_up_to_the_max(client: httpx.AsyncClient, runner: FakeRunner) -> None:
+    runner.gate.clear()
+    blocker = asyncio.create_task(predict(client, {"prompt": "first", "width": 256, "seed": 0}))
+    await asyncio.to_thread(runner.entered.wait, 10)
+    tasks = [
+        asyncio.create_task(predict(client, {"prompt": "x", "width": 256, "num_outputs": 3, "seed": i}))
+        for i in range(2)
+    ]
+    await asyncio.sleep(0.2)
+    runner.gate.set()
+    await asyncio.gather(blocker, *tasks)
+    assert [len(call) for call in runner.calls] == [1, 1, 1]  # 3 + 3 images > IMAGINE_MAX_BATCH=4
+
+
+async def test_a_failed_batch_is_retried_one_by_one(client: httpx.AsyncClient, runner: FakeRunner) -> None:
+    runner.fail_batches_over = 1
+    runner.gate.clear()
+    blocker = asyncio.create_task(predict(client, {"prompt": "first", "width": 256, "seed": 0}))
+    await asyncio.to_thread(runner.entered.wait, 10)
+    tasks = [asyncio.create_task(predict(client, {"prompt": "x", "width": 256, "seed": i})) for i in range(2)]
+    await asyncio.sleep(0.2)
+    runner.gate.set()
+    responses = await asyncio.gather(blocker, *tasks)
+    assert [r.json()["status"] for r in responses] == ["succeeded"] * 3
+    assert [len(call) for call in runner.calls] == [1, 2, 1, 1]
+
+
+async def test_the_openapi_schema_lists_routes_and_input_fields(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json", headers=AUTH)).json()
+    assert {"/health-check", "/predictions", "/predictions/{prediction_id}"} <= set(schema["paths"])
+    body = schema["paths"]["/predictions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["properties"]["input"]["properties"]) == {
+        "prompt",
+        "negative_prompt",
+        "width",
+        "height",
+        "num_outputs",
+        "num_inference_steps",
+        "guidance_scale",
+        "scheduler",
+        "seed",
+    }
+
+
+# --- the real tiny pipeline -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_runner() -> Any:
+    from backend.pipeline import DiffusionRunner
+
+    return DiffusionRunner.load("tiny", "cpu")
+
+
+def pixels(data_uri: str) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png_from_data_uri(data_uri))) as image:
+        return np.asarray(image.convert("RGB")).astype(int)
+
+
+async def test_batched_images_equal_images_made_alone(tiny_runner: Any) -> None:
+    calls: list[int] = []
+
+    def runner(
+        requests: Sequence[ImageRequest], *, cancel: Callable[[], bool] | None = None
+    ) -> list[GenerationResult]:
+        calls.append(len(requests))
+        results: list[GenerationResult] = tiny_runner.generate(requests, cancel=cancel)
+        return results
+
+    inputs = [
+        {"prompt": "a red fox", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 11},
+        {"prompt": "a lighthouse at dusk", "width": 256, "height": 256, "num_inference_steps": 2, "seed": 12},
+        {
+            "prompt": "a red fox",
+            "width": 256,
+            "height": 256,
+            "num_inference_steps": 2,
+            "seed": 13,
+            "num_outputs": 2,
+        },
+    ]
+    settings = worker_settings(IMAGINE_BATCH_WAIT_MS="300")
+    async with served(create_app(settings, runner, warmup=None)) as client:
+        await wait_status(client, "READY")
+        batched = await asyncio.gather(*(predict(client, inp) for inp in inputs))
+        assert calls == [3]
+        alone = [await predict(client, inp) for inp in inputs]
+        assert calls == [3, 1, 1, 1]
+    for together, single in zip(batched, alone, strict=True):
+        a, b = together.json(), single.json()
+        assert a["status"] == b["status"] == "succeeded"
+        assert a["seeds"] == b["seeds"]
+        for x, y in zip(a["output"], b["output"], strict=True):
+            # The same seed makes the same image. Not bit for bit: a batched convolution or matmul
+            # sums in another order than a batch of one (on CPU and CUDA alike), which moves a
+            # handful of pixels across a rounding boundary by one level out of 255.
+            diff = abs(pixels(x) - pixels(y))
+            assert diff.max() <= 1, diff.max()
+            assert (diff > 0).mean() < 0.001, (diff > 0).mean()
+    different = abs(pixels(batched[0].json()["output"][0]) - pixels(batched[2].json()["output"][0]))
+    assert different.mean() > 5  # other seeds make other images
