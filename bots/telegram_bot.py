@@ -35,7 +35,7 @@ from telegram import (
     Update,
 )
 from telegram.constants import ChatAction, ChatType
-from telegram.error import TelegramError
+from telegram.error import InvalidToken, TelegramError
 from telegram.ext import (
     AIORateLimiter,
     Application,
@@ -59,6 +59,7 @@ from gateway import (
     JobStatus,
     JobUpdate,
     Settings,
+    SettingsError,
     parse_prompt,
     parse_user,
 )
@@ -710,30 +711,42 @@ class TelegramFront:
 
     async def start(self) -> str:
         application = build_application(self.settings, self.service, rate_limiter=self.rate_limiter)
+        try:
+            await application.initialize()  # getMe: the bot's name, and a bad token fails here
+        except InvalidToken:  # its message quotes the token
+            raise SettingsError(
+                "Telegram rejected TELEGRAM_TOKEN (401 Unauthorized); copy the token @BotFather gave the bot."
+            ) from None
         self.application = application
-        await application.initialize()  # getMe: the bot's name, and a bad token fails here
+        try:
+            mode = await self._receive_updates(application)
+            await application.start()
+            await tell_refunded(application.bot, self.service)
+        except BaseException:
+            await self.stop()
+            raise
+        self._recovery = asyncio.create_task(self._tell_refunded_later(), name="telegram-refunds")
+        return f"Telegram as @{application.bot.username} ({mode})"
+
+    async def _receive_updates(self, application: TelegramApp) -> str:
+        """Register the commands, then long polling or the webhook; returns which, for the start-up line."""
         await register_commands(application.bot, self.settings)
         assert application.updater is not None
         allowed = [Update.MESSAGE, Update.CALLBACK_QUERY]
-        if self.settings.telegram_webhook_url:
-            url = self.settings.telegram_webhook_url
-            await application.updater.start_webhook(
-                listen=self.webhook_listen,
-                port=self.webhook_port,
-                url_path=urlsplit(url).path.lstrip("/"),
-                webhook_url=url,
-                secret_token=webhook_secret(self.settings),
-                allowed_updates=allowed,
-            )
-            parts = urlsplit(url)
-            mode = f"webhook at {parts.scheme}://{parts.netloc}"
-        else:
+        url = self.settings.telegram_webhook_url
+        if not url:
             await application.updater.start_polling(allowed_updates=allowed)
-            mode = "polling"
-        await application.start()
-        await tell_refunded(application.bot, self.service)
-        self._recovery = asyncio.create_task(self._tell_refunded_later(), name="telegram-refunds")
-        return f"Telegram as @{application.bot.username} ({mode})"
+            return "polling"
+        await application.updater.start_webhook(
+            listen=self.webhook_listen,
+            port=self.webhook_port,
+            url_path=urlsplit(url).path.lstrip("/"),
+            webhook_url=url,
+            secret_token=webhook_secret(self.settings),
+            allowed_updates=allowed,
+        )
+        parts = urlsplit(url)
+        return f"webhook at {parts.scheme}://{parts.netloc}"
 
     async def _tell_refunded_later(self) -> None:
         """Jobs another (dead) process left open are refunded by the service's heartbeat; tell them too."""

@@ -22,7 +22,15 @@ from PIL import Image
 
 from bots import telegram_bot
 from bots.telegram_bot import TelegramFront, fits_photo_rules, png_size
-from gateway import ImageRequest, ImagineService, InvalidRequest, Secret, Settings, parse_prompt
+from gateway import (
+    ImageRequest,
+    ImagineService,
+    InvalidRequest,
+    Secret,
+    Settings,
+    SettingsError,
+    parse_prompt,
+)
 from gateway.backend import GenerationResult, ProgressCallback
 from gateway.fake_backend import FakeBackend, solid_png
 from gateway.messages import HELP, utc_day
@@ -412,8 +420,8 @@ async def test_webhook_refuses_a_wrong_secret(fake: FakeTelegram, bot_settings: 
 async def test_killed_mid_job_and_restarted_refunds_and_tells_the_user(
     fake: FakeTelegram, bot_settings: Settings, tmp_path: Path
 ) -> None:
-    env = {
-        **os.environ,
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "TELEGRAM_", "DISCORD_"))}
+    env |= {
         "PYTHONPATH": str(ROOT),
         "TELEGRAM_TOKEN": fake.token,
         "TELEGRAM_API_BASE_URL": fake.base_url,
@@ -422,24 +430,33 @@ async def test_killed_mid_job_and_restarted_refunds_and_tells_the_user(
         "IMAGINE_FAKE_DELAY": "1.0",
     }
 
+    output = bytearray()
+
     async def start_bot() -> asyncio.subprocess.Process:
-        """`imagine telegram`, the real entry point, in a child process."""
+        """`imagine -v telegram`, the real entry point, in a child process."""
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "imagine", "telegram", cwd=tmp_path, env=env,
+            sys.executable, "-m", "imagine", "-v", "telegram", cwd=tmp_path, env=env,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         assert proc.stdout is not None
         async with asyncio.timeout(30):
             while b"telegram is on" not in (line := await proc.stdout.readline()):
-                assert line, "the bot exited before it started"
+                assert line, f"the bot exited before it started: {output.decode()}"
+                output.extend(line)
         return proc
+
+    async def finish(proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):
+            output.extend(await proc.stdout.read())
+            await proc.wait()
 
     first = await start_bot()
     update = fake.send_message(ALICE, "/imagine a fox --steps 20")
     status = await fake.wait_for_call("sendMessage", timeout=10)
     await fake.wait_for_call("editMessageText", lambda c: "Working…" in c.params["text"], timeout=10)
     first.send_signal(signal.SIGKILL)
-    await first.wait()
+    await finish(first)
 
     second = await start_bot()
     try:
@@ -452,9 +469,10 @@ async def test_killed_mid_job_and_restarted_refunds_and_tells_the_user(
         )
     finally:
         second.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
-            await second.wait()
+        await finish(second)
     assert second.returncode == 0
+    assert b"imagine: stopped" in output
+    assert fake.token.encode() not in output  # not even with -v (debug logging)
     db = await Database.open(bot_settings.db_path)
     try:
         job = await db.get_job(f"telegram:{update['update_id']}")
@@ -467,6 +485,17 @@ async def test_killed_mid_job_and_restarted_refunds_and_tells_the_user(
     finally:
         await db.close()
     assert not fake.calls("sendPhoto")
+
+
+async def test_a_rejected_token_is_a_clear_error_without_the_token(
+    world: World, fake: FakeTelegram, bot_settings: Settings
+) -> None:
+    wrong = "987654:this-is-not-the-token"
+    front = TelegramFront(bot_settings.with_overrides(telegram_token=Secret(wrong)), world.service)
+    with pytest.raises(SettingsError) as error:
+        await front.start()
+    assert "TELEGRAM_TOKEN" in str(error.value) and wrong not in str(error.value)
+    assert "this-is-not" not in repr(error.value.__cause__) and error.value.__suppress_context__
 
 
 async def test_rate_limiter_serves_new_messages_then_images_then_the_rest() -> None:
