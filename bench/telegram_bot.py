@@ -50,7 +50,7 @@ async def serve_unlimited() -> None:
 
     import imagine
     from bots.telegram_bot import RATE_LIMIT_RETRIES, TelegramFront
-    from gateway import Settings
+    from gateway.settings import Settings
 
     settings = Settings.from_env()
     stop = asyncio.Event()
