@@ -14,7 +14,7 @@ import logging
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -275,7 +275,7 @@ async def serve_fronts(settings: Settings, which: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def _run_fronts(which: Sequence[str]) -> Callable[[Settings, argparse.Namespace], Awaitable[int]]:
+def _run_fronts(which: Sequence[str]) -> Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]:
     async def command(settings: Settings, args: argparse.Namespace) -> int:
         wanted = list(which)
         if wanted == ["all"]:
@@ -358,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(args, "sync"):
             code: int = args.sync(settings, args)
             return code
-        run: Callable[[Settings, argparse.Namespace], Awaitable[int]] = args.run
+        run: Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]] = args.run
         return asyncio.run(run(settings, args))
     except (InvalidRequest, SettingsError) as exc:
         print(f"imagine: {exc}", file=sys.stderr)
