@@ -1,0 +1,450 @@
+"""The Stable Diffusion pipeline: load a model once, then turn batches of requests into PNGs.
+
+Both the in-process backend (``backend.local``) and the GPU worker run images through
+:class:`DiffusionRunner`. Importing this module is cheap: torch and diffusers are imported when a
+model is loaded, so a worker can answer its health check while the weights load.
+
+Reproducibility: image ``i`` of a request is drawn from its own CPU ``torch.Generator`` seeded
+with ``request.seed + i``, so a seed gives the same pixels whether the image was made alone or
+batched with other requests (on the same device, model and software versions).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gateway.backend import GenerationResult
+from gateway.errors import BackendError
+from gateway.request import SCHEDULERS, ImageRequest
+
+if TYPE_CHECKING:
+    import torch
+
+#: A diffusers ``StableDiffusionPipeline`` / scheduler. diffusers registers a pipeline's components
+#: at run time, where mypy cannot see them, so they are typed loosely here.
+StableDiffusionPipeline = Any
+Scheduler = Any
+
+log = logging.getLogger(__name__)
+
+TINY_MODEL = "tiny"
+_MODEL_SCHEDULER_KEY = "_imagine_model_scheduler_config"
+
+#: The request's scheduler names and the diffusers classes (with options) they stand for.
+SCHEDULER_CLASSES: dict[str, tuple[str, dict[str, Any]]] = {
+    # "DPM++ 2M Karras": good images in 20-25 steps, the usual default of SD front ends.
+    "dpmpp": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    ),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {"skip_prk_steps": True}),
+    "lms": ("LMSDiscreteScheduler", {}),
+}
+assert set(SCHEDULER_CLASSES) == set(SCHEDULERS), "every request scheduler has a diffusers class"
+
+#: Called from the pipeline thread with (steps done, total steps).
+StepCallback = Callable[[int, int], None]
+#: A cancel flag: a ``threading.Event`` or anything that answers "stop now?".
+CancelFlag = threading.Event | Callable[[], bool]
+
+
+class GenerationCancelled(Exception):
+    """The caller asked to stop; the pipeline stopped between two denoising steps."""
+
+    def __init__(self, step: int, total: int) -> None:
+        super().__init__(f"The generation was cancelled after step {step} of {total}.")
+        self.step = step
+        self.total = total
+
+
+class ModelUnavailable(BackendError):
+    """The model could not be found locally or fetched; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """What requests must share to run in one pipeline call."""
+
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    scheduler: str
+
+
+def batch_key(request: ImageRequest) -> BatchKey:
+    """Requests with equal keys can be batched: one call, one set of denoising steps."""
+    return BatchKey(request.width, request.height, request.steps, float(request.guidance), request.scheduler)
+
+
+def default_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_model(model: str, cache_dir: Path | None = None) -> str:
+    """``tiny`` becomes its checkpoint folder (built on first use); anything else is kept."""
+    if model == TINY_MODEL:
+        from backend.tiny import tiny_model_path
+
+        return str(tiny_model_path(cache_dir))
+    return model
+
+
+def load_pipeline(
+    model: str,
+    device: str | None = None,
+    *,
+    compile_unet: bool = False,
+    compile_cache_dir: Path | None = None,
+    cache_dir: Path | None = None,
+) -> StableDiffusionPipeline:
+    """Load ``model`` (a Hub id, a local folder, or ``tiny``) ready to run on ``device``.
+
+    fp16 on CUDA, fp32 elsewhere; safetensors only (no pickled weights); the model's own safety
+    checker is kept when it has one; DPM-Solver++ replaces the model's default scheduler. On
+    CUDA the UNet is channels-last (SDPA attention is diffusers' default) and, with
+    ``compile_unet``, compiled; the compiled kernels are cached in ``compile_cache_dir`` so a
+    restart does not pay for compiling again. ``cache_dir`` is where ``tiny`` is built.
+    """
+    import torch
+
+    from backend.tiny import diffusers_module
+
+    # 1. Resolve the name and the device
+    device = device or default_device()
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    source = resolve_model(model, cache_dir)
+    local = Path(source).is_dir()
+    if local:
+        _check_model_folder(Path(source))
+
+    # 2. Load the weights through from_pretrained, as for any published checkpoint
+    try:
+        pipeline = diffusers_module().StableDiffusionPipeline.from_pretrained(
+            source, use_safetensors=True, local_files_only=local, **_dtype_argument(dtype)
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(_model_error_sentence(model, exc)) from exc
+    pipeline.set_progress_bar_config(disable=True)
+
+    # 3. The default scheduler: DPM-Solver++ from the model's own noise schedule
+    pipeline.scheduler = make_scheduler("dpmpp", model_scheduler_config(pipeline))
+
+    # 4. Move to the device and speed up the UNet where it pays
+    pipeline.to(device)
+    if device.startswith("cuda"):
+        pipeline.unet.to(memory_format=torch.channels_last)
+    if compile_unet:
+        if compile_cache_dir is not None:
+            compile_cache_dir.mkdir(parents=True, exist_ok=True)
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir))
+            os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+        mode = "reduce-overhead" if device.startswith("cuda") else None
+        pipeline.unet = torch.compile(pipeline.unet, mode=mode, fullgraph=True)
+    return pipeline
+
+
+def model_scheduler_config(pipeline: StableDiffusionPipeline) -> dict[str, Any]:
+    """The scheduler config the model was published with, even after the scheduler was swapped."""
+    config = pipeline.scheduler.config
+    original = config.get(_MODEL_SCHEDULER_KEY)
+    return dict(original) if original is not None else dict(config)
+
+
+def make_scheduler(name: str, base_config: dict[str, Any]) -> Scheduler:
+    """A scheduler of kind ``name`` built ``from_config`` of the model's noise schedule.
+
+    The model's own config is kept inside the new one, so the next swap starts from it again
+    rather than from options of the scheduler before (Karras sigmas, timestep spacing).
+    """
+    from backend.tiny import diffusers_module
+
+    try:
+        class_name, options = SCHEDULER_CLASSES[name]
+    except KeyError:
+        known = ", ".join(SCHEDULER_CLASSES)
+        raise BackendError(f"Unknown scheduler {name!r}; the known schedulers are {known}.") from None
+    scheduler_class = getattr(diffusers_module(), class_name)
+    try:
+        scheduler: Scheduler = scheduler_class.from_config(base_config, **options)
+    except ImportError as exc:
+        # diffusers' placeholder for a class whose optional dependency is missing (lms needs scipy).
+        raise BackendError(
+            f"The {name} scheduler is not installed on this backend ({exc.__class__.__name__}); "
+            "choose another scheduler, e.g. dpmpp."
+        ) from exc
+    scheduler.register_to_config(**{_MODEL_SCHEDULER_KEY: base_config})
+    return scheduler
+
+
+class DiffusionRunner:
+    """A loaded pipeline that runs one call at a time for a batch of compatible requests."""
+
+    def __init__(self, pipeline: StableDiffusionPipeline, model: str) -> None:
+        self.pipeline = pipeline
+        self.model = model
+        self._lock = threading.Lock()
+        self._base_scheduler_config = model_scheduler_config(pipeline)
+        self._schedulers: dict[str, Scheduler] = {"dpmpp": pipeline.scheduler}
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        device: str | None = None,
+        *,
+        compile_unet: bool = False,
+        compile_cache_dir: Path | None = None,
+        cache_dir: Path | None = None,
+    ) -> DiffusionRunner:
+        """Load ``model`` with :func:`load_pipeline`: seconds to minutes, so not on an event loop."""
+        pipeline = load_pipeline(
+            model,
+            device,
+            compile_unet=compile_unet,
+            compile_cache_dir=compile_cache_dir,
+            cache_dir=cache_dir,
+        )
+        return cls(pipeline, model)
+
+    @property
+    def device(self) -> str:
+        return str(self.pipeline.device)
+
+    @property
+    def has_safety_checker(self) -> bool:
+        return self.pipeline.safety_checker is not None
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return int(self.pipeline.tokenizer.model_max_length)
+
+    def prompt_tokens(self, text: str) -> int:
+        """How many tokens the text encoder would see, start and end tokens included, before the cut."""
+        return len(self.pipeline.tokenizer(text, truncation=False, verbose=False).input_ids)
+
+    def prompt_truncated(self, text: str) -> bool:
+        return self.prompt_tokens(text) > self.max_prompt_tokens
+
+    def scheduler(self, name: str) -> Scheduler:
+        """The scheduler of that name, built once per runner."""
+        if name not in self._schedulers:
+            self._schedulers[name] = make_scheduler(name, self._base_scheduler_config)
+        return self._schedulers[name]
+
+    def warmup(self, width: int = 512, height: int = 512) -> float:
+        """Run a two-step image so the first user does not pay for compiling and allocations."""
+        started = time.perf_counter()
+        self.generate([ImageRequest(prompt="warm-up", width=width, height=height, steps=2, seed=0)])
+        return time.perf_counter() - started
+
+    def generate(
+        self,
+        requests: Sequence[ImageRequest],
+        *,
+        progress: StepCallback | None = None,
+        cancel: CancelFlag | None = None,
+    ) -> list[GenerationResult]:
+        """Make every request's images in ONE pipeline call; one result per request, in order.
+
+        The requests must share :func:`batch_key` and have their seed set. ``progress`` is called
+        from this thread after each step; ``cancel`` is checked before the first step and after
+        each one, and a set flag raises :class:`GenerationCancelled`. Blocking: run it in a
+        worker thread. Calls are serialised, since a pipeline and its schedulers hold state.
+        """
+        import torch
+
+        # 1. Check inputs
+        if not requests:
+            raise ValueError("generate() needs at least one request.")
+        key = batch_key(requests[0])
+        for request in requests:
+            if batch_key(request) != key:
+                raise ValueError(f"Requests in one batch must share {key}; got {batch_key(request)}.")
+            if request.seed is None:
+                raise ValueError("Every request needs its seed set before it reaches the pipeline.")
+        is_cancelled = _cancel_check(cancel)
+
+        with self._lock:
+            started = time.perf_counter()
+            pipeline = self.pipeline
+            pipeline.scheduler = self.scheduler(key.scheduler)
+
+            # 2. Lay the batch out image by image: prompts, negative prompts, one generator each
+            prompts: list[str] = []
+            negatives: list[str] = []
+            generators: list[torch.Generator] = []
+            for request in requests:
+                assert request.seed is not None
+                for i in range(request.num_images):
+                    prompts.append(request.prompt)
+                    negatives.append(request.negative_prompt)
+                    generators.append(torch.Generator("cpu").manual_seed(request.seed + i))
+            truncated = [self.prompt_truncated(request.prompt) for request in requests]
+
+            # 3. Denoise, reporting each step and stopping between steps when cancelled
+            step_times: list[float] = []
+
+            def on_step_end(
+                pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]
+            ) -> dict[str, Any]:
+                step_times.append(time.perf_counter())
+                total = int(pipe.num_timesteps)
+                if progress is not None:
+                    progress(step + 1, total)
+                if is_cancelled():
+                    raise GenerationCancelled(step + 1, total)
+                return callback_kwargs
+
+            if is_cancelled():
+                raise GenerationCancelled(0, key.steps)
+            output = pipeline(
+                prompt=prompts,
+                negative_prompt=negatives,
+                width=key.width,
+                height=key.height,
+                num_inference_steps=key.steps,
+                guidance_scale=key.guidance,
+                generator=generators,
+                output_type="pil",
+                callback_on_step_end=on_step_end,
+            )
+
+            # 4. Drop what the safety checker flagged, encode the rest as PNG
+            flags: list[bool] = list(output.nsfw_content_detected or [False] * len(output.images))
+            pngs = [_png_bytes(image) for image in output.images]
+            finished = time.perf_counter()
+
+        # 5. One result per request, with the call's timings
+        predict_time = finished - started
+        denoise_time = (step_times[-1] - started) if step_times else predict_time
+        timings = {
+            "predict_time": predict_time,
+            "denoise_time": denoise_time,
+            "decode_time": finished - step_times[-1] if step_times else 0.0,
+            "step_time": denoise_time / max(1, len(step_times)),
+            "batch_images": float(len(pngs)),
+        }
+        results: list[GenerationResult] = []
+        offset = 0
+        for request, was_truncated in zip(requests, truncated, strict=True):
+            assert request.seed is not None
+            images: list[bytes] = []
+            seeds: list[int] = []
+            for i in range(request.num_images):
+                if not flags[offset + i]:
+                    images.append(pngs[offset + i])
+                    seeds.append(request.seed + i)
+            offset += request.num_images
+            results.append(
+                GenerationResult(
+                    images=images,
+                    seeds=seeds,
+                    model=self.model,
+                    blocked=request.num_images - len(images),
+                    prompt_truncated=was_truncated,
+                    timings=dict(timings),
+                )
+            )
+        return results
+
+
+def download_model(model: str, cache_dir: Path | None = None) -> Path:
+    """Fetch a model's weights ahead of time (``imagine download-model``, Docker builds); return its folder.
+
+    ``tiny`` is built into ``cache_dir`` (default ``$IMAGINE_CACHE_DIR``); a local folder is
+    returned as it is; a Hub id is downloaded (safetensors only) into ``cache_dir`` or the
+    Hugging Face cache, where :func:`load_pipeline` finds it later.
+    """
+    if model == TINY_MODEL:
+        from backend.tiny import tiny_model_path
+
+        return tiny_model_path(cache_dir)
+    if Path(model).is_dir():
+        _check_model_folder(Path(model))
+        return Path(model)
+    from backend.tiny import diffusers_module
+
+    try:
+        folder = diffusers_module().StableDiffusionPipeline.download(
+            model, cache_dir=cache_dir, use_safetensors=True
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(_model_error_sentence(model, exc)) from exc
+    return Path(folder)
+
+
+def _check_model_folder(folder: Path) -> None:
+    if not (folder / "model_index.json").is_file():
+        raise ModelUnavailable(f"The folder {folder} is not a diffusers model (no model_index.json).")
+
+
+def _model_error_sentence(model: str, exc: BaseException) -> str:
+    """One sentence a user can act on, whatever diffusers and huggingface_hub raised."""
+    if isinstance(exc, ValueError) and not isinstance(exc, OSError):
+        return (
+            f"IMAGINE_MODEL={model!r} is neither a local model folder nor a Hugging Face model id "
+            "like CompVis/stable-diffusion-v1-4."
+        )
+    names = {type(e).__name__ for e in _exception_chain(exc)}
+    if names & {"RepositoryNotFoundError", "GatedRepoError"}:
+        return (
+            f"The model {model!r} is not a public model on the Hugging Face Hub; check the name, "
+            "or log in with `hf auth login` if it needs access."
+        )
+    if "EntryNotFoundError" in names or "safetensors" in str(exc).lower():
+        return f"The model {model!r} has no safetensors weights; use a model published with safetensors."
+    return (
+        f"The model {model!r} is not in the local cache and the Hugging Face Hub could not be reached; "
+        f"run `imagine download-model {model}` where the Hub is reachable, or set IMAGINE_MODEL=tiny "
+        "for the built-in offline model."
+    )
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def _dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """diffusers 0.42 deprecates ``torch_dtype`` for ``dtype``; older releases know only ``torch_dtype``."""
+    import diffusers
+    from packaging.version import Version
+
+    name = "dtype" if Version(diffusers.__version__).release >= (0, 42) else "torch_dtype"
+    return {name: dtype}
+
+
+def _cancel_check(cancel: CancelFlag | None) -> Callable[[], bool]:
+    if cancel is None:
+        return lambda: False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set
+    return cancel
+
+
+def _png_bytes(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,251 @@
+"""The real diffusers pipeline with the tiny model: seeds, batches, sizes, progress, cancellation."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from backend.pipeline import (
+    SCHEDULER_CLASSES,
+    DiffusionRunner,
+    GenerationCancelled,
+    ModelUnavailable,
+    batch_key,
+    download_model,
+    load_pipeline,
+)
+from backend.tiny import tiny_model_path
+from gateway.errors import BackendError
+from gateway.request import SCHEDULERS, ImageRequest
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same folder as the other backend tests use, so the tiny model is built once per run."""
+    return tmp_path_factory.getbasetemp() / "imagine-models"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The tiny model's layers are too small to share between threads; on a busy two-core box,
+    two threads spend most of a step waiting for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def runner(models_dir: Path) -> DiffusionRunner:
+    return DiffusionRunner.load("tiny", "cpu", cache_dir=models_dir)
+
+
+def request(prompt: str = "a lighthouse at dusk", **fields: Any) -> ImageRequest:
+    fields = {"width": 256, "height": 256, "steps": 2, "seed": 42, **fields}
+    return ImageRequest(prompt=prompt, **fields)
+
+
+def pixels(png: bytes) -> Any:
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("RGB")).astype(int)
+
+
+def assert_same_image(a: bytes, b: bytes) -> None:
+    """The same seed made it; batched and alone it is the same image.
+
+    Not bit for bit: a matrix product over a batch of 4 sums in another order than over a batch
+    of 2 (MKL here, cuBLAS on a GPU), which moves a few values across a rounding boundary by one
+    level out of 255. The noise itself is identical (one generator per image).
+    """
+    diff = np.abs(pixels(a) - pixels(b))
+    assert diff.max() <= 1, diff.max()
+    assert (diff > 0).mean() < 0.005, (diff > 0).mean()
+
+
+def test_loads_tiny_with_dpm_solver_on_cpu_in_fp32(runner: DiffusionRunner) -> None:
+    assert runner.device == "cpu"
+    assert runner.pipeline.unet.dtype == torch.float32
+    assert type(runner.pipeline.scheduler).__name__ == "DPMSolverMultistepScheduler"
+    assert runner.pipeline.scheduler.config.algorithm_type == "dpmsolver++"
+    assert not runner.has_safety_checker
+
+
+def test_the_same_seed_gives_the_same_pixels(runner: DiffusionRunner) -> None:
+    (first,) = runner.generate([request()])
+    (second,) = runner.generate([request()])
+    assert first.seeds == second.seeds == [42]
+    assert first.images == second.images
+    assert first.model == "tiny"
+
+
+def test_other_seeds_give_other_pixels(runner: DiffusionRunner) -> None:
+    (a,) = runner.generate([request(seed=1)])
+    (b,) = runner.generate([request(seed=2)])
+    assert np.abs(pixels(a.images[0]) - pixels(b.images[0])).mean() > 5
+
+
+def test_a_batch_makes_the_same_images_as_each_request_alone(runner: DiffusionRunner) -> None:
+    fox = request("a red fox", seed=11)
+    pair = request("a lighthouse at dusk", seed=20, num_images=2, negative_prompt="text")
+    assert batch_key(fox) == batch_key(pair)
+    together = runner.generate([fox, pair])
+    (fox_alone,) = runner.generate([fox])
+    (pair_alone,) = runner.generate([pair])
+    assert [r.seeds for r in together] == [[11], [20, 21]]
+    assert len(together[0].images) == 1 and len(together[1].images) == 2
+    assert_same_image(together[0].images[0], fox_alone.images[0])
+    for batched, alone in zip(together[1].images, pair_alone.images, strict=True):
+        assert_same_image(batched, alone)
+    # Image i of a request is the image of seed + i: the second of the pair is seed 21 alone.
+    (seed_21,) = runner.generate([request("a lighthouse at dusk", seed=21, negative_prompt="text")])
+    assert_same_image(pair_alone.images[1], seed_21.images[0])
+
+
+def test_requests_that_cannot_share_a_call_are_refused(runner: DiffusionRunner) -> None:
+    with pytest.raises(ValueError, match="must share"):
+        runner.generate([request(), request(steps=3)])
+    with pytest.raises(ValueError, match="seed"):
+        runner.generate([request(seed=None)])
+
+
+def test_the_requested_size_is_honoured(runner: DiffusionRunner) -> None:
+    (result,) = runner.generate([request(width=320, height=256)])
+    with Image.open(io.BytesIO(result.images[0])) as image:
+        assert image.size == (320, 256)
+
+
+def test_progress_is_reported_once_per_step_in_order(runner: DiffusionRunner) -> None:
+    seen: list[tuple[int, int]] = []
+    (result,) = runner.generate([request(steps=4)], progress=lambda step, total: seen.append((step, total)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert result.timings["predict_time"] >= result.timings["denoise_time"] > 0
+    assert result.timings["step_time"] > 0
+
+
+def test_cancelling_stops_at_the_end_of_the_current_step(runner: DiffusionRunner) -> None:
+    cancel = threading.Event()
+    seen: list[int] = []
+
+    def progress(step: int, total: int) -> None:
+        seen.append(step)
+        if step == 2:
+            cancel.set()
+
+    with pytest.raises(GenerationCancelled, match="after step 2 of 10") as info:
+        runner.generate([request(steps=10)], progress=progress, cancel=cancel)
+    assert (info.value.step, info.value.total) == (2, 10)
+    assert seen == [1, 2]
+    # A flag set before the call stops it before the first step; the runner still works after.
+    with pytest.raises(GenerationCancelled, match="after step 0"):
+        runner.generate([request()], progress=lambda s, t: seen.append(s), cancel=lambda: True)
+    assert seen == [1, 2]
+    assert runner.generate([request()])[0].images
+
+
+def test_a_prompt_over_77_tokens_is_reported_as_cut(runner: DiffusionRunner) -> None:
+    long_prompt = "a lighthouse at dusk on a cliff, " * 12
+    assert runner.prompt_tokens(long_prompt) > runner.max_prompt_tokens == 77
+    short, long = runner.generate([request(), request(long_prompt)])
+    assert not short.prompt_truncated
+    assert long.prompt_truncated
+    assert long.images
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_every_scheduler_runs_or_says_why_not(runner: DiffusionRunner, name: str) -> None:
+    assert set(SCHEDULER_CLASSES) == set(SCHEDULERS)
+    if name == "lms" and importlib.util.find_spec("scipy") is None:  # LMS needs scipy
+        with pytest.raises(BackendError, match="lms scheduler is not installed"):
+            runner.generate([request(scheduler=name)])
+        return
+    (result,) = runner.generate([request(scheduler=name)])
+    assert result.images
+
+
+def test_switching_schedulers_leaves_no_state_behind(runner: DiffusionRunner) -> None:
+    (before,) = runner.generate([request(steps=3)])
+    runner.generate([request(steps=5, scheduler="euler_a")])
+    runner.generate([request(steps=2, scheduler="ddim")])
+    (after,) = runner.generate([request(steps=3)])
+    assert before.images == after.images
+    # Each scheduler starts from the model's own noise schedule, not from the one before it.
+    assert runner.scheduler("euler").config.use_karras_sigmas is False
+    assert runner.scheduler("euler") is runner.scheduler("euler")
+
+
+class FlagEverySecondImage:
+    """A stand-in for the safety checker: it flags images 1, 3, ... of the call, as the real one does."""
+
+    def __call__(self, images: Any, clip_input: Any) -> tuple[Any, list[bool]]:
+        flags = [i % 2 == 1 for i in range(len(images))]
+        for i, flagged in enumerate(flags):
+            if flagged:
+                images[i] = 0  # the real checker blacks them out
+        return images, flags
+
+
+class Features:
+    def __init__(self, count: int) -> None:
+        self.pixel_values = torch.zeros(count, 3, 8, 8)
+
+    def to(self, device: Any) -> Features:
+        return self
+
+
+class FeatureExtractor:
+    def __call__(self, images: list[Any], return_tensors: str) -> Features:
+        return Features(len(images))
+
+
+def test_images_the_safety_checker_flags_are_dropped_and_counted(models_dir: Path) -> None:
+    pipeline = load_pipeline("tiny", "cpu", cache_dir=models_dir)
+    pipeline.safety_checker = FlagEverySecondImage()
+    pipeline.feature_extractor = FeatureExtractor()
+    checked = DiffusionRunner(pipeline, "tiny")
+    assert checked.has_safety_checker
+    three, one = checked.generate([request(num_images=3, seed=5), request(seed=9)])
+    # Flags over the call: images 0, 1, 2 are the first request's, image 3 the second's.
+    assert (three.seeds, three.blocked, len(three.images)) == ([5, 7], 1, 2)
+    assert (one.seeds, one.blocked, one.images) == ([], 1, [])
+
+
+def test_download_model_says_in_one_sentence_that_the_hub_is_unreachable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import diffusers.utils.constants
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(diffusers.utils.constants, "HF_HUB_OFFLINE", True, raising=False)
+    with pytest.raises(ModelUnavailable) as info:
+        download_model("CompVis/stable-diffusion-v1-4", tmp_path)
+    reason = info.value.reason
+    assert "'CompVis/stable-diffusion-v1-4'" in reason
+    assert "Hugging Face Hub could not be reached" in reason
+    assert "imagine download-model" in reason and "IMAGINE_MODEL=tiny" in reason
+    assert "\n" not in reason and reason.count(". ") == 0 and reason.endswith(".")
+    with pytest.raises(ModelUnavailable, match="Hub could not be reached"):
+        load_pipeline("CompVis/stable-diffusion-v1-4", "cpu")
+
+
+def test_download_model_builds_tiny_and_checks_folders(models_dir: Path, tmp_path: Path) -> None:
+    assert download_model("tiny", models_dir) == tiny_model_path(models_dir)
+    folder = tiny_model_path(models_dir)
+    assert download_model(str(folder)) == folder
+    with pytest.raises(ModelUnavailable, match=r"no model_index\.json"):
+        download_model(str(tmp_path))
+    with pytest.raises(ModelUnavailable, match=r"no model_index\.json"):
+        load_pipeline(str(tmp_path), "cpu")
+    with pytest.raises(ModelUnavailable, match="neither a local model folder nor a Hugging Face model id"):
+        load_pipeline(str(tmp_path / "no" / "such" / "folder"), "cpu")
