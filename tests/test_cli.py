@@ -155,7 +155,6 @@ class BrokenBackend:
 @pytest.mark.slow
 def test_generate_with_the_tiny_model_end_to_end(tmp_path: Path) -> None:
     """The issue's first line: the real local backend, the tiny model, a 320x256 PNG."""
-    pytest.importorskip("backend.local")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "DISCORD_", "TELEGRAM_"))}
     env.update(
         IMAGINE_MODEL="tiny",
