@@ -1,0 +1,83 @@
+"""storage/: migrations, pragmas, and the ledger check that every scenario's test relies on."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from storage import Database, ReservationRefused
+from storage.db import migrations
+
+
+async def reserve(db: Database, job_id: str, user: str = "cli:a", cost: int = 1) -> None:
+    await db.reserve(
+        job_id=job_id,
+        user_id=user,
+        request={"prompt": "x", "seed": 1},
+        cost=cost,
+        day="2026-11-26",
+        default_allowance=3,
+        unlimited=False,
+        max_user_open=10,
+        max_open=10,
+        instance_id=None,
+        reply=None,
+        now=1.0,
+    )
+
+
+async def test_migrations_apply_once_and_pragmas_hold(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    db = await Database.open(path)
+    await db.close()
+    db = await Database.open(path)  # a second start applies nothing again
+    await db.close()
+    conn = sqlite3.connect(path)
+    versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
+    assert versions == [number for number, _, _ in migrations()] == [1]
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+async def test_ledger_check_finds_a_tampered_balance(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "db.sqlite3")
+    try:
+        await reserve(db, "j1", cost=2)
+        await db.settle("j1", delivered=2, seed=1, model="m", gpu_seconds=1.0, now=2.0)
+        await db.grant("cli:a", 4, by="op", now=3.0)
+        assert await db.check_ledger() == []
+        await db._run(lambda c: c.execute("UPDATE users SET bonus = 9 WHERE id = 'cli:a'"))
+        assert await db.check_ledger() == ["cli:a: bonus 9 but the ledger sums to 4"]
+    finally:
+        await db.close()
+
+
+async def test_refused_reservations_in_one_batch_leave_the_others_whole(tmp_path: Path) -> None:
+    import asyncio
+
+    db = await Database.open(tmp_path / "db.sqlite3")
+    try:
+        outcomes = await asyncio.gather(*(reserve(db, f"j{i}") for i in range(6)), return_exceptions=True)
+        refused = [o for o in outcomes if isinstance(o, ReservationRefused)]
+        assert len(refused) == 3 and all(r.reason == "credits" for r in refused)
+        quota = await db.quota("cli:a", day="2026-11-26", default_allowance=3)
+        assert (quota.used, quota.reserved) == (3, 3)
+        assert len(await db.open_jobs()) == 3
+        assert await db.check_ledger() == []
+    finally:
+        await db.close()
+
+
+async def test_foreign_keys_are_enforced(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "db.sqlite3")
+    try:
+        with pytest.raises(sqlite3.IntegrityError):
+            await db._run(
+                lambda c: c.execute(
+                    "INSERT INTO ledger (user_id, kind, credits, created_at) VALUES ('nobody', 'grant', 1, 0)"
+                )
+            )
+    finally:
+        await db.close()
