@@ -294,8 +294,18 @@ def build_random_model(
 
 
 def diffusers_module() -> Any:
-    """diffusers, typed as ``Any``: its components are registered at run time, out of mypy's sight."""
-    return importlib.import_module("diffusers")
+    """diffusers, typed as ``Any``: its components are registered at run time, out of mypy's sight.
+
+    Its and transformers' loading bars and optional-dependency notices are turned off: a worker's
+    log should say what the worker did, not how many weight files it read.
+    """
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    module = importlib.import_module("diffusers")
+    module.utils.logging.disable_progress_bar()
+    importlib.import_module("transformers").utils.logging.disable_progress_bar()
+    return module
 
 
 def write_tokenizer_files(folder: Path) -> dict[str, int]:
