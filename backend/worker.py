@@ -203,7 +203,8 @@ class Worker:
         self.loader = loader
         self.max_batch = max(1, settings.max_batch)
         self.batch_wait = max(0.0, settings.batch_wait_ms / 1000.0)
-        self.capacity = capacity if capacity is not None else max(4, 2 * self.max_batch)
+        # Room for the batch running and a few forming: a queue a few batches deep, no more.
+        self.capacity = capacity if capacity is not None else max(8, 4 * self.max_batch)
         self.warmup = warmup
         self.health = Health.STARTING
         self.phase = "starting"
