@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway.request import size_for_aspect_ratio
-
 ROOT = Path(__file__).resolve().parents[1]
 BROWSER_DIR = ROOT / "tests" / "browser"
 ARTIFACTS = ROOT / "test-artifacts"
@@ -61,7 +59,7 @@ def web_url(browser: None, data_dir: Path) -> Iterator[str]:
         "IMAGINE_DB": str(data_dir / "browser.sqlite3"),
         "IMAGINE_MODEL": "tiny",
         "IMAGINE_BACKEND": "local" if LOCAL_BACKEND else "fake",
-        "IMAGINE_FAKE_DELAY": "0.15",  # seconds per step, so the fake shows progress like a model
+        "IMAGINE_FAKE_DELAY": "0.04",  # seconds per step, so the fake takes about as long as tiny
         "IMAGINE_WEB_HOST": "127.0.0.1",
         "IMAGINE_WEB_PORT": "0",
         "PYTHONUNBUFFERED": "1",
@@ -96,7 +94,8 @@ def web_url(browser: None, data_dir: Path) -> Iterator[str]:
 @pytest.mark.slow
 def test_a_person_generates_an_image_and_sees_a_bad_flag_explained(web_url: str) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    prompt = "a lighthouse at dusk, oil painting --ar 16:9 --steps 8 --seed 42"
+    # 50 steps at 1024x576 take the tiny model a few seconds on this CPU: long enough to see progress
+    prompt = "a lighthouse at dusk, oil painting --size 1024x576 --steps 50 --seed 42"
     bad = "a lighthouse --steps 99"
     run = subprocess.run(
         ["node", "generate.mjs", web_url, prompt, bad, str(ARTIFACTS)],
@@ -120,10 +119,12 @@ def test_a_person_generates_an_image_and_sees_a_bad_flag_explained(web_url: str)
     assert any(text.startswith("Making your image… step") for text in texts), texts
     assert any(0 < value < 1 for value in values), f"the progress bar moved: {values}"
 
-    width, height = size_for_aspect_ratio(16, 9)
+    width, height = 1024, 576
     image = seen["image"]
     assert (image["naturalWidth"], image["naturalHeight"]) == (width, height)
-    assert (image["width"], image["height"]) == (width, height)
+    assert (image["width"], image["height"]) == (width, height), "the page reserves the image's space"
+    shown_width, shown_height = image["shown"]
+    assert 0 < shown_width <= width and abs(shown_width / shown_height - width / height) < 0.02
     assert "seed 42" in seen["caption"] and "24 credits left" in seen["caption"]
     assert seen["quotaAfter"] == "24 credits left · resets at 00:00 UTC"
     assert seen["buttonEnabled"] is True

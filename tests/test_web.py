@@ -206,7 +206,7 @@ def test_a_job_is_accepted_with_202_then_served_at_the_requested_size(
 def test_progress_and_queue_position_are_reported_while_waiting(
     make_server: ServerFactory,
 ) -> None:
-    server = make_server(IMAGINE_MAX_QUEUED_PER_USER="10")
+    server = make_server(WebOptions(post_rate=None, poll_pace_seconds=0.1), IMAGINE_MAX_QUEUED_PER_USER="10")
     server.backend.delay = 0.05
     with httpx.Client(base_url=server.url, timeout=10) as http:
         ids = [submit(http, f"fox {i} --steps 10").json()["id"] for i in range(6)]
@@ -244,6 +244,24 @@ def test_long_poll_returns_at_once_on_news_and_after_the_wait_without(
     assert time.monotonic() - started < 0.5 and same["id"] == job_id
     view = wait_done(http, job_id)
     http.get(view["images"][0])
+
+
+def test_long_polls_are_paced_so_fast_steps_cost_few_requests(make_server: ServerFactory) -> None:
+    server = make_server(WebOptions(post_rate=None, poll_pace_seconds=0.4))
+    server.backend.delay = 0.04  # 30 steps in 1.2 s: a step every 40 ms
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        job_id = submit(http, "fast fox --steps 30").json()["id"]
+        tag, polls, started = "", 0, time.monotonic()
+        while True:
+            view = http.get(f"/api/jobs/{job_id}", params={"wait": 10, "after": tag}).json()
+            polls += 1
+            tag = view["tag"]
+            if view["status"] == "succeeded":
+                break
+        elapsed = time.monotonic() - started
+        assert polls <= elapsed / 0.4 + 3, f"{polls} polls in {elapsed:.1f} s"
+        assert elapsed < 2, "the finish is answered at once, not at the next pace"
+        http.get(view["images"][0])
 
 
 # --- refusals: 400, 413, 415, nothing charged ----------------------------------------------------
@@ -511,7 +529,7 @@ def test_unknown_and_other_fronts_jobs_are_404(server: LiveServer, http: httpx.C
         wrong.status_code == 405 and wrong.json()["error"] == "DELETE is not allowed on /api/quota; use GET."
     )
     bad_wait = http.get(f"/api/jobs/{view['id']}", params={"wait": "forever"})
-    assert bad_wait.status_code == 400 and bad_wait.json()["error"].startswith("wait: ")
+    assert bad_wait.status_code == 400 and bad_wait.json()["error"].startswith("wait takes a number")
 
 
 def test_quota_healthz_and_metrics(server: LiveServer, http: httpx.Client) -> None:

@@ -24,10 +24,10 @@ from collections import OrderedDict
 from collections.abc import AsyncGenerator, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, cast
+from typing import Any, Literal, cast
 
 import uvicorn
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -83,6 +83,9 @@ class WebOptions:
     post_rate: float | None = 0.5
     post_burst: int = 10
     max_wait_seconds: float = 30.0
+    #: A long poll answers news no sooner than this (unless the job finished): polls per client are bounded.
+    poll_pace_seconds: float = 0.5
+    queued_poll_pace_seconds: float = 2.0
     sweep_seconds: float = 5.0
     graceful_shutdown_seconds: int = 5
 
@@ -174,6 +177,51 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         503: "Imagine is stopping.",
     }
     return {status: {"model": ErrorBody, "description": described[status]} for status in statuses}
+
+
+JOB_ID_PARAMETER: dict[str, Any] = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "description": "The id POST /api/jobs answered, `web:<uuid>`.",
+    "schema": {"type": "string"},
+}
+IMAGE_NAME_PARAMETER: dict[str, Any] = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "description": "`0.png` for the first image, `1.png` for the second, ...",
+    "schema": {"type": "string", "pattern": "^[0-9]{1,2}[.]png$"},
+}
+POLL_PARAMETERS: list[dict[str, Any]] = [
+    {
+        "name": "wait",
+        "in": "query",
+        "required": False,
+        "description": "Seconds to wait for news (long polling); 0 answers at once.",
+        "schema": {"type": "number", "minimum": 0, "maximum": 30, "default": 0},
+    },
+    {
+        "name": "after",
+        "in": "query",
+        "required": False,
+        "description": "The `tag` last seen: wait until the job moves on from it. News comes at most "
+        "every half second while the job runs, and at once when it finishes.",
+        "schema": {"type": "string", "maxLength": 100},
+    },
+]
+
+
+def _seconds(raw: str | None, limit: float) -> float:
+    if raw is None:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0 <= value <= limit:
+        raise InvalidRequest(f"wait takes a number of seconds from 0 to {limit:g}; got {raw[:50]!r}.")
+    return value
 
 
 # --- responses -----------------------------------------------------------------------------------
@@ -428,18 +476,60 @@ def job_view(job: Job, web: WebJob | None) -> dict[str, Any]:
     }
 
 
-async def wait_for_change(job: Job, after: str, seconds: float, stopping: asyncio.Event) -> None:
-    """Return when the job's tag differs from ``after``, after ``seconds``, or when stopping."""
+#: How often a long poll of a queued job looks at it (instead of waking at each move of the queue).
+QUEUED_LOOK_SECONDS = 0.1
+
+
+async def wait_for_change(
+    job: Job,
+    after: str,
+    seconds: float,
+    stopping: asyncio.Event,
+    *,
+    pace: float = 0.0,
+    queued_pace: float = 0.0,
+) -> None:
+    """Return when the job's tag differs from ``after``, after ``seconds``, or when stopping.
+
+    News is answered no sooner than ``pace`` seconds after the request came (``queued_pace`` while
+    the job waits in the queue), unless the job finished: each waiting client costs at most one
+    request per pace however fast its steps and queue position move. A queued job is looked at
+    every ``QUEUED_LOOK_SECONDS`` rather than followed: a long queue moves every waiting job at
+    each start, and following them all would cost a wake-up per waiting client per job started.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    deadline = started + seconds
+    while job.status is JobStatus.QUEUED:
+        now = loop.time()
+        if stopping.is_set() or now >= deadline:
+            return
+        if _tag(job) != after and now - started >= queued_pace:
+            return
+        await asyncio.sleep(min(QUEUED_LOOK_SECONDS, deadline - now))
+    if job.status.finished:
+        return
 
     async def changed() -> None:
         async with contextlib.aclosing(cast(AsyncGenerator[JobUpdate, None], job.updates())) as updates:
-            async for _ in updates:
-                if _tag(job) != after:
+            async for update in updates:
+                if update.status.finished:
                     return
+                if _tag(job) != after:
+                    break
+            else:
+                return
+            early = pace - (loop.time() - started)
+            if early > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(early):
+                        async for later in updates:
+                            if later.status.finished:
+                                return
 
     waiters = [asyncio.ensure_future(changed()), asyncio.ensure_future(stopping.wait())]
     try:
-        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(waiters, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED)
     finally:
         for waiter in waiters:
             waiter.cancel()
@@ -741,24 +831,34 @@ def create_app(
         response_model=JobView,
         responses=_errors(400, 404),
         summary="A job's status, progress and images",
+        openapi_extra={"parameters": [JOB_ID_PARAMETER, *POLL_PARAMETERS]},
     )
-    async def get_job(
-        job_id: str,
-        wait: Annotated[
-            float,
-            Query(ge=0, le=30, allow_inf_nan=False, description="Seconds to wait for news (long polling)."),
-        ] = 0,
-        after: Annotated[
-            str | None, Query(max_length=100, description="The `tag` last seen: wait until it changes.")
-        ] = None,
-    ) -> Response:
+    async def get_job(request: Request) -> Response:
+        """Parameters are read by hand: this route is polled, and FastAPI's parameter machinery
+        costs more than the rest of the request."""
+        job_id: str = request.path_params["job_id"]
+        query = request.query_params
+        try:
+            wait = _seconds(query.get("wait"), web.options.max_wait_seconds)
+        except InvalidRequest as error:
+            return refusal(error, 0.0)
+        after = query.get("after")
+        if after is not None and len(after) > 100:
+            return error_response(400, "after takes a tag of at most 100 characters.", "invalid")
         found = await find(job_id)
         if found is None:
             return error_response(404, f"There is no web job {job_id[:100]!r}.", "not_found")
         job, known = found
-        if wait > 0 and not job.status.finished and (after is None or after == _tag(job)):
+        if wait > 0 and after != "" and not job.status.finished:
             timeout = min(wait, web.options.max_wait_seconds)
-            await wait_for_change(job, after or _tag(job), timeout, web.stopping)
+            await wait_for_change(
+                job,
+                after or _tag(job),
+                timeout,
+                web.stopping,
+                pace=web.options.poll_pace_seconds,
+                queued_pace=web.options.queued_poll_pace_seconds,
+            )
         if known is not None and known.finished_at is None and job.status.finished:
             known.finished_at = time.time()
         return JSON(job_view(job, known), headers=NO_STORE)
@@ -768,8 +868,11 @@ def create_app(
         response_class=Response,
         responses={200: {"content": {"image/png": {}}}, **_errors(404, 410)},
         summary="One image of a job, as PNG; the first download charges the job's credits",
+        openapi_extra={"parameters": [JOB_ID_PARAMETER, IMAGE_NAME_PARAMETER]},
     )
-    async def get_image(job_id: str, name: str) -> Response:
+    async def get_image(request: Request) -> Response:
+        job_id: str = request.path_params["job_id"]
+        name: str = request.path_params["name"]
         match = _IMAGE_NAME.fullmatch(name)
         found = await find(job_id) if match else None
         if found is None or match is None:

@@ -65,8 +65,9 @@ try {
     return {
       naturalWidth: img.naturalWidth,
       naturalHeight: img.naturalHeight,
-      width: img.width,
-      height: img.height,
+      width: Number(img.getAttribute("width")),
+      height: Number(img.getAttribute("height")),
+      shown: [img.clientWidth, img.clientHeight],
       src: img.getAttribute("src"),
     };
   });
