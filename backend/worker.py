@@ -792,7 +792,7 @@ def pipeline_loader(settings: Settings, device: str | None = None) -> Loader:
         try:
             try:
                 pipe = pipeline_class.from_pretrained(source, **options)
-            except (NotImplementedError, TypeError):
+            except (NotImplementedError, TypeError, ValueError, RuntimeError):  # no device_map here
                 options.pop("device_map", None)
                 pipe = pipeline_class.from_pretrained(source, **options)
         except (OSError, ValueError) as exc:
