@@ -359,7 +359,17 @@ class Database:
 
 def _configure(c: sqlite3.Connection) -> None:
     c.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    c.execute("PRAGMA journal_mode = WAL")
+    # Switching to WAL takes an exclusive lock without waiting on the busy timeout: when several
+    # processes open a new file at once, the losers retry until the winner has switched it.
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            c.execute("PRAGMA journal_mode = WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
     c.execute("PRAGMA synchronous = NORMAL")
     c.execute("PRAGMA foreign_keys = ON")
 
