@@ -114,6 +114,7 @@ class JobCreated(BaseModel):
     id: str = Field(examples=["web:4f0c8b0e-3c1d-4b53-9b8e-0d6f1f0a2b3c"])
     status: Literal["queued", "running", "succeeded", "failed"]
     position: int = Field(description="Jobs ahead of this one.")
+    tag: str = Field(description="Pass it as `after` to GET /api/jobs/{id} to wait for news at once.")
 
 
 class JobView(BaseModel):
@@ -477,7 +478,7 @@ def job_view(job: Job, web: WebJob | None) -> dict[str, Any]:
 
 
 #: How often a long poll of a queued job looks at it (instead of waking at each move of the queue).
-QUEUED_LOOK_SECONDS = 0.1
+QUEUED_LOOK_SECONDS = 0.05
 
 
 async def wait_for_change(
@@ -814,7 +815,7 @@ def create_app(
             headers["Idempotent-Replayed"] = "true"
         else:
             web.jobs.add(job, now)
-        body_out = {"id": job.id, "status": job.status.value, "position": job.position}
+        body_out = {"id": job.id, "status": job.status.value, "position": job.position, "tag": _tag(job)}
         return JSON(body_out, status_code=202, headers=headers)
 
     async def find(job_id: str) -> tuple[Job, WebJob | None] | None:
