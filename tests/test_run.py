@@ -17,8 +17,11 @@ import httpx
 import pytest
 
 from storage import Database
+from tests.fakes.discord_server import FakeDiscord
+from tests.fakes.telegram_server import FakeTelegram
 
 ROOT = Path(__file__).resolve().parents[1]
+DISCORD_TEST_TOKEN = "MTA1NzY0NjQ4OTQ0NTYzNzI0OA.GfakeX.bot-token-for-tests"
 
 
 def imagine_command() -> list[str]:
@@ -134,3 +137,81 @@ def test_a_stop_signal_mid_job_refunds_everything_in_flight_and_exits_0(
     for _job_id, status, cost, spent, refunded, error in jobs:
         assert (status, cost, spent, refunded) == ("failed", 1, 0, 1)
         assert error is not None and error.endswith("your 1 credit was refunded.")
+
+
+@pytest.mark.slow
+async def test_run_answers_on_all_three_fronts_with_both_tokens(
+    base_env: dict[str, str], data_dir: Path
+) -> None:
+    """`imagine run` with both tokens pointing at the local fakes: one process, one gateway, three fronts."""
+    discord_fake = FakeDiscord(token=DISCORD_TEST_TOKEN)
+    telegram_fake = FakeTelegram()
+    await discord_fake.start()
+    await telegram_fake.start()
+    env = {
+        **base_env,
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "DISCORD_TOKEN": DISCORD_TEST_TOKEN,
+        "DISCORD_API_BASE_URL": discord_fake.api_base_url,
+        "DISCORD_GATEWAY_URL": discord_fake.gateway_url,
+        "TELEGRAM_TOKEN": telegram_fake.token,
+        "TELEGRAM_API_BASE_URL": telegram_fake.base_url,
+        "IMAGINE_FAKE_DELAY": "0.02",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        *imagine_command(), "run", cwd=data_dir, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while not any(line.startswith("imagine: backend fake") for line in lines):
+                line = (await proc.stdout.readline()).decode()
+                assert line, "imagine run exited before it was on:\n" + "".join(lines)
+                lines.append(line)
+        on = {line.split()[1] for line in lines if " is on: " in line}
+        assert on == {"web", "discord", "telegram"}, lines
+        assert not any(line.startswith("imagine: off:") for line in lines)
+        url = next(line for line in lines if "web is on: " in line).split("web is on: ", 1)[1].strip()
+
+        await discord_fake.wait_until_ready(timeout=30)
+        interaction = await discord_fake.dispatch_slash_command(
+            "imagine", {"prompt": "a fox --steps 4 --seed 1"}
+        )
+        update = telegram_fake.send_message(4242, "/imagine a fox --steps 4 --seed 2")
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            created = (await http.post("/api/jobs", json={"prompt": "a fox --steps 4 --seed 3"})).json()
+            view = (
+                await http.get(f"/api/jobs/{created['id']}", params={"wait": 20, "after": created["tag"]})
+            ).json()
+            assert view["status"] == "succeeded", view
+            image = await http.get(view["images"][0])
+            assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+
+        photo = await telegram_fake.wait_for_call("sendPhoto", timeout=20)
+        assert photo.ok
+        delivered = await discord_fake.wait_for(
+            lambda: next((m for m in interaction.messages if m.attachments), None), 20
+        )
+        assert delivered.attachments[0].data.startswith(b"\x89PNG")
+
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(60):
+            rest = (await proc.stdout.read()).decode()
+            assert await proc.wait() == 0, rest
+        assert rest.rstrip().endswith("imagine: stopped")
+        assert DISCORD_TEST_TOKEN not in "".join(lines) + rest
+        assert telegram_fake.token not in "".join(lines) + rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await discord_fake.close()
+        await telegram_fake.close()
+
+    assert await ledger_problems(Path(env["IMAGINE_DB"])) == []
+    jobs = {job[0]: job for job in read_jobs(Path(env["IMAGINE_DB"]))}
+    for job_id in (f"discord:{interaction.id}", f"telegram:{update['update_id']}", created["id"]):
+        assert jobs[job_id][1:4] == ("succeeded", 1, 1), jobs[job_id]
