@@ -550,6 +550,17 @@ def test_quota_healthz_and_metrics(server: LiveServer, http: httpx.Client) -> No
     assert "imagine_web_images_kept_bytes" in text
 
 
+def test_a_stopping_front_refuses_new_jobs_with_503(server: LiveServer, http: httpx.Client) -> None:
+    server.loop.call_soon_threadsafe(server.front.state.stopping.set)
+    time.sleep(0.05)
+    health = http.get("/healthz")
+    assert health.status_code == 503 and health.json()["status"] == "stopping"
+    refused = submit(http, "a cat")
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "60"
+    assert refused.json() == {"error": "Imagine is restarting; try again in a minute.", "kind": "busy"}
+    assert server.ledger() == []
+
+
 def test_openapi_schema_describes_the_api(http: httpx.Client) -> None:
     schema = http.get("/openapi.json").json()
     assert set(schema["paths"]) == {

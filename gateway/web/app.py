@@ -350,7 +350,6 @@ class WebJob:
     finished_at: float | None = None
     delivered_at: float | None = None
     refund_error: str | None = None  # the image was not fetched in time and was refunded
-    expired: bool = False
 
     @property
     def image_bytes(self) -> int:
@@ -443,7 +442,7 @@ def job_view(job: Job, web: WebJob | None) -> dict[str, Any]:
     if web is not None and web.refund_error is not None:
         status, error, refunded = "failed", web.refund_error, True
     elif job.status is JobStatus.SUCCEEDED:
-        if web is not None and result is not None and not web.expired:
+        if web is not None and result is not None:
             images = [f"/api/jobs/{job.id}/images/{i}.png" for i in range(len(result.images))]
         else:
             expired = True
@@ -883,7 +882,7 @@ def create_app(
         job, known = found
         result = job.result
         index = int(match[1])
-        if job.status is JobStatus.SUCCEEDED and (known is None or result is None or known.expired):
+        if job.status is JobStatus.SUCCEEDED and (known is None or result is None):
             return error_response(
                 410,
                 f"This image is no longer kept; images stay for {duration(web.options.image_ttl_seconds)}.",
