@@ -4,9 +4,12 @@ Both the in-process backend (``backend.local``) and the GPU worker run images th
 :class:`DiffusionRunner`. Importing this module is cheap: torch and diffusers are imported when a
 model is loaded, so a worker can answer its health check while the weights load.
 
-Reproducibility: image ``i`` of a request is drawn from its own CPU ``torch.Generator`` seeded
-with ``request.seed + i``, so a seed gives the same pixels whether the image was made alone or
-batched with other requests (on the same device, model and software versions).
+Reproducibility: image ``i`` of a request starts from the noise of its own CPU ``torch.Generator``
+seeded with ``request.seed + i``, so the same request and seed give identical pixels, and an image
+batched with other requests is the same image as made alone: the starting noise is identical, but
+matrix kernels (MKL, cuBLAS) sum in another order at another batch size, which moves at most one
+level of 255 on a fraction of a percent of the pixels. ``IMAGINE_MAX_BATCH=1`` makes every image
+bit-exact at the cost of batching.
 """
 
 from __future__ import annotations

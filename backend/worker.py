@@ -31,12 +31,13 @@ import random
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -834,8 +835,6 @@ def pipeline_loader(settings: Settings, device: str | None = None) -> Loader:
 
 def serve(settings: Settings, *, host: str = "0.0.0.0", port: int = 8001) -> None:
     """Run the worker until SIGTERM/SIGINT (blocking); ``imagine worker`` calls this."""
-    import uvicorn
-
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -848,4 +847,19 @@ def serve(settings: Settings, *, host: str = "0.0.0.0", port: int = 8001) -> Non
         h11_max_incomplete_event_size=MAX_BODY_BYTES,
     )
     log.info("worker on http://%s:%d (model %s)", host, port, settings.model)
-    uvicorn.Server(config).run()
+    GracefulServer(config).run()
+
+
+class GracefulServer(uvicorn.Server):
+    """Exit 0 after a SIGTERM/SIGINT shutdown: a worker told to stop that stopped cleanly succeeded.
+
+    (uvicorn re-raises the signal after its graceful shutdown, which makes the exit status -15.)
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
