@@ -550,6 +550,16 @@ def test_quota_healthz_and_metrics(server: LiveServer, http: httpx.Client) -> No
     assert "imagine_web_images_kept_bytes" in text
 
 
+def test_a_kept_alive_connection_answers_without_the_delayed_ack_wait(http: httpx.Client) -> None:
+    """With Nagle's algorithm on, each answer on a reused connection waits ~40 ms for the client's ACK."""
+    timings = []
+    for _ in range(11):
+        started = time.perf_counter()
+        assert http.get("/healthz").status_code == 200
+        timings.append(time.perf_counter() - started)
+    assert sorted(timings)[5] < 0.02, timings
+
+
 def test_a_stopping_front_refuses_new_jobs_with_503(server: LiveServer, http: httpx.Client) -> None:
     server.loop.call_soon_threadsafe(server.front.state.stopping.set)
     time.sleep(0.05)

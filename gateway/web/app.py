@@ -1056,7 +1056,9 @@ class WebFront:
 def _listen(host: str, port: int) -> socket.socket:
     """Bind the listening socket ourselves, so a busy port is a clear error and port 0 works."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are TCP,
+    # and with Nagle on, a kept-alive connection waits 40 ms for the client's delayed ACK every answer.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
