@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -215,3 +216,16 @@ async def test_run_answers_on_all_three_fronts_with_both_tokens(
     jobs = {job[0]: job for job in read_jobs(Path(env["IMAGINE_DB"]))}
     for job_id in (f"discord:{interaction.id}", f"telegram:{update['update_id']}", created["id"]):
         assert jobs[job_id][1:4] == ("succeeded", 1, 1), jobs[job_id]
+
+
+def test_a_busy_port_is_one_clear_line_and_a_failed_exit(base_env: dict[str, str], data_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        imagine = Imagine(["web"], {**base_env, "IMAGINE_WEB_PORT": str(port)}, data_dir)
+        assert imagine.finish() == 2
+    assert imagine.lines[-1] == (
+        f"imagine: The web front cannot listen on 127.0.0.1:{port} (Address already in use); "
+        "set IMAGINE_WEB_HOST / IMAGINE_WEB_PORT to a free address."
+    )

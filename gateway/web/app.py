@@ -53,7 +53,7 @@ from gateway.request import (
     parse_prompt,
 )
 from gateway.service import ImagineService
-from gateway.settings import Settings
+from gateway.settings import Settings, SettingsError
 from gateway.web.guard import Client, ClientResolver, RateLimiter
 
 log = logging.getLogger("imagine.web")
@@ -1065,9 +1065,8 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.listen(2048)
     except OSError as exc:
         sock.close()
-        raise OSError(
-            exc.errno,
+        raise SettingsError(
             f"The web front cannot listen on {host}:{port} ({exc.strerror}); "
-            "set IMAGINE_WEB_HOST / IMAGINE_WEB_PORT to a free address.",
+            "set IMAGINE_WEB_HOST / IMAGINE_WEB_PORT to a free address."
         ) from None
     return sock
