@@ -14,7 +14,7 @@ import random
 import socket
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -77,6 +77,7 @@ class ImagineService:
         self._background: list[asyncio.Task[None]] = []
         self._accepting = False
         self._recovered: list[JobRecord] = []
+        self._finished: OrderedDict[str, None] = OrderedDict()  # finished job ids, oldest first
         self._finished_keep = 2000
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -409,6 +410,7 @@ class ImagineService:
             return
         job.confirm_delivery = False
         await self._settle(job, job.gpu_seconds)
+        self._forget_later(job)
 
     async def delivery_failed(self, job_id: str, reason: str) -> ImagineError | None:
         """A front could not post the images: refund, and return the sentence to tell the user."""
@@ -418,6 +420,7 @@ class ImagineService:
         job.confirm_delivery = False
         error = BackendFailed(self._refund_sentence(job, reason))
         await self._refund(job, error, gpu_seconds=None)
+        self._forget_later(job)
         return error
 
     async def cancel(self, job_id: str, *, by: str) -> bool:
@@ -445,6 +448,7 @@ class ImagineService:
         return f"{what.rstrip('.')}; your {credits_word(n)} {'was' if n == 1 else 'were'} refunded."
 
     async def _fail(self, job: Job, error: ImagineError, *, gpu_seconds: float | None = None) -> None:
+        job.confirm_delivery = False  # nothing to deliver
         await self._refund(job, error, gpu_seconds=gpu_seconds)
         job.error = error
         job.status = JobStatus.FAILED
@@ -459,14 +463,17 @@ class ImagineService:
             self.metrics.job_finished(error.kind, refunded=record.refunded, seconds=gpu_seconds or 0.0)
 
     def _forget_later(self, job: Job) -> None:
-        """Keep finished jobs a while for duplicate events and status polls, then drop them.
+        """Keep the last finished jobs for duplicate events and status polls; drop the oldest.
 
         A job still waiting for its front to confirm delivery stays: ``delivered()`` needs it.
+        One drop per finish keeps the cost flat (no sweep that stalls the loop every few thousand).
         """
-        if len(self._live) > self._finished_keep:
-            done = [k for k, v in self._live.items() if v.status.finished and not v.confirm_delivery]
-            for old_id in done[: self._finished_keep // 2]:
-                del self._live[old_id]
+        if job.confirm_delivery:
+            return  # delivered() or delivery_failed() forgets it later
+        self._finished[job.id] = None
+        while len(self._finished) > self._finished_keep:
+            old_id, _ = self._finished.popitem(last=False)
+            self._live.pop(old_id, None)
 
     # --- queries -----------------------------------------------------------------------
 

@@ -396,3 +396,19 @@ def test_fake_backend_pngs_are_valid(tmp_path: Path) -> None:
     image = Image.open(io.BytesIO(solid_png(320, 256, (1, 2, 3))))
     image.load()
     assert image.size == (320, 256)
+
+
+async def test_old_finished_jobs_leave_memory_but_stay_idempotent(service: ImagineService) -> None:
+    service._finished_keep = 3
+    for i in range(5):
+        await (await service.submit("cli:a", "x", job_id=f"m{i}")).wait()
+    waiting = await service.submit("cli:a", "x", job_id="m-wait", confirm_delivery=True)
+    await waiting.wait()
+    for i in range(5, 9):
+        await (await service.submit("cli:a", "x", job_id=f"m{i}")).wait()
+    assert service.job("m0") is None and service.job("m8") is not None
+    assert service.job("m-wait") is not None  # still waiting for its front to confirm delivery
+    again = await service.submit("cli:a", "x", job_id="m0")
+    assert again.duplicate and again.status is JobStatus.SUCCEEDED
+    await service.delivered("m-wait")
+    assert (await service.quota("cli:a")).used == 10
