@@ -246,7 +246,7 @@ def _fronts(settings: Settings, service: ImagineService, which: Sequence[str]) -
     return fronts
 
 
-async def serve_fronts(settings: Settings, which: Sequence[str]) -> int:
+async def serve_fronts(settings: Settings, which: Sequence[str], *, announce_off: bool = False) -> int:
     """Run fronts until SIGTERM/SIGINT, then stop taking work, finish or refund, exit 0."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -261,8 +261,8 @@ async def serve_fronts(settings: Settings, which: Sequence[str]) -> int:
                 where = await front.start()
                 started.append(front)
                 print(f"imagine: {front.name} is on: {where}", flush=True)
-            off = [n for n in ("web", "discord", "telegram") if n not in which]
-            if off:
+            off = [n for n in ("discord", "telegram") if n not in which]
+            if off and announce_off:
                 print(f"imagine: off: {', '.join(off)} (set its token to turn it on)", flush=True)
             print(f"imagine: backend {settings.backend}, model {settings.model}", flush=True)
             await stop.wait()
@@ -278,7 +278,8 @@ async def serve_fronts(settings: Settings, which: Sequence[str]) -> int:
 def _run_fronts(which: Sequence[str]) -> Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]:
     async def command(settings: Settings, args: argparse.Namespace) -> int:
         wanted = list(which)
-        if wanted == ["all"]:
+        run_all = wanted == ["all"]
+        if run_all:
             wanted = ["web"]
             if settings.discord_token:
                 wanted.append("discord")
@@ -288,7 +289,7 @@ def _run_fronts(which: Sequence[str]) -> Callable[[Settings, argparse.Namespace]
             raise SettingsError("The Discord bot needs DISCORD_TOKEN; set it in the environment or .env.")
         if "telegram" in wanted and not settings.telegram_token:
             raise SettingsError("The Telegram bot needs TELEGRAM_TOKEN; set it in the environment or .env.")
-        return await serve_fronts(settings, wanted)
+        return await serve_fronts(settings, wanted, announce_off=run_all)
 
     return command
 

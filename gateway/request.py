@@ -79,7 +79,7 @@ def _control_character(text: str, *, allow_newlines: bool) -> str | None:
     for ch in text:
         if allow_newlines and ch in "\n\t":
             continue
-        if unicodedata.category(ch) in ("Cc", "Cf") and ch not in "\u200d":
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs") and ch not in "\u200d":
             return ch
     return None
 

@@ -90,16 +90,25 @@ def test_the_dockerignore_keeps_secrets_and_local_data_out() -> None:
         assert entry in ignored
 
 
-def test_the_procfile_has_every_process_type() -> None:
+def test_the_procfile_has_every_process_type_and_each_is_a_real_command() -> None:
+    import shlex
+
+    import imagine
+
     procfile = dict(
         line.split(": ", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip()
     )
-    assert procfile == {
-        "web": "imagine web",
-        "discord": "imagine discord",
-        "telegram": "imagine telegram",
-        "worker": "imagine worker --port $PORT",
-    }
+    assert set(procfile) == {"web", "discord", "telegram", "worker"}
+    for kind, command in procfile.items():
+        words = shlex.split(command.replace("${PORT:-8000}", "5000").replace("${PORT:-8001}", "5000"))
+        while "=" in words[0]:  # VAR=value prefixes
+            words.pop(0)
+        assert words[0] == "imagine", command
+        args = imagine.build_parser().parse_args(words[1:])
+        assert args.command == kind
+    # Hosted platforms give the port in $PORT and reach the process from outside the container.
+    assert "IMAGINE_WEB_HOST=0.0.0.0" in procfile["web"] and "${PORT" in procfile["web"]
+    assert "--host 0.0.0.0" in procfile["worker"] and "${PORT" in procfile["worker"]
 
 
 # --- the project commands, run here ------------------------------------------------------------------

@@ -74,6 +74,7 @@ def test_typed_options_are_defaults_that_flags_override() -> None:
         ("x" * 1001, "The prompt is 1001 characters long; the limit is 1000."),
         ("a fox\x07", "The prompt contains a control character (U+0007); remove it and try again."),
         ("a fox\u202e", "The prompt contains a control character (U+202E); remove it and try again."),
+        ("a fox\ud800", "The prompt contains a control character (U+D800); remove it and try again."),
         (
             "a fox --no bad\x1b",
             "The negative prompt (--no) contains a control character (U+001B); remove it and try again.",
