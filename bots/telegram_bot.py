@@ -697,14 +697,14 @@ class TelegramFront:
         *,
         rate_limiter: BaseRateLimiter[int] | None = None,
         webhook_listen: str = "0.0.0.0",
-        webhook_port: int = 8443,
+        webhook_port: int | None = None,
         stop_grace: float = 30.0,
     ) -> None:
         self.settings = settings
         self.service = service
         self.rate_limiter = rate_limiter
         self.webhook_listen = webhook_listen
-        self.webhook_port = webhook_port
+        self.webhook_port = settings.telegram_webhook_port if webhook_port is None else webhook_port
         self.stop_grace = stop_grace
         self.application: TelegramApp | None = None
         self._recovery: asyncio.Task[None] | None = None

@@ -65,6 +65,7 @@ class Settings:
     telegram_api_base_url: str = "https://api.telegram.org/bot"
     telegram_webhook_url: str | None = None
     telegram_webhook_secret: Secret | None = None
+    telegram_webhook_port: int = 8443
     web_host: str = "127.0.0.1"
     web_port: int = 8000
     blocked_ips: tuple[IPNetwork, ...] = ()
@@ -137,11 +138,15 @@ class Settings:
         ):
             if (v := get(name)) is not None:
                 kw[key] = _int(name, v, low)
-        if (v := get("IMAGINE_WEB_PORT")) is not None:
-            port = _int("IMAGINE_WEB_PORT", v, 0)
-            if port > 65535:
-                raise SettingsError(f"IMAGINE_WEB_PORT must be a port number up to 65535; got {v!r}.")
-            kw["web_port"] = port
+        for name, key in (
+            ("IMAGINE_WEB_PORT", "web_port"),
+            ("TELEGRAM_WEBHOOK_PORT", "telegram_webhook_port"),
+        ):
+            if (v := get(name)) is not None:
+                port = _int(name, v, 0)
+                if port > 65535:
+                    raise SettingsError(f"{name} must be a port number up to 65535; got {v!r}.")
+                kw[key] = port
         for name, key in (
             ("IMAGINE_BACKEND_TIMEOUT", "backend_timeout"),
             ("IMAGINE_BATCH_WAIT_MS", "batch_wait_ms"),
