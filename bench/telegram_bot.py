@@ -24,24 +24,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import percentile, rss_mib, torch_loaded  # noqa: E402
+
 FIRST_USER = 10_001
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered) + 0.5) - 1))
-    return ordered[index]
-
-
-def rss_mib(pid: int) -> float:
-    import psutil
-
-    return float(psutil.Process(pid).memory_info().rss) / 2**20
-
-
-def torch_loaded(pid: int) -> bool:
-    """Whether any torch library is mapped into the process (an import of torch maps libtorch)."""
-    return "torch" in Path(f"/proc/{pid}/maps").read_text()
 
 
 async def serve_unlimited() -> None:

@@ -48,6 +48,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import percentile  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 
 KEY = "bench-key"
@@ -55,12 +58,6 @@ PROMPT = "a lighthouse at dusk, oil painting, dramatic clouds"
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered) + 0.5) - 1))
-    return ordered[index]
 
 
 def free_port() -> int:
