@@ -27,3 +27,9 @@ def settings(data_dir: Path) -> Settings:
         },
         env_file=None,
     )
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder for the whole run: every test that needs the tiny model finds it built once."""
+    return tmp_path_factory.getbasetemp() / "imagine-models"

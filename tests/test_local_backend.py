@@ -8,12 +8,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from PIL import Image
 
 from backend.local import LocalBackend
@@ -22,24 +21,9 @@ from gateway.backend import Backend, GenerationResult, create_backend
 from gateway.errors import BackendError, BackendUnavailable
 from gateway.request import ImageRequest
 from gateway.settings import Settings
+from tests.helpers.torch_threads import one_torch_thread  # noqa: F401 (autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="session")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same folder as the other backend tests use, so the tiny model is built once per run."""
-    return tmp_path_factory.getbasetemp() / "imagine-models"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """The tiny model's layers are too small to share between threads; on a busy two-core box,
-    two threads spend most of a step waiting for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +23,7 @@ from backend.pipeline import (
 )
 from backend.tiny import tiny_model_path
 from gateway.request import SCHEDULERS, ImageRequest
-
-
-@pytest.fixture(scope="session")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same folder as the other backend tests use, so the tiny model is built once per run."""
-    return tmp_path_factory.getbasetemp() / "imagine-models"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """The tiny model's layers are too small to share between threads; on a busy two-core box,
-    two threads spend most of a step waiting for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.helpers.torch_threads import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,6 @@ from backend.tiny import (
 
 
 @pytest.fixture(scope="session")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache folder for the whole run: every test module finds the tiny model built once."""
-    return tmp_path_factory.getbasetemp() / "imagine-models"
-
-
-@pytest.fixture(scope="session")
 def tiny_dir(models_dir: Path) -> Path:
     return tiny_model_path(models_dir)
 
