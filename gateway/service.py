@@ -41,7 +41,15 @@ from gateway.messages import next_reset, until_reset, utc_day
 from gateway.metrics import Metrics
 from gateway.request import MAX_SEED, ImageRequest, parse_prompt
 from gateway.settings import Settings
-from storage import Database, JobRecord, QuotaState, RefusedReason, ReservationRefused, StoreError
+from storage import (
+    Database,
+    JobRecord,
+    NewJob,
+    QuotaState,
+    RefusedReason,
+    ReservationRefused,
+    StoreError,
+)
 
 log = logging.getLogger("imagine.gateway")
 
@@ -209,18 +217,20 @@ class ImagineService:
         unlimited = self.is_admin(user_id)
         try:
             reservation = await self.db.reserve(
-                job_id=job_id,
-                user_id=user_id,
-                request=request.to_json(),
-                cost=request.num_images,
-                day=utc_day(now),
-                default_allowance=self.settings.daily_quota,
-                unlimited=unlimited,
-                max_user_open=self.settings.max_queued_per_user,
-                max_open=self.settings.max_queue,
-                instance_id=self.instance_id,
-                reply=reply,
-                now=now,
+                NewJob(
+                    job_id=job_id,
+                    user_id=user_id,
+                    request=request.to_json(),
+                    cost=request.num_images,
+                    day=utc_day(now),
+                    default_allowance=self.settings.daily_quota,
+                    unlimited=unlimited,
+                    max_user_open=self.settings.max_queued_per_user,
+                    max_open=self.settings.max_queue,
+                    instance_id=self.instance_id,
+                    reply=reply,
+                    now=now,
+                )
             )
         except ReservationRefused as refused:
             self.metrics.rejected(refused.reason)

@@ -101,6 +101,24 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class NewJob:
+    """A job to accept, with the limits it is accepted under."""
+
+    job_id: str
+    user_id: str
+    request: dict[str, Any]
+    cost: int
+    day: str
+    default_allowance: int
+    unlimited: bool
+    max_user_open: int
+    max_open: int
+    instance_id: str | None
+    reply: dict[str, Any] | None
+    now: float
+
+
+@dataclass(frozen=True)
 class Reservation:
     job: JobRecord
     created: bool  # False: the job id was seen before; nothing was charged again
@@ -223,38 +241,9 @@ class Database:
 
     # --- jobs and credits -------------------------------------------------------------
 
-    async def reserve(
-        self,
-        *,
-        job_id: str,
-        user_id: str,
-        request: dict[str, Any],
-        cost: int,
-        day: str,
-        default_allowance: int,
-        unlimited: bool,
-        max_user_open: int,
-        max_open: int,
-        instance_id: str | None,
-        reply: dict[str, Any] | None,
-        now: float,
-    ) -> Reservation:
-        """Hold ``cost`` credits for a new job, or return the job this id already made."""
-        return await self._write(
-            _reserve,
-            job_id,
-            user_id,
-            request,
-            cost,
-            day,
-            default_allowance,
-            unlimited,
-            max_user_open,
-            max_open,
-            instance_id,
-            reply,
-            now,
-        )
+    async def reserve(self, job: NewJob) -> Reservation:
+        """Hold ``job.cost`` credits for a new job, or return the job this id already made."""
+        return await self._write(_reserve, job)
 
     async def mark_running(self, job_id: str, now: float) -> bool:
         return await self._write(_mark_running, job_id, now)
@@ -456,88 +445,83 @@ def _quota_in_tx(c: sqlite3.Connection, user_id: str, day: str, default_allowanc
     return QuotaState(user_id, day, allowance, used, bonus, reserved, override is not None)
 
 
-def _reserve(
-    c: sqlite3.Connection,
-    job_id: str,
-    user_id: str,
-    request: dict[str, Any],
-    cost: int,
-    day: str,
-    default_allowance: int,
-    unlimited: bool,
-    max_user_open: int,
-    max_open: int,
-    instance_id: str | None,
-    reply: dict[str, Any] | None,
-    now: float,
-) -> Reservation:
-    row = c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+def _reserve(c: sqlite3.Connection, new: NewJob) -> Reservation:
+    row = c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (new.job_id,)).fetchone()
     if row is not None:
         job = _job(row)
         position = _position(c, job)
         return Reservation(job, False, position, None)
-    ban = c.execute("SELECT reason FROM bans WHERE user_id = ?", (user_id,)).fetchone()
+    ban = c.execute("SELECT reason FROM bans WHERE user_id = ?", (new.user_id,)).fetchone()
     if ban is not None:
         raise ReservationRefused(RefusedReason.BANNED, ban_reason=ban[0])
     open_total = c.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()[0]
-    if not unlimited:
+    if not new.unlimited:
         user_open = c.execute(
             "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN ('queued', 'running')",
-            (user_id,),
+            (new.user_id,),
         ).fetchone()[0]
-        if user_open >= max_user_open:
+        if user_open >= new.max_user_open:
             raise ReservationRefused(RefusedReason.USER_QUEUE, open_jobs=user_open)
-    if open_total >= max_open:
+    if open_total >= new.max_open:
         raise ReservationRefused(RefusedReason.QUEUE, open_jobs=open_total)
-    _ensure_user(c, user_id, now)
-    quota = _quota_in_tx(c, user_id, day, default_allowance)
-    if unlimited:
+    _ensure_user(c, new.user_id, new.now)
+    quota = _quota_in_tx(c, new.user_id, new.day, new.default_allowance)
+    if new.unlimited:
         daily = bonus = 0
     else:
-        if quota.remaining < cost:
+        if quota.remaining < new.cost:
             raise ReservationRefused(RefusedReason.CREDITS, quota=quota)
-        daily = min(cost, max(0, quota.allowance - quota.used))
-        bonus = cost - daily
+        daily = min(new.cost, max(0, quota.allowance - quota.used))
+        bonus = new.cost - daily
     c.execute(
         "INSERT INTO jobs (id, user_id, request, status, cost, day, daily, bonus, seed, reply, "
         "instance_id, created_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
         (
-            job_id,
-            user_id,
-            json.dumps(request),
-            cost,
-            day,
+            new.job_id,
+            new.user_id,
+            json.dumps(new.request),
+            new.cost,
+            new.day,
             daily,
             bonus,
-            request.get("seed"),
-            json.dumps(reply) if reply is not None else None,
-            instance_id,
-            now,
+            new.request.get("seed"),
+            json.dumps(new.reply) if new.reply is not None else None,
+            new.instance_id,
+            new.now,
         ),
     )
     c.execute(
         "INSERT INTO ledger (user_id, job_id, kind, credits, daily, bonus, day, note, created_at) "
         "VALUES (?, ?, 'reserve', ?, ?, ?, ?, ?, ?)",
-        (user_id, job_id, cost, daily, -bonus, day, "unlimited" if unlimited else None, now),
+        (
+            new.user_id,
+            new.job_id,
+            new.cost,
+            daily,
+            -bonus,
+            new.day,
+            "unlimited" if new.unlimited else None,
+            new.now,
+        ),
     )
     if daily:
         c.execute(
             "INSERT INTO daily_usage (user_id, day, used) VALUES (?, ?, ?) "
             "ON CONFLICT (user_id, day) DO UPDATE SET used = used + excluded.used",
-            (user_id, day, daily),
+            (new.user_id, new.day, daily),
         )
     if bonus:
-        c.execute("UPDATE users SET bonus = bonus - ? WHERE id = ?", (bonus, user_id))
-    job = _job(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        c.execute("UPDATE users SET bonus = bonus - ? WHERE id = ?", (bonus, new.user_id))
+    job = _job(c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (new.job_id,)).fetchone())
     after = QuotaState(
-        user_id,
-        day,
+        new.user_id,
+        new.day,
         quota.allowance,
         quota.used + daily,
         quota.bonus - bonus,
-        quota.reserved + cost,
+        quota.reserved + new.cost,
         quota.override,
-        unlimited,
+        new.unlimited,
     )
     return Reservation(job, True, open_total, after)
 

@@ -7,24 +7,26 @@ from pathlib import Path
 
 import pytest
 
-from storage import Database, ReservationRefused
+from storage import Database, NewJob, ReservationRefused
 from storage.db import migrations
 
 
 async def reserve(db: Database, job_id: str, user: str = "cli:a", cost: int = 1) -> None:
     await db.reserve(
-        job_id=job_id,
-        user_id=user,
-        request={"prompt": "x", "seed": 1},
-        cost=cost,
-        day="2026-11-26",
-        default_allowance=3,
-        unlimited=False,
-        max_user_open=10,
-        max_open=10,
-        instance_id=None,
-        reply=None,
-        now=1.0,
+        NewJob(
+            job_id=job_id,
+            user_id=user,
+            request={"prompt": "x", "seed": 1},
+            cost=cost,
+            day="2026-11-26",
+            default_allowance=3,
+            unlimited=False,
+            max_user_open=10,
+            max_open=10,
+            instance_id=None,
+            reply=None,
+            now=1.0,
+        )
     )
 
 
