@@ -72,6 +72,7 @@ class Job:
     credits_left: int | None = None  # after this job's reservation; None for admins
     gpu_seconds: float = 0.0
     cancel_requested: bool = False
+    origin: Job | None = field(default=None, repr=False)  # a duplicate's handle follows its original
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _version: int = 0
 
@@ -100,6 +101,10 @@ class Job:
 
     async def updates(self) -> AsyncIterator[JobUpdate]:
         """The current state, then every change (coalesced if the reader is slow), then the end."""
+        if self.origin is not None:
+            async for update in self.origin.updates():
+                yield update
+            return
         seen = -1
         while True:
             if self._version != seen:

@@ -591,10 +591,11 @@ class ImagineService:
 
 
 def replace_duplicate(job: Job) -> Job:
-    """The live job itself, flagged so the caller knows it was not charged again."""
-    twin = job
-    twin.duplicate = True
-    return twin
+    """A handle on the live job, flagged so its caller knows nothing was charged again.
+
+    The first caller's handle keeps ``duplicate=False``; this one follows the same updates.
+    """
+    return replace(job, duplicate=True, origin=job, _changed=asyncio.Event())
 
 
 def _job_from_record(record: JobRecord) -> Job:

@@ -146,8 +146,8 @@ async def test_200_concurrent_requests_with_5_credits_accept_exactly_5(
 async def test_same_job_id_twice_charges_and_generates_once(service: ImagineService) -> None:
     first = await service.submit("cli:alice", "a fox", job_id="discord:42")
     second = await service.submit("cli:alice", "a fox", job_id="discord:42")
-    assert second is first and second.duplicate
-    await first.wait()
+    assert second.duplicate and not first.duplicate and second.id == first.id
+    assert (await second.wait()).images == (await first.wait()).images
     third = await service.submit("cli:alice", "a fox", job_id="discord:42")
     assert third.duplicate
     assert len(fake(service).calls) == 1
