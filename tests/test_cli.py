@@ -181,3 +181,30 @@ def test_generate_with_the_tiny_model_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert Image.open(tmp_path / "fox.png").size == (320, 256)
     assert "seed 7" in proc.stdout and "24 credits left" in proc.stdout
+
+
+def test_secrets_are_scrubbed_from_every_log_line(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """httpx logs Telegram's token-bearing URLs; whatever logs a secret, the handler hides it."""
+    import logging
+
+    from gateway.settings import Settings
+
+    settings = Settings.from_env(
+        {"TELEGRAM_TOKEN": "123456:SECRET-token", "IMAGINE_BACKEND_API_KEY": "k3y-s3cret"}, env_file=None
+    )
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    imagine.setup_logging(settings)
+    try:
+        logging.getLogger("httpx").warning(
+            'HTTP Request: POST https://api.telegram.org/bot%s/getMe "200 OK"', "123456:SECRET-token"
+        )
+        logging.getLogger("imagine").error("worker refused key k3y-s3cret")
+        err = capsys.readouterr().err
+        assert "SECRET-token" not in err and "k3y-s3cret" not in err
+        assert err.count("**********") == 2
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
