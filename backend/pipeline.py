@@ -117,6 +117,8 @@ def load_pipeline(
     compile_unet: bool = False,
     compile_cache_dir: Path | None = None,
     cache_dir: Path | None = None,
+    phase: Callable[[str], None] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> StableDiffusionPipeline:
     """Load ``model`` (a Hub id, a local folder, or ``tiny``) ready to run on ``device``.
 
@@ -125,10 +127,19 @@ def load_pipeline(
     CUDA the UNet is channels-last (SDPA attention is diffusers' default) and, with
     ``compile_unet``, compiled; the compiled kernels are cached in ``compile_cache_dir`` so a
     restart does not pay for compiling again. ``cache_dir`` is where ``tiny`` is built.
+    ``phase`` hears each step's name as it starts and ``timings`` gets its seconds (``imports``,
+    ``weights``, ``to_device``): the worker's health check reports where a cold start went.
     """
+    timings = {} if timings is None else timings
+    say = phase or (lambda _: None)
+    say("importing torch and diffusers")
+    started = time.perf_counter()
     import torch
 
     from backend.tiny import diffusers_module
+
+    diffusers = diffusers_module()
+    timings["imports"] = time.perf_counter() - started
 
     # 1. Resolve the name and the device
     device = device or default_device()
@@ -139,21 +150,35 @@ def load_pipeline(
         _check_model_folder(Path(source))
 
     # 2. Load the weights through from_pretrained, as for any published checkpoint
+    #    (on CUDA straight onto the GPU, without a stop in CPU memory, where diffusers can)
+    say(f"loading the weights of {model}")
+    started = time.perf_counter()
+    options: dict[str, Any] = {"use_safetensors": True, "local_files_only": local, **_dtype_argument(dtype)}
     try:
-        pipeline = diffusers_module().StableDiffusionPipeline.from_pretrained(
-            source, use_safetensors=True, local_files_only=local, **_dtype_argument(dtype)
-        )
+        try:
+            pipeline = diffusers.StableDiffusionPipeline.from_pretrained(
+                source, **options, **({"device_map": device} if device.startswith("cuda") else {})
+            )
+        except (NotImplementedError, TypeError, RuntimeError):
+            if not device.startswith("cuda"):
+                raise
+            pipeline = diffusers.StableDiffusionPipeline.from_pretrained(source, **options)
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(_model_error_sentence(model, exc)) from exc
     pipeline.set_progress_bar_config(disable=True)
+    timings["weights"] = time.perf_counter() - started
 
     # 3. The default scheduler: DPM-Solver++ from the model's own noise schedule
     pipeline.scheduler = make_scheduler("dpmpp", model_scheduler_config(pipeline))
 
     # 4. Move to the device and speed up the UNet where it pays
+    say(f"moving the model to {device}")
+    started = time.perf_counter()
     pipeline.to(device)
     if device.startswith("cuda"):
         pipeline.unet.to(memory_format=torch.channels_last)
+        torch.cuda.synchronize()
+    timings["to_device"] = time.perf_counter() - started
     if compile_unet:
         if compile_cache_dir is not None:
             compile_cache_dir.mkdir(parents=True, exist_ok=True)

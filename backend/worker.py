@@ -34,7 +34,6 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import uvicorn
@@ -766,66 +765,26 @@ def pipeline_loader(settings: Settings, device: str | None = None) -> Loader:
     """
 
     def load(phase: Callable[[str], None]) -> Loaded:
-        timings: dict[str, float] = {}
-        # 1. Imports
-        phase("importing torch and diffusers")
-        t = time.perf_counter()
-        import diffusers
-        import torch
-
         from backend import pipeline as sd
         from backend.tiny import default_cache_dir
 
-        timings["imports"] = time.perf_counter() - t
+        # 1-3. Imports, weights (safetensors; on CUDA straight onto the GPU), to the device
+        timings: dict[str, float] = {}
         where = device or sd.default_device()
-        on_cuda = where.startswith("cuda")
-        dtype = torch.float16 if on_cuda else torch.float32
-
-        # 2. Weights, from safetensors (the tiny model is built on first use)
-        phase(f"loading the weights of {settings.model}")
-        t = time.perf_counter()
-        source = sd.resolve_model(settings.model)
-        local = Path(source).is_dir()
-        options: dict[str, Any] = {"torch_dtype": dtype, "use_safetensors": True, "local_files_only": local}
-        if on_cuda:
-            options["device_map"] = where  # straight to the GPU, no stop in CPU memory
-        pipeline_class: Any = diffusers.StableDiffusionPipeline
-        try:
-            try:
-                pipe = pipeline_class.from_pretrained(source, **options)
-            except (NotImplementedError, TypeError, ValueError, RuntimeError):  # no device_map here
-                options.pop("device_map", None)
-                pipe = pipeline_class.from_pretrained(source, **options)
-        except (OSError, ValueError) as exc:
-            raise sd.ModelUnavailable(sd._model_error_sentence(settings.model, exc)) from exc
-        pipe.set_progress_bar_config(disable=True)
-        base_config = pipe.scheduler.config
-        pipe.scheduler = sd.make_scheduler("dpmpp", base_config)
-        pipe.register_to_config(_imagine_base_scheduler=dict(base_config))
-        timings["weights"] = time.perf_counter() - t
-
-        # 3. To the device, in the layout that is fastest there
-        phase(f"moving the model to {where}")
-        t = time.perf_counter()
-        pipe.to(where)
-        if on_cuda:
-            pipe.unet.to(memory_format=torch.channels_last)
-            torch.cuda.synchronize()
-        timings["to_device"] = time.perf_counter() - t
-
+        pipe = sd.load_pipeline(
+            settings.model,
+            where,
+            compile_unet=settings.compile,
+            compile_cache_dir=default_cache_dir() / "torch-compile",
+            phase=phase,
+            timings=timings,
+        )
         runner = sd.DiffusionRunner(pipe, settings.model)
         # 4. Compile (opt-in): torch compiles on the first call, so that call is the compile step
         timings["compile"] = 0.0
         if settings.compile:
             phase("compiling the UNet")
             t = time.perf_counter()
-            cache = default_cache_dir() / "torch-compile"
-            cache.mkdir(parents=True, exist_ok=True)
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))
-            os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
-            os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
-            mode = "reduce-overhead" if on_cuda else None
-            pipe.unet = torch.compile(pipe.unet, mode=mode, fullgraph=True)
             runner.generate([WARMUP_REQUEST])
             timings["compile"] = time.perf_counter() - t
         return Loaded(runner.generate, timings, device=where, model=settings.model)
