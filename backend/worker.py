@@ -757,11 +757,11 @@ def _error(status: int, detail: str, *, retry_after: float | None = None) -> JSO
 def pipeline_loader(settings: Settings, device: str | None = None) -> Loader:
     """Load ``IMAGINE_MODEL`` for :class:`backend.pipeline.DiffusionRunner`, timing each cold-start step.
 
-    The steps are those of :func:`backend.pipeline.load_pipeline`, taken one at a time so the
-    health check can say where the seconds went: imports, weights (safetensors, on CUDA
-    straight onto the GPU), to device, compile (``IMAGINE_COMPILE=1``: the first generation,
-    which is when torch compiles; the kernels are cached under the model cache folder, so a
-    new container with the same cache does not compile again).
+    :func:`backend.pipeline.load_pipeline` reports the seconds of its steps (imports, weights,
+    to device) so the health check can say where a cold start went; compile is timed here
+    (``IMAGINE_COMPILE=1``: the first generation, which is when torch compiles; the kernels are
+    cached under the model cache folder, so a new container with the same cache does not
+    compile again).
     """
 
     def load(phase: Callable[[str], None]) -> Loaded:
