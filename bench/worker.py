@@ -365,15 +365,25 @@ def full_size_load(report: Report, work: Path, device: str, args: argparse.Names
 # --- CUDA --------------------------------------------------------------------------------------------
 
 
-def timed(fn: Callable[[], Any], runs: int) -> list[float]:
+# Where the "CUDA" sections run: "cuda", or "cpu" for --dry-run, which walks the same code with the
+# tiny model so a GPU session is not spent finding a typo.
+GPU = "cuda"
+
+
+def sync() -> None:
     import torch
 
+    if GPU == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], runs: int) -> list[float]:
     times = []
     for _ in range(runs):
-        torch.cuda.synchronize()
+        sync()
         started = time.perf_counter()
         fn()
-        torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - started)
     return times
 
@@ -382,7 +392,8 @@ def free_cuda() -> None:
     import torch
 
     gc.collect()
-    torch.cuda.empty_cache()
+    if GPU == "cuda":
+        torch.cuda.empty_cache()
 
 
 LATENCY = "512x512 latency, warm, in process (CUDA)"
@@ -394,7 +405,8 @@ def measure_plain_default(report: Report, folder: Path, runs: int) -> None:
     from diffusers import StableDiffusionPipeline
 
     pipeline_class: Any = StableDiffusionPipeline
-    pipe = pipeline_class.from_pretrained(str(folder), torch_dtype=torch.float16).to("cuda")
+    dtype = torch.float16 if GPU == "cuda" else torch.float32
+    pipe = pipeline_class.from_pretrained(str(folder), torch_dtype=dtype).to(GPU)
     pipe.set_progress_bar_config(disable=True)
 
     def call(steps: int) -> None:
@@ -421,7 +433,7 @@ def measure_project(report: Report, settings: Any, runs: int) -> None:
     from backend.worker import pipeline_loader
     from gateway.request import ImageRequest
 
-    runner = pipeline_loader(settings, device="cuda")(print).runner
+    runner = pipeline_loader(settings, device=GPU)(print).runner
 
     def generate(n: int, steps: int) -> Any:
         return runner([ImageRequest(PROMPT, steps=steps, seed=i) for i in range(n)])
@@ -452,7 +464,7 @@ def measure_compiled(report: Report, settings: Any, runs: int) -> None:
     from gateway.request import ImageRequest
 
     section = "IMAGINE_COMPILE=1 (CUDA)"
-    loaded = pipeline_loader(settings.with_overrides(compile=True), device="cuda")(print)
+    loaded = pipeline_loader(settings.with_overrides(compile=True), device=GPU)(print)
     compile_seconds = loaded.timings["compile"]
     report.add(
         section,
@@ -482,9 +494,14 @@ def run_cuda(args: argparse.Namespace, report: Report, work: Path) -> None:
 
     from gateway.settings import Settings
 
-    assert torch.cuda.is_available(), "--device cuda needs a GPU that PyTorch can see"
-    report.add("Machine", "GPU", torch.cuda.get_device_name(0))
-    report.add("Machine", "torch / CUDA", f"{torch.__version__} / {torch.version.cuda}")
+    global GPU
+    if args.dry_run:
+        GPU = "cpu"
+        report.add("Machine", "GPU", "none: --dry-run walks the CUDA sections on the CPU with the tiny model")
+    else:
+        assert torch.cuda.is_available(), "--device cuda needs a GPU that PyTorch can see"
+        report.add("Machine", "GPU", torch.cuda.get_device_name(0))
+        report.add("Machine", "torch / CUDA", f"{torch.__version__} / {torch.version.cuda}")
     budget = args.budget
 
     def left() -> float:
@@ -492,25 +509,27 @@ def run_cuda(args: argparse.Namespace, report: Report, work: Path) -> None:
 
     os.environ["IMAGINE_CACHE_DIR"] = str(work / "cache")  # the compile cache, shared with the workers
     # 1-2. Weights and cold start (page cache dropped).
-    folder = full_size_load(report, work, "cuda", args)
+    if args.dry_run:
+        from backend.tiny import tiny_model_path
+
+        folder = tiny_model_path(Path(args.cache_dir) if args.cache_dir else None)
+    else:
+        folder = full_size_load(report, work, "cuda", args)
 
     # 3. Over HTTP: batching on at concurrency 1 and 4, off at 4.
     section = "SD 1.5 over HTTP, 512x512, 25 steps DPM-Solver++ (CUDA)"
     inp = {"width": 512, "height": 512, "num_inference_steps": 25}
+    levels_on, levels_off = [(1, 8), (4, 16)], [(4, 16)]
+    if args.dry_run:
+        inp = {"width": 256, "height": 256, "num_inference_steps": 2}
+        levels_on, levels_off = [(1, 2), (4, 4)], [(4, 4)]
     env = {"IMAGINE_MODEL": str(folder), "IMAGINE_CACHE_DIR": str(work / "cache")}
     if left() > 120:
         on = http_section(
-            report,
-            section,
-            {**env, "IMAGINE_MAX_BATCH": "8"},
-            work,
-            [(1, 8), (4, 16)],
-            inp,
-            "batching on",
-            300,
+            report, section, {**env, "IMAGINE_MAX_BATCH": "8"}, work, levels_on, inp, "batching on", 300
         )
         off = http_section(
-            report, section, {**env, "IMAGINE_MAX_BATCH": "1"}, work, [(4, 16)], inp, "batching off", 300
+            report, section, {**env, "IMAGINE_MAX_BATCH": "1"}, work, levels_off, inp, "batching off", 300
         )
         ratio = on[4]["images_per_s"] / off[4]["images_per_s"]
         report.add(
@@ -569,6 +588,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-batch", type=int, default=4, help="IMAGINE_MAX_BATCH for 'batching on'")
     parser.add_argument("--runs", type=int, default=5, help="CUDA: timed runs per latency figure")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="with --device cuda: walk every CUDA section on this CPU, tiny model (a check, no figures)",
+    )
     parser.add_argument("--budget", type=float, default=450, help="CUDA: seconds the whole run may take")
     parser.add_argument("--cache-dir", help="IMAGINE_CACHE_DIR for the tiny model (default: the usual)")
     parser.add_argument("--json", help="also write the figures to this file")

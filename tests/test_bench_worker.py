@@ -55,3 +55,42 @@ def test_the_cuda_mode_is_wired(tmp_path: Path) -> None:
     )
     assert done.returncode == 0
     assert "--device {cpu,cuda}" in done.stdout and "--budget" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_cuda_sections_walk_on_the_cpu_with_dry_run(tmp_path: Path) -> None:
+    """The GPU run happens rarely and on a short lease: walk its code here so it cannot rot.
+
+    The budget leaves out the compile sections (a CPU compile takes about a minute); they were
+    walked by hand with --budget 450.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGINE_")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "worker.py"),
+            "--device",
+            "cuda",
+            "--dry-run",
+            "--runs",
+            "1",
+            "--budget",
+            "200",
+            "--cache-dir",
+            str(tmp_path / "models"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    table = done.stdout[done.stdout.index("## bench/worker.py") :]
+    for row in (
+        "| batching on / off at concurrency 4 |",
+        "| plain diffusers default: fp16, PNDMScheduler, 50 steps |",
+        "| project: DPM-Solver++, 25 steps (to PNG bytes) |",
+        "| batch 8 |",
+    ):
+        assert row in table, table
