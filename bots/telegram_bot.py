@@ -63,7 +63,7 @@ from gateway import (
     parse_prompt,
     parse_user,
 )
-from gateway.messages import HELP, progress_text, queue_text, result_caption
+from gateway.messages import HELP, RESTARTING, progress_text, queue_text, result_caption
 from gateway.request import MAX_IMAGES
 from gateway.settings import require
 
@@ -773,7 +773,7 @@ class TelegramFront:
             await asyncio.wait(list(state.handlers), timeout=self.stop_grace)
         for job in list(state.in_flight.values()):
             with contextlib.suppress(ImagineError):
-                await self.service.cancel(job.id, by=job.user_id)
+                await self.service.cancel(job.id, by=job.user_id, reason=RESTARTING)
         if application.running:
             await application.stop()
         await application.shutdown()

@@ -72,6 +72,7 @@ class Job:
     credits_left: int | None = None  # after this job's reservation; None for admins
     gpu_seconds: float = 0.0
     cancel_requested: bool = False
+    cancel_reason: str = "The job was cancelled"
     origin: Job | None = field(default=None, repr=False)  # a duplicate's handle follows its original
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _version: int = 0

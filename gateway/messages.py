@@ -8,6 +8,8 @@ from gateway.errors import credits_word
 from gateway.jobs import JobResult
 from gateway.request import KNOWN_FLAGS
 
+RESTARTING = "Imagine is restarting and could not finish your image"
+
 
 def next_reset(now: float) -> datetime:
     """00:00 UTC after ``now``: when daily allowances come back."""

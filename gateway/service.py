@@ -334,7 +334,7 @@ class ImagineService:
         except asyncio.CancelledError:
             if not job.cancel_requested:
                 raise
-            error = Cancelled(self._refund_sentence(job, "The job was cancelled"))
+            error = Cancelled(self._refund_sentence(job, job.cancel_reason))
         except BackendError as exc:
             self.metrics.backend_error(type(exc).__name__)
             error = BackendFailed(
@@ -433,8 +433,11 @@ class ImagineService:
         self._forget_later(job)
         return error
 
-    async def cancel(self, job_id: str, *, by: str) -> bool:
-        """Cancel a queued or running job of ``by`` (or any job, for an admin); refunds it."""
+    async def cancel(self, job_id: str, *, by: str, reason: str = "The job was cancelled") -> bool:
+        """Cancel a queued or running job of ``by`` (or any job, for an admin); refunds it.
+
+        ``reason`` starts the sentence the user reads, e.g. "Imagine is restarting".
+        """
         job = self._live.get(job_id)
         if job is None or job.status.finished:
             return False
@@ -442,11 +445,12 @@ class ImagineService:
             raise NotAllowed("Only the person who asked for this image can cancel it.")
         if job in self._pending:
             self._pending.remove(job)
-            await self._fail(job, Cancelled(self._refund_sentence(job, "The job was cancelled")))
+            await self._fail(job, Cancelled(self._refund_sentence(job, reason)))
             return True
         task = self._running.get(job_id)
         if task is not None:
             job.cancel_requested = True
+            job.cancel_reason = reason
             task.cancel()
             return True
         return False

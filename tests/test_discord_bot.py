@@ -174,7 +174,9 @@ async def test_defer_reaches_discord_within_a_second_while_the_backend_takes_10_
     await world.said(interaction, "Working…")
     # Stopping the bot now cancels the job (no 10 s wait): refunded, and the user is told so.
     await world.stop_bot()
-    await world.said(interaction, "The job was cancelled; your 1 credit was refunded.")
+    await world.said(
+        interaction, "Imagine is restarting and could not finish your image; your 1 credit was refunded."
+    )
     assert (await world.service.quota(f"discord:{world.alice}")).used == 0
 
 

@@ -240,7 +240,7 @@ async def test_stop_cancels_refunds_and_tells_what_outlasts_the_grace(
     world.front.stop_grace = 0.3
     await world.stop_bot()  # the grace runs out: the job is cancelled, refunded and the user told
     text = fake.message(ALICE, status.result["message_id"]).body
-    assert text == "The job was cancelled; your 1 credit was refunded."
+    assert text == "Imagine is restarting and could not finish your image; your 1 credit was refunded."
     assert await world.settled(f"telegram:{update['update_id']}") == "failed"
     assert await world.used(ALICE) == 0
 

@@ -22,7 +22,7 @@ from discord.ext import commands
 
 from bots.discord_ext.delivery import MESSAGE_LIMIT, SEND_ERRORS, Reply, fit_images, image_name
 from gateway import ImageRequest, ImagineError, ImagineService, Job, JobResult, JobStatus, parse_prompt
-from gateway.messages import progress_text, queue_text, result_caption
+from gateway.messages import RESTARTING, progress_text, queue_text, result_caption
 from gateway.request import MAX_IMAGES, MAX_SEED, size_for_aspect_ratio
 
 if TYPE_CHECKING:
@@ -264,7 +264,7 @@ class ImageCommands(commands.Cog):
             await asyncio.wait(tasks, timeout=grace)
         for job_id, flight in list(self.in_flight.items()):
             with contextlib.suppress(ImagineError):
-                await self.service.cancel(job_id, by=flight.user_id)
+                await self.service.cancel(job_id, by=flight.user_id, reason=RESTARTING)
         tasks = {flight.task for flight in self.in_flight.values()}
         if tasks:
             await asyncio.wait(tasks, timeout=5.0)
