@@ -37,7 +37,7 @@ from gateway.errors import (
     credits_word,
 )
 from gateway.jobs import Job, JobResult, JobStatus
-from gateway.messages import next_reset, until_reset, utc_day
+from gateway.messages import RESTARTING, next_reset, until_reset, utc_day
 from gateway.metrics import Metrics
 from gateway.request import MAX_SEED, ImageRequest, parse_prompt
 from gateway.settings import Settings
@@ -107,7 +107,7 @@ class ImagineService:
         self._accepting = False
         while self._pending:
             job = self._pending.popleft()
-            await self._fail(job, Cancelled(self._refund_sentence(job, "Imagine is shutting down")))
+            await self._fail(job, Cancelled(self._refund_sentence(job, RESTARTING)))
         if self._active:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drain_running(), drain_timeout)
@@ -303,7 +303,7 @@ class ImagineService:
             except asyncio.CancelledError:
                 # The service is closing: whatever this job was doing, it is refunded.
                 if not job.status.finished:
-                    error = Cancelled(self._refund_sentence(job, "Imagine is shutting down"))
+                    error = Cancelled(self._refund_sentence(job, RESTARTING))
                     await asyncio.shield(self._fail(job, error))
                 raise
             finally:
