@@ -274,12 +274,6 @@ class Database:
     async def open_jobs(self, instance_ids: list[str] | None = None) -> list[JobRecord]:
         return await self._run(_open_jobs, instance_ids)
 
-    async def queue_length(self) -> int:
-        return await self._run(_count_open)
-
-    async def set_reply(self, job_id: str, reply: dict[str, Any]) -> None:
-        await self._write(_set_reply, job_id, reply)
-
     # --- quota and admin --------------------------------------------------------------
 
     async def quota(self, user_id: str, *, day: str, default_allowance: int) -> QuotaState:
@@ -297,9 +291,6 @@ class Database:
 
     async def unban(self, user_id: str) -> bool:
         return await self._write(_unban, user_id)
-
-    async def ban_reason(self, user_id: str) -> str | None:
-        return await self._run(_ban_reason, user_id)
 
     async def stats(self, *, day: str, since: float) -> dict[str, Any]:
         return await self._run(_stats, day, since)
@@ -635,10 +626,6 @@ def _count_open(c: sqlite3.Connection) -> int:
     return int(c.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()[0])
 
 
-def _set_reply(c: sqlite3.Connection, job_id: str, reply: dict[str, Any]) -> None:
-    c.execute("UPDATE jobs SET reply = ? WHERE id = ?", (json.dumps(reply), job_id))
-
-
 def _quota(c: sqlite3.Connection, user_id: str, day: str, default_allowance: int) -> QuotaState:
     return _quota_in_tx(c, user_id, day, default_allowance)
 
@@ -673,11 +660,6 @@ def _ban(c: sqlite3.Connection, user_id: str, reason: str, by: str, now: float) 
 
 def _unban(c: sqlite3.Connection, user_id: str) -> bool:
     return c.execute("DELETE FROM bans WHERE user_id = ?", (user_id,)).rowcount == 1
-
-
-def _ban_reason(c: sqlite3.Connection, user_id: str) -> str | None:
-    row = c.execute("SELECT reason FROM bans WHERE user_id = ?", (user_id,)).fetchone()
-    return None if row is None else str(row[0])
 
 
 def _stats(c: sqlite3.Connection, day: str, since: float) -> dict[str, Any]:
