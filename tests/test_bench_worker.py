@@ -13,20 +13,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow
-def test_the_worker_bench_smoke_run_prints_its_table(tmp_path: Path) -> None:
-    figures = tmp_path / "figures.json"
+def run_bench(*args: str) -> str:
+    """Run bench/worker.py as a user would (no IMAGINE_* settings leaking in); return its table."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGINE_")}
     done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "worker.py"),
-            "--quick",
-            "--cache-dir",
-            str(tmp_path / "models"),
-            "--json",
-            str(figures),
-        ],
+        [sys.executable, str(ROOT / "bench" / "worker.py"), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -34,7 +25,13 @@ def test_the_worker_bench_smoke_run_prints_its_table(tmp_path: Path) -> None:
         timeout=280,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    table = done.stdout[done.stdout.index("## bench/worker.py") :]
+    return done.stdout[done.stdout.index("## bench/worker.py") :]
+
+
+@pytest.mark.slow
+def test_the_worker_bench_smoke_run_prints_its_table(tmp_path: Path) -> None:
+    figures = tmp_path / "figures.json"
+    table = run_bench("--quick", "--cache-dir", str(tmp_path / "models"), "--json", str(figures))
     assert "| batching on, concurrency 1 | p50 " in table
     assert "| batching off, concurrency 2 | p50 " in table
     assert "| batching on / off, concurrency 2 |" in table
@@ -64,29 +61,17 @@ def test_the_cuda_sections_walk_on_the_cpu_with_dry_run(tmp_path: Path) -> None:
     The budget leaves out the compile sections (a CPU compile takes about a minute); they were
     walked by hand with --budget 450.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGINE_")}
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "worker.py"),
-            "--device",
-            "cuda",
-            "--dry-run",
-            "--runs",
-            "1",
-            "--budget",
-            "200",
-            "--cache-dir",
-            str(tmp_path / "models"),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=280,
+    table = run_bench(
+        "--device",
+        "cuda",
+        "--dry-run",
+        "--runs",
+        "1",
+        "--budget",
+        "200",
+        "--cache-dir",
+        str(tmp_path / "models"),
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    table = done.stdout[done.stdout.index("## bench/worker.py") :]
     for row in (
         "| batching on / off at concurrency 4 |",
         "| plain diffusers default: fp16, PNDMScheduler, 50 steps |",
