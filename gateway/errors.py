@@ -86,6 +86,12 @@ class Cancelled(JobFailed):
     kind = "cancelled"
 
 
+class DeliveryRefused(JobFailed):
+    """The job may no longer be delivered: it was refunded (here or by another process) meanwhile."""
+
+    kind = "fenced"
+
+
 class BackendError(Exception):
     """Raised by a backend; the service turns it into :class:`BackendFailed` with a refund.
 

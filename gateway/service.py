@@ -27,6 +27,7 @@ from gateway.errors import (
     Banned,
     Busy,
     Cancelled,
+    DeliveryRefused,
     ImagineError,
     InvalidRequest,
     JobFailed,
@@ -412,6 +413,19 @@ class ImagineService:
                 seconds=gpu_seconds,
                 cost_per_second=self.settings.gpu_cost_per_second,
             )
+
+    async def claim_delivery(self, job_id: str) -> None:
+        """Call just before posting a ``confirm_delivery`` job's images.
+
+        Raises :class:`DeliveryRefused` (its sentence says the credits came back) when the job may
+        no longer be delivered: refunded meanwhile, by this process or another. After a claim, end
+        with :meth:`delivered`, also after an ambiguous send (a timeout after the platform may have
+        taken the image: it is charged, never given away), or with :meth:`delivery_failed` when the
+        platform certainly did not take it.
+        """
+        job = self._live.get(job_id)
+        if job is None or not job.confirm_delivery or job.result is None:
+            raise DeliveryRefused("This image was already refunded and is no longer sent.")
 
     async def delivered(self, job_id: str) -> None:
         """A front posted the images: charge the credits (for ``confirm_delivery`` jobs)."""
