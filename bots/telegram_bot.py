@@ -587,7 +587,7 @@ async def _quietly(call: Awaitable[object]) -> None:
 async def tell_refunded(bot: Bot, service: ImagineService) -> int:
     """Tell each user whose job a restart refunded: edit its status message, or send a new message."""
     told = 0
-    for record in service.take_recovered(f"{PLATFORM}:"):
+    for record in await service.take_recovered(f"{PLATFORM}:"):
         reply = record.reply or {}
         chat_id = reply.get("chat_id")
         if chat_id is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.errors import ImagineError
@@ -35,6 +35,15 @@ class JobResult:
     credits_left: int | None  # None: unlimited (admins)
     notes: tuple[str, ...] = ()  # e.g. "the prompt was cut at 77 tokens"
     blocked: int = 0
+    released: int = 0  # images delivered and no longer held in memory
+
+    @property
+    def image_count(self) -> int:
+        return len(self.images) or self.released
+
+    @property
+    def image_bytes(self) -> int:
+        return sum(len(image) for image in self.images)
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,9 @@ class Job:
     gpu_seconds: float = 0.0
     cancel_requested: bool = False
     cancel_reason: str = "The job was cancelled"
+    delivery_claimed: bool = False  # a front is posting the images
+    delivered: bool = False  # charged for its images
+    delivery_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     origin: Job | None = field(default=None, repr=False)  # a duplicate's handle follows its original
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
     _version: int = 0
@@ -94,6 +106,11 @@ class Job:
             self.result,
             self.error,
         )
+
+    def release_images(self) -> None:
+        """Drop the pixels (delivered, stored elsewhere, or refunded); the record stays."""
+        if self.result is not None and self.result.images:
+            self.result = replace(self.result, images=[], released=len(self.result.images))
 
     def _notify(self) -> None:
         self._version += 1

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import os
 import random
@@ -15,8 +17,9 @@ import socket
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from gateway.backend import Backend, GenerationResult
@@ -44,19 +47,30 @@ from gateway.request import MAX_SEED, ImageRequest, parse_prompt
 from gateway.settings import Settings
 from storage import (
     Database,
+    InstanceRecord,
     JobRecord,
     NewJob,
     QuotaState,
     RefusedReason,
     ReservationRefused,
     StoreError,
+    StoreUnavailable,
 )
 
 log = logging.getLogger("imagine.gateway")
 
 HEARTBEAT_SECONDS = 10.0
-INSTANCE_DEAD_AFTER = 45.0
+#: A process whose heartbeat is older than this has lost its jobs: any live process refunds them.
+LEASE_SECONDS = 30.0
+INSTANCE_DEAD_AFTER = LEASE_SECONDS
+#: How soon a store operation that failed (a lock past the busy timeout, a full disk) is tried again.
+REPAIR_SECONDS = (0.2, 5.0)
+#: Images of finished jobs kept in memory for late readers (duplicate events, status polls); past
+#: this, the oldest jobs keep their record but not their pixels.
+KEPT_IMAGE_BYTES = 64 * 1024 * 1024
 MAX_GRANT = 1_000_000
+STORE_DOWN = "Imagine could not reach its database"
+STORE_DOWN_SUBMIT = "Imagine cannot reach its database right now; nothing was charged. Try again in a minute."
 
 
 class ImagineService:
@@ -85,23 +99,41 @@ class ImagineService:
         self._active: dict[str, Job] = {}  # taken from the queue, not finished
         self._background: list[asyncio.Task[None]] = []
         self._accepting = False
-        self._recovered: list[JobRecord] = []
-        self._finished: OrderedDict[str, None] = OrderedDict()  # finished job ids, oldest first
+        self._finished: OrderedDict[str, int] = OrderedDict()  # finished job ids -> image bytes, oldest first
         self._finished_keep = 2000
+        self._kept_image_bytes = 0
+        self.kept_image_budget = KEPT_IMAGE_BYTES
+        #: Store writes that failed and must still happen (a refund, a settle), by job id.
+        self._repairs: dict[str, Callable[[], Awaitable[object]]] = {}
+        self._repair_wake = asyncio.Event()
+        #: False while the store fails; ``/healthz`` then says ``degraded``.
+        self.store_ok = True
+        self.idempotency_secret = b""
 
     # --- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> list[JobRecord]:
         """Register this process, refund what dead processes left open, start the workers."""
         await self.db.register_instance(
-            self.instance_id, host=socket.gethostname(), pid=os.getpid(), now=self.clock()
+            self.instance_id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            now=self.clock(),
+            ident=process_ident(os.getpid()),
         )
+        self.idempotency_secret = (await self.db.secret("idempotency")).encode()
         recovered = await self.recover()
         for _ in range(max(1, self.backend.capacity)):
             self._workers.append(asyncio.create_task(self._worker(), name="imagine-worker"))
         self._background.append(asyncio.create_task(self._heartbeat(), name="imagine-heartbeat"))
+        self._background.append(asyncio.create_task(self._repair_forever(), name="imagine-repairs"))
         self._accepting = True
         return recovered
+
+    def private_id(self, *parts: str) -> str:
+        """An id derived from ``parts`` that nobody without this store's secret can work out."""
+        digest = hmac.new(self.idempotency_secret, "\x00".join(parts).encode(), hashlib.sha256)
+        return str(uuid.UUID(bytes=digest.digest()[:16], version=4))
 
     async def close(self, *, drain_timeout: float = 30.0) -> None:
         """Stop taking work; refund what is queued; let running jobs finish (or refund them)."""
@@ -123,6 +155,11 @@ class ImagineService:
         for job in list(self._live.values()):
             if job.confirm_delivery and job.status is JobStatus.SUCCEEDED:
                 await self.delivery_failed(job.id, "Imagine stopped before the image was sent")
+        await self._repair_all(attempts=3)
+        if self._repairs:
+            # What is still owed is done by the next start's recovery (this process stays open there).
+            log.warning("%d store write(s) left to the next start's recovery", len(self._repairs))
+            return
         with contextlib.suppress(Exception):
             await self.db.stop_instance(self.instance_id, self.clock())
 
@@ -138,27 +175,42 @@ class ImagineService:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             try:
                 await self.db.heartbeat(self.instance_id, self.clock())
+                self._store_back()
                 await self.recover()
+            except StoreUnavailable as exc:
+                self._store_failed(exc, None)
             except Exception:
                 log.exception("heartbeat failed")
 
     async def recover(self) -> list[JobRecord]:
-        """Refund every open job whose process is gone (killed, crashed, restarted)."""
-        dead = []
-        host = socket.gethostname()
+        """Close every open job whose process is gone (killed, crashed, stalled past its lease).
+
+        Jobs whose delivery had begun are charged (the images may be out: never given away free);
+        the others are refunded, and a front of any process tells their users (:meth:`take_recovered`).
+        """
         now = self.clock()
-        for inst in await self.db.instances():
-            if inst.id == self.instance_id:
-                continue
-            if inst.stopped_at is not None or now - inst.heartbeat_at > INSTANCE_DEAD_AFTER:
-                dead.append(inst.id)
-            elif inst.host == host and (inst.pid == os.getpid() or not _pid_alive(inst.pid)):
-                dead.append(inst.id)
+        dead = {
+            inst.id for inst in await self.db.instances() if inst.id != self.instance_id and _gone(inst, now)
+        }
         orphans = [
             job for job in await self.db.open_jobs() if job.instance_id is None or job.instance_id in dead
         ]
         refunded = []
         for record in orphans:
+            if record.delivering_at is not None:
+                done = await self.db.settle(
+                    record.id,
+                    delivered=record.ready_count if record.ready_count is not None else record.cost,
+                    seed=None,
+                    model=None,
+                    gpu_seconds=record.gpu_seconds,
+                    now=now,
+                    note="delivery cut off",
+                    instance_id=record.instance_id,
+                )
+                if done is not None:
+                    self.metrics.job_finished("succeeded", spent=done.spent, refunded=done.refunded)
+                continue
             message = (
                 f"Imagine restarted while making your image; your {credits_word(record.cost)} "
                 f"{'was' if record.cost == 1 else 'were'} refunded. Please try again."
@@ -169,14 +221,70 @@ class ImagineService:
                 self.metrics.job_finished("interrupted", refunded=done.refunded)
         if refunded:
             log.info("refunded %d job(s) left open by a stopped process", len(refunded))
-            self._recovered.extend(refunded)
         return refunded
 
-    def take_recovered(self, prefix: str) -> list[JobRecord]:
-        """Refunded jobs of one platform (``discord:``) whose users a front should tell."""
-        mine = [job for job in self._recovered if job.user_id.startswith(prefix)]
-        self._recovered = [job for job in self._recovered if not job.user_id.startswith(prefix)]
-        return mine
+    async def take_recovered(self, prefix: str) -> list[JobRecord]:
+        """Jobs of one platform's users (``discord:``) that recovery refunded, for its front to tell.
+
+        Kept in the store, not in memory: whichever process refunded a job, the front that can
+        reach its user takes the notice, once.
+        """
+        try:
+            return await self.db.take_notices(prefix, self.clock())
+        except StoreUnavailable as exc:
+            self._store_failed(exc, None)
+            return []
+
+    # --- store failures ------------------------------------------------------------------
+
+    def _store_failed(self, exc: BaseException, job_id: str | None) -> None:
+        if self.store_ok:
+            log.error("the store failed%s: %s", f" on job {job_id}" if job_id else "", exc)
+        elif job_id is not None:
+            log.warning("the store failed on job %s: %s", job_id, exc)
+        self.store_ok = False
+
+    def _store_back(self) -> None:
+        if not self.store_ok:
+            log.warning("the store answers again")
+        self.store_ok = True
+
+    def _repair_later(self, job_id: str, write: Callable[[], Awaitable[object]]) -> None:
+        """Keep trying a store write that must happen (a refund, a settle) until it does."""
+        self._repairs[job_id] = write
+        self._repair_wake.set()
+
+    async def _repair_all(self, attempts: int = 1) -> None:
+        for _ in range(attempts):
+            for job_id, write in list(self._repairs.items()):
+                try:
+                    await write()
+                except StoreUnavailable as exc:
+                    self._store_failed(exc, job_id)
+                    break
+                except Exception:
+                    log.exception("store repair of job %s failed", job_id)
+                    self._repairs.pop(job_id, None)
+                else:
+                    self._repairs.pop(job_id, None)
+                    self._store_back()
+            if not self._repairs:
+                return
+
+    async def _repair_forever(self) -> None:
+        delay = REPAIR_SECONDS[0]
+        while True:
+            if not self._repairs:
+                self._repair_wake.clear()
+                await self._repair_wake.wait()
+                delay = REPAIR_SECONDS[0]
+            await asyncio.sleep(delay)
+            await self._repair_all()
+            delay = min(delay * 2, REPAIR_SECONDS[1])
+
+    @property
+    def repairs_pending(self) -> int:
+        return len(self._repairs)
 
     # --- submitting --------------------------------------------------------------------
 
@@ -236,6 +344,11 @@ class ImagineService:
         except ReservationRefused as refused:
             self.metrics.rejected(refused.reason)
             raise self._refusal(refused, request, now) from None
+        except StoreUnavailable as exc:
+            self._store_failed(exc, job_id)
+            self.metrics.rejected("store")
+            raise Busy(STORE_DOWN_SUBMIT, retry_after=30) from None
+        self._store_back()
         if not reservation.created:
             if (live := self._live.get(job_id)) is not None:
                 return replace_duplicate(live)
@@ -307,12 +420,26 @@ class ImagineService:
                     error = Cancelled(self._refund_sentence(job, RESTARTING))
                     await asyncio.shield(self._fail(job, error))
                 raise
+            except Exception:
+                # One job's failure never stops the loop: refund it (now or by repair) and go on.
+                log.exception("job %s failed inside Imagine", job.id)
+                if not job.status.finished:
+                    sentence = self._refund_sentence(job, "Something went wrong inside Imagine")
+                    await self._fail(job, BackendFailed(sentence))
             finally:
                 self._active.pop(job.id, None)
 
     async def _run(self, job: Job) -> None:
         started = time.monotonic()
-        await self.db.mark_running(job.id, self.clock())
+        try:
+            running = await self.db.mark_running(job.id, self.clock())
+        except StoreUnavailable as exc:
+            self._store_failed(exc, job.id)
+            await self._fail(job, BackendFailed(self._refund_sentence(job, STORE_DOWN)))
+            return
+        if not running:  # another process recovered (refunded) it meanwhile
+            await self._fenced(job)
+            return
         job.status = JobStatus.RUNNING
         job.started_at = started
         job.position = 0
@@ -384,16 +511,35 @@ class ImagineService:
             blocked=result.blocked,
         )
         job.gpu_seconds = gpu_seconds
-        if not job.confirm_delivery:
-            await self._settle(job, gpu_seconds)
+        if job.confirm_delivery:
+            # The images wait for their front: they leave the global queue bound, and recovery
+            # knows how many a cut-off delivery charges.
+            try:
+                await self.db.mark_ready(
+                    job.id, len(result.images), instance_id=self.instance_id, now=self.clock()
+                )
+            except StoreUnavailable as exc:
+                self._store_failed(exc, job.id)  # only the queue count lags; the delivery fences itself
+        else:
+            # Returned only once charged, in the same step (the fence for fronts that read the result).
+            try:
+                record = await self._settle(job, gpu_seconds)
+            except StoreUnavailable as exc:
+                self._store_failed(exc, job.id)
+                await self._fail(job, BackendFailed(self._refund_sentence(job, STORE_DOWN)))
+                return
+            if record is None:
+                await self._fenced(job)
+                return
         job.status = JobStatus.SUCCEEDED
         job.step = job.total_steps
         job._notify()
         self._forget_later(job)
 
-    async def _settle(self, job: Job, gpu_seconds: float) -> None:
+    async def _settle(self, job: Job, gpu_seconds: float) -> JobRecord | None:
+        """Charge the delivered images, fenced: ``None`` when this process no longer owns the job."""
         assert job.result is not None
-        delivered = len(job.result.images)
+        delivered = job.result.image_count
         record = await self.db.settle(
             job.id,
             delivered=delivered,
@@ -402,7 +548,9 @@ class ImagineService:
             gpu_seconds=gpu_seconds,
             now=self.clock(),
             note="safety filter" if job.result.blocked else "",
+            instance_id=self.instance_id,
         )
+        self._store_back()
         if record is not None:
             if record.refunded and job.result.credits_left is not None:
                 job.result = replace(job.result, credits_left=job.result.credits_left + record.refunded)
@@ -413,6 +561,21 @@ class ImagineService:
                 seconds=gpu_seconds,
                 cost_per_second=self.settings.gpu_cost_per_second,
             )
+        return record
+
+    async def _fenced(self, job: Job) -> None:
+        """Another process closed this job (its lease lapsed): deliver nothing, say what happened."""
+        sentence = "Imagine took too long to make this image and refunded it; please try again."
+        with contextlib.suppress(StoreUnavailable):
+            record = await self.db.get_job(job.id)
+            if record is not None and record.status == "failed" and record.error:
+                sentence = record.error
+        job.confirm_delivery = False
+        job.release_images()
+        job.error = DeliveryRefused(sentence)
+        job.status = JobStatus.FAILED
+        job._notify()
+        self._forget_later(job)
 
     async def claim_delivery(self, job_id: str) -> None:
         """Call just before posting a ``confirm_delivery`` job's images.
@@ -424,26 +587,92 @@ class ImagineService:
         platform certainly did not take it.
         """
         job = self._live.get(job_id)
-        if job is None or not job.confirm_delivery or job.result is None:
+        if job is None or job.result is None:
             raise DeliveryRefused("This image was already refunded and is no longer sent.")
+        async with job.delivery_lock:
+            if not job.confirm_delivery:
+                raise DeliveryRefused(
+                    str(job.error) if job.error else "This image was already refunded and is no longer sent."
+                )
+            try:
+                claimed = await self.db.claim_delivery(job_id, instance_id=self.instance_id, now=self.clock())
+            except StoreUnavailable as exc:
+                self._store_failed(exc, job_id)
+                error = await self._end_delivery(job, STORE_DOWN)
+                raise DeliveryRefused(str(error)) from None
+            if not claimed:
+                await self._fenced(job)
+                assert job.error is not None
+                raise DeliveryRefused(str(job.error))
+            self._store_back()
+            job.delivery_claimed = True
+
+    async def settle_delivery(self, job_id: str) -> None:
+        """Charge a ``confirm_delivery`` job before its images are served (the web's first download).
+
+        Idempotent; raises :class:`DeliveryRefused` when the job was refunded (never serve it then),
+        and :class:`StoreUnavailable` when the store did not answer (the job stays open: try again).
+        """
+        job = self._live.get(job_id)
+        if job is None or job.result is None:
+            raise DeliveryRefused("This image was refunded and is no longer served.")
+        async with job.delivery_lock:
+            if job.delivered:
+                return
+            if not job.confirm_delivery:
+                raise DeliveryRefused(
+                    str(job.error) if job.error else "This image was refunded and is no longer served."
+                )
+            try:
+                record = await self._settle(job, job.gpu_seconds)
+            except StoreUnavailable as exc:
+                self._store_failed(exc, job_id)
+                raise
+            if record is None:
+                await self._fenced(job)
+                assert job.error is not None
+                raise DeliveryRefused(str(job.error))
+            job.confirm_delivery = False
+            job.delivered = True
+            self._forget_later(job)
 
     async def delivered(self, job_id: str) -> None:
-        """A front posted the images: charge the credits (for ``confirm_delivery`` jobs)."""
+        """A front posted the images (or may have: an ambiguous send): charge the credits.
+
+        If the store does not answer, the charge is retried until it is written; the job was
+        claimed, so even a crash meanwhile ends in the charge, not a refund.
+        """
         job = self._live.get(job_id)
-        if job is None or not job.confirm_delivery or job.result is None:
+        if job is None or job.result is None:
             return
-        job.confirm_delivery = False
-        await self._settle(job, job.gpu_seconds)
-        self._forget_later(job)
+        async with job.delivery_lock:
+            if not job.confirm_delivery:
+                return
+            job.confirm_delivery = False
+            job.delivered = True
+            try:
+                await self._settle(job, job.gpu_seconds)
+            except StoreUnavailable as exc:
+                self._store_failed(exc, job_id)
+                self._repair_later(job.id, lambda: self._settle(job, job.gpu_seconds))
+            job.release_images()
+            self._forget_later(job)
 
     async def delivery_failed(self, job_id: str, reason: str) -> ImagineError | None:
         """A front could not post the images: refund, and return the sentence to tell the user."""
         job = self._live.get(job_id)
-        if job is None or not job.confirm_delivery:
+        if job is None:
             return None
+        async with job.delivery_lock:
+            if not job.confirm_delivery:
+                return None
+            return await self._end_delivery(job, reason)
+
+    async def _end_delivery(self, job: Job, reason: str) -> ImagineError:
         job.confirm_delivery = False
         error = BackendFailed(self._refund_sentence(job, reason))
         await self._refund(job, error, gpu_seconds=None)
+        job.release_images()
         self._forget_later(job)
         return error
 
@@ -484,24 +713,54 @@ class ImagineService:
         self._forget_later(job)
 
     async def _refund(self, job: Job, error: ImagineError, *, gpu_seconds: float | None) -> None:
-        record = await self.db.refund(
-            job.id, error_kind=error.kind, error=error.message, now=self.clock(), gpu_seconds=gpu_seconds
-        )
-        if record is not None:
-            self.metrics.job_finished(error.kind, refunded=record.refunded, seconds=gpu_seconds or 0.0)
+        """Refund now, or (when the store fails) as soon as it answers again: never skipped."""
+
+        async def write() -> None:
+            record = await self.db.refund(
+                job.id, error_kind=error.kind, error=error.message, now=self.clock(), gpu_seconds=gpu_seconds
+            )
+            if record is not None:
+                self.metrics.job_finished(error.kind, refunded=record.refunded, seconds=gpu_seconds or 0.0)
+
+        try:
+            await write()
+        except StoreUnavailable as exc:
+            self._store_failed(exc, job.id)
+            self._repair_later(job.id, write)
+        else:
+            self._store_back()
 
     def _forget_later(self, job: Job) -> None:
         """Keep the last finished jobs for duplicate events and status polls; drop the oldest.
 
         A job still waiting for its front to confirm delivery stays: ``delivered()`` needs it.
-        One drop per finish keeps the cost flat (no sweep that stalls the loop every few thousand).
+        Their pixels are kept within ``kept_image_budget`` bytes; past it the oldest jobs keep
+        their record only. One drop per finish keeps the cost flat (no sweep that stalls the loop).
         """
-        if job.confirm_delivery:
+        if job.confirm_delivery or job.id in self._finished:
             return  # delivered() or delivery_failed() forgets it later
-        self._finished[job.id] = None
+        size = job.result.image_bytes if job.result is not None else 0
+        self._finished[job.id] = size
+        self._kept_image_bytes += size
         while len(self._finished) > self._finished_keep:
-            old_id, _ = self._finished.popitem(last=False)
+            old_id, old_size = self._finished.popitem(last=False)
+            self._kept_image_bytes -= old_size
             self._live.pop(old_id, None)
+        if self._kept_image_bytes > self.kept_image_budget:
+            for old_id, old_size in self._finished.items():
+                if self._kept_image_bytes <= self.kept_image_budget:
+                    break
+                if old_size and (old := self._live.get(old_id)) is not None:
+                    old.release_images()
+                self._finished[old_id] = 0
+                self._kept_image_bytes -= old_size
+
+    def release_images(self, job: Job) -> None:
+        """A front keeps the images elsewhere now (the web's disk store): free the memory."""
+        job.release_images()
+        if (size := self._finished.get(job.id)) is not None:
+            self._finished[job.id] = 0
+            self._kept_image_bytes -= size
 
     # --- queries -----------------------------------------------------------------------
 
@@ -518,6 +777,14 @@ class ImagineService:
     @property
     def queue_length(self) -> int:
         return len(self._pending) + len(self._active)
+
+    async def waiting_jobs(self) -> int:
+        """Jobs waiting for the GPU across every process sharing the store (this process's when it fails)."""
+        try:
+            return await self.db.count_waiting()
+        except StoreUnavailable as exc:
+            self._store_failed(exc, None)
+            return self.queue_length
 
     async def quota(self, user_id: str) -> QuotaState:
         state = await self.db.quota(
@@ -635,14 +902,33 @@ def _job_from_record(record: JobRecord) -> Job:
     return job
 
 
-def _pid_alive(pid: int) -> bool:
+def process_ident(pid: int) -> str | None:
+    """``boot id/pid namespace/pid/start time`` of a process, or None where /proc cannot tell.
+
+    Host name and PID are not enough: two containers with host networking are both PID 1 on
+    the same host name. The kernel's boot id and the PID namespace tell them apart, and the start
+    time tells a reused PID from the process that registered.
+    """
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink(f"/proc/{pid}/ns/pid")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    start = stat.rpartition(")")[2].split()[19]  # field 22, counted after the command name
+    return f"{boot}/{namespace}/{pid}/{start}"
+
+
+def _gone(inst: InstanceRecord, now: float) -> bool:
+    """Whether a registered process has lost its jobs: stopped, past its lease, or provably dead."""
+    if inst.stopped_at is not None or now - inst.heartbeat_at > LEASE_SECONDS:
         return True
-    return True
+    if inst.ident is None:
+        return False
+    mine = process_ident(os.getpid())
+    if mine is None or mine.rsplit("/", 2)[0] != inst.ident.rsplit("/", 2)[0]:
+        return False  # another kernel or PID namespace: only its heartbeat can tell
+    return process_ident(inst.pid) != inst.ident  # same namespace: the PID is gone or reused
 
 
 def parse_user(text: str, platform: str) -> str:

@@ -10,6 +10,7 @@ from storage.db import (
     Reservation,
     ReservationRefused,
     StoreError,
+    StoreUnavailable,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "Reservation",
     "ReservationRefused",
     "StoreError",
+    "StoreUnavailable",
 ]

@@ -52,6 +52,13 @@ class ReservationRefused(Exception):
         self.open_jobs = open_jobs
 
 
+class StoreUnavailable(Exception):
+    """The store did not answer (a lock held past the busy timeout, a full disk, I/O errors).
+
+    Nothing of the operation was written; it may be tried again later.
+    """
+
+
 class StoreError(ValueError):
     """An admin change that cannot be made (e.g. taking more bonus than a user has)."""
 
@@ -94,6 +101,10 @@ class JobRecord:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    ready_at: float | None = None  # generated; waiting for its delivery
+    ready_count: int | None = None  # images made
+    delivering_at: float | None = None  # a front claimed the delivery: the images may be out
+    notified_at: float | None = None
 
     @property
     def is_open(self) -> bool:
@@ -134,12 +145,17 @@ class InstanceRecord:
     started_at: float
     heartbeat_at: float
     stopped_at: float | None
+    ident: str | None = None
 
 
 _JOB_COLUMNS = (
     "id, user_id, request, status, cost, day, daily, bonus, spent, refunded, seed, model, "
-    "error_kind, error, reply, instance_id, gpu_seconds, created_at, started_at, finished_at"
+    "error_kind, error, reply, instance_id, gpu_seconds, created_at, started_at, finished_at, "
+    "ready_at, ready_count, delivering_at, notified_at"
 )
+#: Open jobs that still wait for the GPU: the global queue bound counts these (not finished images
+#: waiting for their download).
+_WAITING = "status IN ('queued', 'running') AND ready_at IS NULL"
 
 
 def _job(row: sqlite3.Row | tuple[Any, ...]) -> JobRecord:
@@ -160,22 +176,33 @@ def migrations() -> list[tuple[int, str, str]]:
 
 
 class Database:
-    def __init__(self, conn: aiosqlite.Connection, path: Path, *, group_commit: bool = True) -> None:
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        path: Path,
+        *,
+        group_commit: bool = True,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+    ) -> None:
         self._conn = conn
         self.path = path
         self.group_commit = group_commit  # off: one transaction per write (the benchmark's baseline)
+        self.busy_timeout_ms = busy_timeout_ms
         self._batch: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._flushing: set[asyncio.Future[Any]] = set()
 
     @classmethod
-    async def open(cls, path: str | Path, *, group_commit: bool = True) -> Database:
+    async def open(
+        cls, path: str | Path, *, group_commit: bool = True, busy_timeout_ms: int = BUSY_TIMEOUT_MS
+    ) -> Database:
+        """Open (and migrate) the file; ``busy_timeout_ms`` is how long a write waits for a lock."""
         path = Path(path)
         if str(path) != ":memory:":
             path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
-        db = cls(conn, path, group_commit=group_commit)
+        conn = await aiosqlite.connect(str(path), isolation_level=None, timeout=busy_timeout_ms / 1000)
+        db = cls(conn, path, group_commit=group_commit, busy_timeout_ms=busy_timeout_ms)
         try:
-            await db._run(_configure)
+            await db._run(_configure, busy_timeout_ms)
             await db._run(_migrate)
         except BaseException:
             await conn.close()
@@ -188,7 +215,10 @@ class Database:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(sqlite3_connection, *args)`` on aiosqlite's connection thread."""
         raw: sqlite3.Connection = self._conn._conn
-        result: T = await self._conn._execute(fn, raw, *args)  # type: ignore[no-untyped-call]
+        try:
+            result: T = await self._conn._execute(fn, raw, *args)  # type: ignore[no-untyped-call]
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"the database did not answer: {exc}") from exc
         return result
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
@@ -201,7 +231,7 @@ class Database:
         if not self.group_commit:
             ok, value = (await self._run(_run_batch, [(fn, args)]))[0]
             if not ok:
-                raise value
+                raise _unavailable(value)
             return value  # type: ignore[no-any-return]
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._batch.append((fn, args, future))
@@ -227,7 +257,7 @@ class Database:
                     if ok:
                         future.set_result(value)
                     else:
-                        future.set_exception(value)
+                        future.set_exception(_unavailable(value))
 
         task = asyncio.ensure_future(self._run(_run_batch, [(fn, args) for fn, args, _ in batch]))  # noqa: RUF006 (kept in _flushing)
         self._flushing.add(task)
@@ -246,7 +276,17 @@ class Database:
         return await self._write(_reserve, job)
 
     async def mark_running(self, job_id: str, now: float) -> bool:
+        """Queued -> running; False when the job is no longer queued (recovered by another process)."""
         return await self._write(_mark_running, job_id, now)
+
+    async def mark_ready(self, job_id: str, count: int, *, instance_id: str | None, now: float) -> bool:
+        """The images are made and wait for their delivery (they leave the global queue bound)."""
+        return await self._write(_mark_ready, job_id, count, instance_id, now)
+
+    async def claim_delivery(self, job_id: str, *, instance_id: str | None, now: float) -> bool:
+        """The fence before a front posts images: True only while the job is open and this
+        process's. From then on recovery charges the job (the images may be out), never refunds it."""
+        return await self._write(_claim_delivery, job_id, instance_id, now)
 
     async def settle(
         self,
@@ -258,9 +298,14 @@ class Database:
         gpu_seconds: float | None,
         now: float,
         note: str = "",
+        instance_id: str | None = None,
     ) -> JobRecord | None:
-        """Charge ``delivered`` credits and give the rest of the reservation back."""
-        return await self._write(_settle, job_id, delivered, seed, model, gpu_seconds, now, note)
+        """Charge ``delivered`` credits and give the rest of the reservation back.
+
+        ``None`` when nothing changed: the job is closed already, or (with ``instance_id``) it is
+        not that process's. A front delivers nothing for which this returned ``None``.
+        """
+        return await self._write(_settle, job_id, delivered, seed, model, gpu_seconds, now, note, instance_id)
 
     async def refund(
         self, job_id: str, *, error_kind: str, error: str, now: float, gpu_seconds: float | None = None
@@ -273,6 +318,26 @@ class Database:
 
     async def open_jobs(self, instance_ids: list[str] | None = None) -> list[JobRecord]:
         return await self._run(_open_jobs, instance_ids)
+
+    async def count_waiting(self) -> int:
+        """Open jobs across every process that still wait for the GPU (what the queue bound counts)."""
+        return await self._run(
+            lambda c: int(c.execute(f"SELECT COUNT(*) FROM jobs WHERE {_WAITING}").fetchone()[0])
+        )
+
+    async def take_notices(self, prefix: str, now: float, limit: int = 100) -> list[JobRecord]:
+        """Jobs of ``prefix`` users (``discord:``) that recovery refunded and nobody told yet.
+
+        Taking them marks them told, in one transaction: whichever process's front takes a notice,
+        takes it alone.
+        """
+        return await self._write(_take_notices, prefix, now, limit)
+
+    async def secret(self, name: str) -> str:
+        """A random secret made once per store (e.g. to key idempotency ids)."""
+        return await self._run(
+            lambda c: str(c.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()[0])
+        )
 
     # --- quota and admin --------------------------------------------------------------
 
@@ -307,8 +372,10 @@ class Database:
 
     # --- process instances (crash recovery) -------------------------------------------
 
-    async def register_instance(self, instance_id: str, *, host: str, pid: int, now: float) -> None:
-        await self._write(_register_instance, instance_id, host, pid, now)
+    async def register_instance(
+        self, instance_id: str, *, host: str, pid: int, now: float, ident: str | None = None
+    ) -> None:
+        await self._write(_register_instance, instance_id, host, pid, now, ident)
 
     async def heartbeat(self, instance_id: str, now: float) -> None:
         await self._run(
@@ -328,7 +395,7 @@ class Database:
             lambda c: [
                 InstanceRecord(*row)
                 for row in c.execute(
-                    "SELECT id, host, pid, started_at, heartbeat_at, stopped_at FROM instances"
+                    "SELECT id, host, pid, started_at, heartbeat_at, stopped_at, ident FROM instances"
                 )
             ]
         )
@@ -337,11 +404,18 @@ class Database:
 # --- synchronous bodies, run on the connection thread ------------------------------------
 
 
-def _configure(c: sqlite3.Connection) -> None:
-    c.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+def _unavailable(exc: Exception) -> Exception:
+    """A write's own error, with the store's failures (locks, disk) told apart from refusals."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return StoreUnavailable(f"the database did not answer: {exc}")
+    return exc
+
+
+def _configure(c: sqlite3.Connection, busy_timeout_ms: int) -> None:
+    c.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     # Switching to WAL takes an exclusive lock without waiting on the busy timeout: when several
     # processes open a new file at once, the losers retry until the winner has switched it.
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    deadline = time.monotonic() + busy_timeout_ms / 1000
     while True:
         try:
             c.execute("PRAGMA journal_mode = WAL")
@@ -445,7 +519,7 @@ def _reserve(c: sqlite3.Connection, new: NewJob) -> Reservation:
     ban = c.execute("SELECT reason FROM bans WHERE user_id = ?", (new.user_id,)).fetchone()
     if ban is not None:
         raise ReservationRefused(RefusedReason.BANNED, ban_reason=ban[0])
-    open_total = c.execute("SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running')").fetchone()[0]
+    open_total = c.execute(f"SELECT COUNT(*) FROM jobs WHERE {_WAITING}").fetchone()[0]
     if not new.unlimited:
         user_open = c.execute(
             "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND status IN ('queued', 'running')",
@@ -522,7 +596,7 @@ def _position(c: sqlite3.Connection, job: JobRecord) -> int:
         return 0
     return int(
         c.execute(
-            "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running') AND created_at < ?",
+            f"SELECT COUNT(*) FROM jobs WHERE {_WAITING} AND created_at < ?",
             (job.created_at,),
         ).fetchone()[0]
     )
@@ -534,6 +608,36 @@ def _mark_running(c: sqlite3.Connection, job_id: str, now: float) -> bool:
         (now, job_id),
     )
     return cur.rowcount == 1
+
+
+def _mark_ready(c: sqlite3.Connection, job_id: str, count: int, instance_id: str | None, now: float) -> bool:
+    cur = c.execute(
+        "UPDATE jobs SET ready_at = ?, ready_count = ? WHERE id = ? AND status = 'running' "
+        "AND instance_id IS ?",
+        (now, count, job_id, instance_id),
+    )
+    return cur.rowcount == 1
+
+
+def _claim_delivery(c: sqlite3.Connection, job_id: str, instance_id: str | None, now: float) -> bool:
+    cur = c.execute(
+        "UPDATE jobs SET delivering_at = COALESCE(delivering_at, ?) WHERE id = ? "
+        "AND status IN ('queued', 'running') AND instance_id IS ?",
+        (now, job_id, instance_id),
+    )
+    return cur.rowcount == 1
+
+
+def _take_notices(c: sqlite3.Connection, prefix: str, now: float, limit: int) -> list[JobRecord]:
+    pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    rows = c.execute(
+        f"SELECT {_JOB_COLUMNS} FROM jobs WHERE error_kind = 'interrupted' AND notified_at IS NULL "
+        "AND user_id LIKE ? ESCAPE '\\' ORDER BY finished_at LIMIT ?",
+        (pattern, limit),
+    ).fetchall()
+    jobs = [_job(r) for r in rows]
+    c.executemany("UPDATE jobs SET notified_at = ? WHERE id = ?", [(now, job.id) for job in jobs])
+    return jobs
 
 
 def _give_back(c: sqlite3.Connection, job: JobRecord, credits: int, now: float, note: str) -> None:
@@ -565,11 +669,14 @@ def _settle(
     gpu_seconds: float | None,
     now: float,
     note: str,
+    instance_id: str | None,
 ) -> JobRecord | None:
     row = c.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
     if row is None or not _job(row).is_open:
         return None
     job = _job(row)
+    if instance_id is not None and job.instance_id != instance_id:
+        return None  # fenced: another process took this job over
     spent = max(0, min(delivered, job.cost))
     c.execute(
         "INSERT INTO ledger (user_id, job_id, kind, credits, day, note, created_at) "
@@ -740,8 +847,11 @@ def _check_ledger(c: sqlite3.Connection) -> list[str]:
     return problems
 
 
-def _register_instance(c: sqlite3.Connection, instance_id: str, host: str, pid: int, now: float) -> None:
+def _register_instance(
+    c: sqlite3.Connection, instance_id: str, host: str, pid: int, now: float, ident: str | None
+) -> None:
     c.execute(
-        "INSERT OR REPLACE INTO instances (id, host, pid, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?)",
-        (instance_id, host, pid, now, now),
+        "INSERT OR REPLACE INTO instances (id, host, pid, started_at, heartbeat_at, ident) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (instance_id, host, pid, now, now, ident),
     )

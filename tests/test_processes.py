@@ -84,8 +84,8 @@ def test_sigkill_at_any_point_refunds_exactly_once_on_the_next_start(tmp_path: P
             assert recovered[0].error == (
                 "Imagine restarted while making your image; your 2 credits were refunded. Please try again."
             )
-            assert [job.id for job in service.take_recovered("cli:")] == ["telegram:1001"]
-            assert service.take_recovered("cli:") == []
+            assert [job.id for job in await service.take_recovered("cli:")] == ["telegram:1001"]
+            assert await service.take_recovered("cli:") == []
             after = await database.quota("cli:victim", day=_today(), default_allowance=5)
             assert (after.used, after.reserved, after.remaining) == (0, 0, 5)
             assert await service.recover() == []  # exactly once

@@ -246,7 +246,7 @@ class ImageCommands(commands.Cog):
         """Tell each user whose job a killed process left open that their credits came back."""
         await self.bot.wait_until_ready()
         while True:
-            for record in self.service.take_recovered("discord:"):
+            for record in await self.service.take_recovered("discord:"):
                 if not record.reply or not record.error:
                     continue
                 try:
