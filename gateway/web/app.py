@@ -34,7 +34,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import Banned, Busy, ImagineError, InvalidRequest, NotAllowed, OutOfCredits
+from gateway.errors import (
+    Banned,
+    Busy,
+    DeliveryRefused,
+    ImagineError,
+    InvalidRequest,
+    NotAllowed,
+    OutOfCredits,
+)
+from gateway.images import ImageStore
 from gateway.jobs import Job, JobStatus, JobUpdate
 from gateway.messages import duration, next_reset, queue_text, result_caption
 from gateway.request import (
@@ -55,13 +64,13 @@ from gateway.request import (
 from gateway.service import ImagineService
 from gateway.settings import Settings, SettingsError
 from gateway.web.guard import Client, ClientResolver, RateLimiter
+from storage import StoreUnavailable
 
 log = logging.getLogger("imagine.web")
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 CLIENT_KEY = "imagine.client"
 JOB_PREFIX = "web:"
-_IDEMPOTENCY_NAMESPACE = uuid.UUID("6f1d8c2e-5a0b-4f7e-9a51-1f3c0e2b7d44")
 _IMAGE_NAME = re.compile(r"(\d{1,2})\.png")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _JSON_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json\s*(?:;.*)?", re.IGNORECASE)
@@ -75,9 +84,10 @@ class WebOptions:
     max_body_bytes: int = 16 * 1024
     #: A finished image waits this long for its first download; then it is refunded.
     pickup_seconds: float = 300.0
-    #: Images stay downloadable this long after the job ends (while memory allows).
+    #: Images stay downloadable this long after the job ends (while the disk budget allows).
     image_ttl_seconds: float = 3600.0
-    image_cache_bytes: int = 256 * 1024 * 1024
+    #: PNG bytes kept on disk (under the data folder) for download; the oldest go first past it.
+    image_cache_bytes: int = 1024 * 1024 * 1024
     max_kept_jobs: int = 20_000
     #: ``POST /api/jobs`` per client: a burst, then this many a second (None: no limit).
     post_rate: float | None = 0.5
@@ -154,7 +164,9 @@ class Quota(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "stopping"]
+    status: Literal["ok", "degraded", "stopping"] = Field(
+        description="`degraded` (503) while the database does not answer."
+    )
     backend: str
     available: bool
     queue: int
@@ -175,7 +187,7 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         413: "The body is too large.",
         415: "The body is not JSON.",
         429: "Out of credits, too many jobs in progress, too many requests, or busy; see Retry-After.",
-        503: "Imagine is stopping.",
+        503: "Imagine is stopping, or its database does not answer; see Retry-After.",
     }
     return {status: {"model": ErrorBody, "description": described[status]} for status in statuses}
 
@@ -332,10 +344,12 @@ def _same_request(first: ImageRequest, again: ImageRequest) -> bool:
     return first.to_json() == again.to_json()
 
 
-def job_id_for(client: Client, idempotency_key: str | None) -> str:
+def job_id_for(service: ImagineService, client: Client, idempotency_key: str | None) -> str:
+    """A random id, or with an Idempotency-Key one keyed by the store's secret: knowing a client's
+    address and guessing its key is not enough to read its job."""
     if idempotency_key is None:
         return f"{JOB_PREFIX}{uuid.uuid4()}"
-    return f"{JOB_PREFIX}{uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f'{client.user_id} {idempotency_key}')}"
+    return f"{JOB_PREFIX}{service.private_id('web-idempotency', client.user_id, idempotency_key)}"
 
 
 # --- web jobs and their images -------------------------------------------------------------------
@@ -350,11 +364,12 @@ class WebJob:
     finished_at: float | None = None
     delivered_at: float | None = None
     refund_error: str | None = None  # the image was not fetched in time and was refunded
+    stored: bool = False  # the images are on disk; the job keeps no pixels in memory
 
     @property
     def image_bytes(self) -> int:
         result = self.job.result
-        return sum(len(png) for png in result.images) if result is not None else 0
+        return result.image_bytes if result is not None else 0
 
 
 @dataclass
@@ -431,7 +446,8 @@ def _message(job: Job, web: WebJob | None) -> str:
     return str(job.error) if job.error is not None else "The job failed; its credits were refunded."
 
 
-def job_view(job: Job, web: WebJob | None) -> dict[str, Any]:
+def job_view(job: Job, web: WebJob | None, stored: int = 0) -> dict[str, Any]:
+    """The job as JSON; ``stored``: images on disk of a job this process no longer follows."""
     request = job.request
     result = job.result
     status = job.status.value
@@ -442,8 +458,9 @@ def job_view(job: Job, web: WebJob | None) -> dict[str, Any]:
     if web is not None and web.refund_error is not None:
         status, error, refunded = "failed", web.refund_error, True
     elif job.status is JobStatus.SUCCEEDED:
-        if web is not None and result is not None:
-            images = [f"/api/jobs/{job.id}/images/{i}.png" for i in range(len(result.images))]
+        count = result.image_count if web is not None and result is not None else stored
+        if count:
+            images = [f"/api/jobs/{job.id}/images/{i}.png" for i in range(count)]
         else:
             expired = True
     if result is not None:
@@ -632,7 +649,27 @@ class WebState:
     limiter: RateLimiter | None
     page: Page
     jobs: WebJobs
+    images: ImageStore
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    keeping: set[asyncio.Task[None]] = field(default_factory=set)  # jobs whose images go to disk
+
+
+async def keep_on_disk(web: WebState, known: WebJob) -> None:
+    """Once a web job's images are made, move them to the disk store and out of memory."""
+    job = known.job
+    async for update in job.updates():
+        if update.status.finished:
+            break
+    result = job.result
+    if job.status is not JobStatus.SUCCEEDED or result is None or not result.images:
+        return
+    try:
+        await asyncio.to_thread(web.images.put, job.id, list(result.images))
+    except OSError as exc:  # a full disk: the images stay in memory until the job is forgotten
+        log.error("could not keep the images of %s on disk: %s", job.id, exc)
+        return
+    known.stored = True
+    web.service.release_images(job)
 
 
 def _client(request: Request) -> Client:
@@ -656,10 +693,19 @@ async def read_body(request: Request, limit: int) -> bytes | None:
 
 
 def create_app(
-    settings: Settings, service: ImagineService, options: WebOptions | None = None
+    settings: Settings,
+    service: ImagineService,
+    options: WebOptions | None = None,
+    images: ImageStore | None = None,
 ) -> tuple[FastAPI, WebState]:
     """The ASGI app and its state; :class:`WebFront` serves it, tests may too."""
     options = options or WebOptions()
+    if images is None:
+        images = ImageStore(
+            settings.data_dir / "web-images",
+            budget_bytes=options.image_cache_bytes,
+            ttl_seconds=options.image_ttl_seconds,
+        ).open()
     web = WebState(
         settings=settings,
         service=service,
@@ -668,6 +714,7 @@ def create_app(
         limiter=RateLimiter(options.post_rate, options.post_burst) if options.post_rate else None,
         page=Page.load(),
         jobs=WebJobs(options),
+        images=images,
     )
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -796,7 +843,7 @@ def create_app(
             job = await service.submit(
                 client.user_id,
                 image_request,
-                job_id=job_id_for(client, key),
+                job_id=job_id_for(service, client, key),
                 reply={"front": "web"},
                 confirm_delivery=True,
             )
@@ -814,6 +861,11 @@ def create_app(
             headers["Idempotent-Replayed"] = "true"
         else:
             web.jobs.add(job, now)
+            known = web.jobs.get(job.id)
+            assert known is not None
+            keeping = asyncio.create_task(keep_on_disk(web, known), name=f"keep {job.id}")
+            web.keeping.add(keeping)
+            keeping.add_done_callback(web.keeping.discard)
         body_out = {"id": job.id, "status": job.status.value, "position": job.position, "tag": _tag(job)}
         return JSON(body_out, status_code=202, headers=headers)
 
@@ -861,7 +913,8 @@ def create_app(
             )
         if known is not None and known.finished_at is None and job.status.finished:
             known.finished_at = time.time()
-        return JSON(job_view(job, known), headers=NO_STORE)
+        stored = web.images.count(job.id) if known is None and job.status is JobStatus.SUCCEEDED else 0
+        return JSON(job_view(job, known, stored), headers=NO_STORE)
 
     @app.get(
         "/api/jobs/{job_id}/images/{name}",
@@ -882,28 +935,53 @@ def create_app(
         job, known = found
         result = job.result
         index = int(match[1])
-        if job.status is JobStatus.SUCCEEDED and (known is None or result is None):
-            return error_response(
-                410,
-                f"This image is no longer kept; images stay for {duration(web.options.image_ttl_seconds)}.",
-                "expired",
-            )
         if known is not None and known.refund_error is not None:
             return error_response(410, known.refund_error, "expired")
-        if known is None or result is None or index >= len(result.images):
-            return error_response(404, f"There is no image {name!r} of web job {job_id!r}.", "not_found")
-        if known.delivered_at is None:
-            if not job.confirm_delivery:  # refunded a moment ago (pickup time over, or stopping)
-                return error_response(410, "This image was refunded and is no longer served.", "expired")
-            known.delivered_at = time.time()
-            await web.service.delivered(job.id)
-        seed = result.seeds[index] if index < len(result.seeds) else index
+        if job.status is not JobStatus.SUCCEEDED:
+            return error_response(
+                404, f"There is no image {name!r} of web job {job_id[:100]!r}.", "not_found"
+            )
+        # 1. The bytes first (memory, or the disk store): nothing is charged for an image that is gone.
+        png = None
+        if result is not None and index < len(result.images):
+            png = result.images[index]
+        elif index < (result.image_count if result is not None else web.images.count(job.id)):
+            png = await asyncio.to_thread(web.images.get, job.id, index)
+        if png is None:
+            count = result.image_count if result is not None else web.images.count(job.id)
+            if index < count or (result is None and job.status is JobStatus.SUCCEEDED):
+                kept = duration(web.options.image_ttl_seconds)
+                return error_response(
+                    410, f"This image is no longer kept; images stay for {kept}.", "expired"
+                )
+            return error_response(
+                404, f"There is no image {name!r} of web job {job_id[:100]!r}.", "not_found"
+            )
+        # 2. Charged (fenced: this process still owns the job) before a byte is served; a job read
+        # back from the store after a restart is succeeded only because it was settled.
+        if web.service.job(job.id) is not None:
+            try:
+                await web.service.settle_delivery(job.id)
+            except DeliveryRefused as refused:
+                if known is not None:
+                    known.refund_error = str(refused)
+                return error_response(410, str(refused), "expired")
+            except StoreUnavailable:
+                return error_response(
+                    503,
+                    "Imagine cannot reach its database right now; nothing was charged. Try again shortly.",
+                    "busy",
+                    retry_after=5,
+                )
+            if known is not None and known.delivered_at is None:
+                known.delivered_at = time.time()
+        seed = result.seeds[index] if result is not None and index < len(result.seeds) else index
         headers = {
             "Cache-Control": f"private, max-age={int(web.options.image_ttl_seconds)}, immutable",
             "Content-Disposition": f'inline; filename="imagine-{seed}.png"',
             "X-Content-Type-Options": "nosniff",
         }
-        return Response(result.images[index], media_type="image/png", headers=headers)
+        return Response(png, media_type="image/png", headers=headers)
 
     @app.get("/api/quota", response_model=Quota, summary="Your credits: used, left, and when they reset")
     async def get_quota(request: Request) -> Response:
@@ -935,13 +1013,14 @@ def create_app(
         except Exception:
             available = False
         stopping = web.stopping.is_set()
+        status = "stopping" if stopping else "ok" if service.store_ok else "degraded"
         body = {
-            "status": "stopping" if stopping else "ok",
+            "status": status,
             "backend": service.backend.name,
             "available": available,
             "queue": service.queue_length,
         }
-        return JSON(body, status_code=503 if stopping else 200, headers=NO_STORE)
+        return JSON(body, status_code=200 if status == "ok" else 503, headers=NO_STORE)
 
     @app.get(
         "/metrics",
@@ -951,7 +1030,7 @@ def create_app(
     )
     async def metrics() -> Response:
         service = web.service
-        text = service.metrics.render(queue_length=service.queue_length)
+        text = service.metrics.render(queue_length=await service.waiting_jobs())
         text += (
             "# HELP imagine_web_images_kept_bytes PNG bytes the web front keeps for download.\n"
             "# TYPE imagine_web_images_kept_bytes gauge\n"
@@ -959,6 +1038,12 @@ def create_app(
             "# HELP imagine_web_jobs_kept Web jobs kept for status and download.\n"
             "# TYPE imagine_web_jobs_kept gauge\n"
             f"imagine_web_jobs_kept {len(web.jobs.jobs)}\n"
+            "# HELP imagine_web_images_stored_bytes PNG bytes waiting on disk for download.\n"
+            "# TYPE imagine_web_images_stored_bytes gauge\n"
+            f"imagine_web_images_stored_bytes {web.images.bytes}\n"
+            "# HELP imagine_store_up 1 while the database answers, 0 while it fails.\n"
+            "# TYPE imagine_store_up gauge\n"
+            f"imagine_store_up {int(service.store_ok)}\n"
         )
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -973,7 +1058,9 @@ async def sweep(web: WebState) -> None:
         error = await web.service.delivery_failed(late.job.id, reason)
         if error is not None:
             late.refund_error = str(error)
+            await asyncio.to_thread(web.images.delete, late.job.id)
     web.jobs.forget_old(now)
+    await asyncio.to_thread(web.images.sweep)
 
 
 # --- serving -------------------------------------------------------------------------------------
