@@ -3,7 +3,8 @@
 It is registered as ``IMAGINE_BACKEND=fake`` and built through the same path as the real ones.
 Its pixels are a pure function of the request and seed, so "same seed, same image" holds.
 Behaviour for tests is set through attributes (``delay``, ``fail_with``, ``block``), or through
-``IMAGINE_FAKE_DELAY`` (seconds per step) in a child process.
+``IMAGINE_FAKE_DELAY`` (seconds per step) and ``IMAGINE_FAKE_IMAGE_BYTES`` (pad each PNG to about
+that size, for memory soaks) in a child process.
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ if TYPE_CHECKING:
     from gateway.settings import Settings
 
 
-def solid_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
-    """A valid PNG of one colour, made with zlib alone (no Pillow needed on the light side)."""
+def solid_png(width: int, height: int, rgb: tuple[int, int, int], *, pad_to: int = 0) -> bytes:
+    """A valid PNG of one colour, made with zlib alone (no Pillow needed on the light side).
+
+    ``pad_to`` adds a private ancillary chunk (which decoders skip) up to about that many bytes.
+    """
     import struct
 
     def chunk(kind: bytes, data: bytes) -> bytes:
@@ -38,6 +42,9 @@ def solid_png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
     out.write(b"\x89PNG\r\n\x1a\n")
     out.write(chunk(b"IHDR", header))
     out.write(chunk(b"IDAT", zlib.compress(raw, 1)))
+    if (missing := pad_to - out.tell() - 24) > 0:
+        seed = bytes(rgb) * 11 + b"imagine"
+        out.write(chunk(b"paDd", (seed * (missing // len(seed) + 1))[:missing]))
     out.write(chunk(b"IEND", b""))
     return out.getvalue()
 
@@ -47,6 +54,7 @@ class FakeBackend:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.delay = float(settings.extra.get("IMAGINE_FAKE_DELAY", "0")) if settings else 0.0
+        self.image_bytes = int(settings.extra.get("IMAGINE_FAKE_IMAGE_BYTES", "0")) if settings else 0
         self.fail_with: BackendError | None = None
         self.block = False  # the "safety filter" blocks every image
         self.unavailable: str | None = None
@@ -88,7 +96,8 @@ class FakeBackend:
         images = []
         for seed in seeds:
             digest = hashlib.sha256(f"{request.prompt}|{seed}".encode()).digest()
-            images.append(solid_png(request.width, request.height, (digest[0], digest[1], digest[2])))
+            rgb = (digest[0], digest[1], digest[2])
+            images.append(solid_png(request.width, request.height, rgb, pad_to=self.image_bytes))
         return GenerationResult(
             images, seeds, "fake", timings={"predict_time": time.perf_counter() - started}
         )
