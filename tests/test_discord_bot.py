@@ -25,7 +25,7 @@ import pytest
 
 from bots.discord_bot import DiscordFront
 from bots.discord_ext import images as images_ext
-from bots.discord_ext.delivery import fit_images
+from bots.discord_ext.delivery import Reply, fit_images
 from gateway import BackendError, ImageRequest, ImagineService, Secret, Settings, SettingsError, parse_prompt
 from gateway.backend import GenerationResult, ProgressCallback
 from gateway.fake_backend import FakeBackend
@@ -510,3 +510,58 @@ async def world_said(
     return await fake.wait_for(
         lambda: next((m for m in interaction.messages if text in m.content), None), within
     )
+
+
+# --- safety: nothing a user typed pings anyone, every sentence fits -----------------------------------------
+
+
+async def test_nothing_a_user_typed_pings_anyone_in_any_message_the_bot_sends_or_edits(world: World) -> None:
+    fake, alice = world.fake, world.alice
+    hostile = f"@everyone @here <@{world.bob}> <@&{fake.snowflake()}>"
+    await world.stop_bot()
+    await world.start_bot(progress_interval=0.05)
+    world.backend.delay = 0.02
+
+    # The result after its progress edits; a refusal repeating the bad value; a failure repeating the backend.
+    assert hostile in (await world.result_of(await world.imagine(f"{hostile} a cat"))).content
+    await world.said(await world.imagine(f"a cat --seed {hostile}"), "--seed")
+    world.backend.fail_with = BackendError(f"{hostile} fell over")
+    await world.said(await world.imagine("a dog"), "fell over")
+    world.backend.fail_with = None
+
+    # Past the token: in the channel (naming the requester on purpose), then by DM when the channel refuses.
+    for channel_refuses in (False, True):
+        if channel_refuses:
+            fake.inject_error("POST", "/channels/{channel_id}/messages", status=403, code=50013)
+        late = await world.imagine(f"{hostile} a slow cat")
+        await fake.wait_for_response(late)
+        fake.expire_interaction(late)
+        await world.settled(late)
+
+    # An admin's answer repeating a ban reason, then the banned user's refusal repeating it again.
+    ban = await fake.dispatch_slash_command(
+        "admin", {"user": str(world.bob), "reason": hostile}, subcommand="ban", user_id=world.admin
+    )
+    await world.said(ban, "is banned")
+    refused = await fake.dispatch_slash_command("imagine", {"prompt": "x"}, user_id=world.bob)
+    await world.said(refused, "banned")
+
+    # A notice after a restart goes out on the stored token, through a webhook discord.py builds afresh.
+    assert world.front is not None and world.front.bot is not None
+    told = await world.imagine("a quiet cat")
+    await world.result_of(told)
+    job = await world.db.get_job(f"discord:{told.id}")
+    assert job is not None and job.reply is not None
+    assert await Reply.from_json(world.front.bot, job.reply).tell(f"restarted: {hostile}")
+
+    writes = [write for write in fake.message_writes() if write.status < 300]
+    channel_posts = [w for w in writes if w.matches("POST", "/channels/{channel_id}/messages")]
+    assert len(writes) >= 12 and len(channel_posts) == 2  # the channel's and the DM's
+    for write in writes:
+        mentions = write.allowed_mentions
+        assert mentions is not None and mentions["parse"] == [], write
+        assert not mentions.get("roles") and not mentions.get("replied_user"), write
+        named = [str(user) for user in mentions.get("users") or []]
+        assert named in ([], [str(alice)]), write
+    pinged = set().union(*(message.pings for message in fake.messages.values()))
+    assert pinged == {f"user:{alice}"}  # the channel fallback's "<@requester>", and nothing else
