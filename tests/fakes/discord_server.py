@@ -66,6 +66,9 @@ from urllib.parse import quote, unquote
 from aiohttp import BodyPartReader, WSMsgType, hdrs, web
 
 __all__ = [
+    "ADMINISTRATOR",
+    "MANAGE_GUILD",
+    "MEMBER_PERMISSIONS",
     "CallbackType",
     "DiscordAPIError",
     "FakeAttachment",
@@ -120,6 +123,8 @@ _PERMISSION_BITS = (
 )
 MEMBER_PERMISSIONS = sum(1 << bit for bit in _PERMISSION_BITS)
 BOT_PERMISSIONS = MEMBER_PERMISSIONS | (1 << 13)  # + MANAGE_MESSAGES
+ADMINISTRATOR = 1 << 3
+MANAGE_GUILD = 1 << 5  # "Manage Server" in the Discord app
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -653,6 +658,32 @@ def _check_allowed_mentions(allowed_mentions: Any) -> None:
                 "MESSAGE_ALLOWED_MENTIONS_PARSE_EXCLUSIVE",
                 f'parse:["{kind}"] and {kind}: [ids...] are mutually exclusive.',
             )
+
+
+def _permissions_string(value: Any) -> str | None:
+    """Discord takes a permission bit set as a number or a string and always answers with a string."""
+    return None if value is None else str(int(value))
+
+
+def _check_visible(command: JSON, permissions: int) -> None:
+    """A guild member sees only the commands whose ``default_member_permissions`` they hold."""
+    required = command.get("default_member_permissions")
+    if required is None or permissions & ADMINISTRATOR:
+        return
+    needed = int(required)
+    if needed == 0 or permissions & needed != needed:
+        raise PermissionError(
+            f"/{command['name']} needs permissions {needed}; Discord hides it from members with {permissions}"
+        )
+
+
+def _check_length(option: JSON | None, name: str, value: Any) -> None:
+    """Discord's app lets nobody send a string option outside its ``min_length``/``max_length``."""
+    if option is None or option.get("type") != OptionType.STRING or not isinstance(value, str):
+        return
+    low, high = option.get("min_length"), option.get("max_length")
+    if (low is not None and len(value) < int(low)) or (high is not None and len(value) > int(high)):
+        raise ValueError(f"option {name!r} is {len(value)} characters; Discord allows {low}..{high}")
 
 
 def _route_regex(pattern: str) -> re.Pattern[str]:
@@ -1279,10 +1310,11 @@ class FakeDiscord:
         if options is None:
             leaf = []
         elif isinstance(options, Mapping):
-            declared_types = {o.get("name"): o.get("type") for o in schema}
+            declared = {o.get("name"): o for o in schema}
             leaf = []
             for key, value in options.items():
-                option_type = declared_types.get(key) or self._infer_option_type(value)
+                _check_length(declared.get(key), key, value)
+                option_type = (declared.get(key) or {}).get("type") or self._infer_option_type(value)
                 option: JSON = {
                     "name": key,
                     "type": int(option_type),
@@ -1378,6 +1410,8 @@ class FakeDiscord:
         """
         gid = self.guild_id if guild_id is ... else guild_id
         command, tree, resolved = self._command_options(name, options, subcommand, gid)
+        if command is not None and gid is not None:
+            _check_visible(command, permissions)
         data: JSON = {
             "id": command["id"] if command else str(self.snowflake()),
             "name": name,
@@ -1997,7 +2031,7 @@ class FakeDiscord:
             "description": payload.get("description", ""),
             "description_localizations": payload.get("description_localizations"),
             "options": payload.get("options") or [],
-            "default_member_permissions": payload.get("default_member_permissions"),
+            "default_member_permissions": _permissions_string(payload.get("default_member_permissions")),
             "dm_permission": payload.get("dm_permission", True),
             "contexts": payload.get("contexts"),
             "integration_types": payload.get("integration_types") or [0],
