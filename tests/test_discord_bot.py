@@ -32,10 +32,13 @@ from gateway.fake_backend import FakeBackend
 from gateway.messages import utc_day
 from storage import Database
 from tests.fakes.discord_server import (
+    MANAGE_GUILD,
+    MEMBER_PERMISSIONS,
     CallbackType,
     FakeDiscord,
     FakeInteraction,
     FakeMessage,
+    OptionType,
     RecordedRequest,
 )
 
@@ -79,6 +82,18 @@ class World:
 
     async def imagine(self, prompt: str, **options: Any) -> FakeInteraction:
         return await self.fake.dispatch_slash_command("imagine", {"prompt": prompt, **options})
+
+    async def admin_command(
+        self, subcommand: str, options: dict[str, Any], *, user_id: int
+    ) -> FakeInteraction:
+        """``/admin`` by a member who sees it (Manage Server); the gateway decides who is an Imagine admin."""
+        return await self.fake.dispatch_slash_command(
+            "admin",
+            options,
+            subcommand=subcommand,
+            user_id=user_id,
+            permissions=MEMBER_PERMISSIONS | MANAGE_GUILD,
+        )
 
     async def result_of(self, interaction: FakeInteraction, within: float = 10.0) -> FakeMessage:
         """The message carrying the image(s) for ``interaction``."""
@@ -255,22 +270,20 @@ async def test_buttons_reroll_after_a_restart_cost_credits_and_only_the_requeste
 async def test_admin_grant_is_refused_for_a_non_admin_and_works_for_an_admin(world: World) -> None:
     bob = f"discord:{world.bob}"
     before = await world.db.ledger()
-    refused = await world.fake.dispatch_slash_command(
-        "admin", {"user": f"<@{world.bob}>", "credits": 5}, subcommand="grant", user_id=world.bob
-    )
+    refused = await world.admin_command("grant", {"user": f"<@{world.bob}>", "credits": 5}, user_id=world.bob)
     answer = await world.said(refused, "Only Imagine admins can do that; nothing was changed.")
     assert answer.ephemeral
     assert await world.db.ledger() == before
     assert (await world.service.quota(bob)).bonus == 0
 
-    granted = await world.fake.dispatch_slash_command(
-        "admin", {"user": f"<@{world.bob}>", "credits": 5}, subcommand="grant", user_id=world.admin
+    granted = await world.admin_command(
+        "grant", {"user": f"<@{world.bob}>", "credits": 5}, user_id=world.admin
     )
     answer = await world.said(granted, f"Granted 5 credits to {bob}; bonus now 5.")
     assert answer.ephemeral
     assert (await world.service.quota(bob)).bonus == 5
 
-    stats = await world.fake.dispatch_slash_command("admin", {}, subcommand="stats", user_id=world.admin)
+    stats = await world.admin_command("stats", {}, user_id=world.admin)
     await world.said(stats, "Last 24 hours:")
 
 
@@ -406,16 +419,14 @@ async def test_refusals_and_failures_are_one_sentence_each_and_cost_nothing(worl
     await world.said(blocked, "The safety filter blocked the image; your 1 credit was refunded.")
     world.backend.block = False
 
-    ban = await fake.dispatch_slash_command(
-        "admin", {"user": str(world.bob), "reason": "spamming"}, subcommand="ban", user_id=world.admin
+    ban = await world.admin_command(
+        "ban", {"user": str(world.bob), "reason": "spamming"}, user_id=world.admin
     )
     await world.said(ban, f"discord:{world.bob} is banned: spamming")
     banned = await fake.dispatch_slash_command("imagine", {"prompt": "a horse"}, user_id=world.bob)
     await world.said(banned, "You are banned from Imagine: spamming")
 
-    zero = await fake.dispatch_slash_command(
-        "admin", {"user": alice, "allowance": 0}, subcommand="quota", user_id=world.admin
-    )
+    zero = await world.admin_command("quota", {"user": alice, "allowance": 0}, user_id=world.admin)
     await world.said(zero, f"{alice} may now make 0 images a day.")
     broke = await world.imagine("a bird")
     await world.said(broke, "they reset at 00:00 UTC")
@@ -539,9 +550,7 @@ async def test_nothing_a_user_typed_pings_anyone_in_any_message_the_bot_sends_or
         await world.settled(late)
 
     # An admin's answer repeating a ban reason, then the banned user's refusal repeating it again.
-    ban = await fake.dispatch_slash_command(
-        "admin", {"user": str(world.bob), "reason": hostile}, subcommand="ban", user_id=world.admin
-    )
+    ban = await world.admin_command("ban", {"user": str(world.bob), "reason": hostile}, user_id=world.admin)
     await world.said(ban, "is banned")
     refused = await fake.dispatch_slash_command("imagine", {"prompt": "x"}, user_id=world.bob)
     await world.said(refused, "banned")
@@ -565,3 +574,23 @@ async def test_nothing_a_user_typed_pings_anyone_in_any_message_the_bot_sends_or
         assert named in ([], [str(alice)]), write
     pinged = set().union(*(message.pings for message in fake.messages.values()))
     assert pinged == {f"user:{alice}"}  # the channel fallback's "<@requester>", and nothing else
+
+
+async def test_admin_is_hidden_from_members_without_manage_server_and_text_options_are_bounded(
+    world: World,
+) -> None:
+    fake = world.fake
+    admin = fake.commands()["admin"]
+    assert admin["default_member_permissions"] == str(MANAGE_GUILD)
+    with pytest.raises(PermissionError):  # the Discord app does not even offer it to a plain member
+        await fake.dispatch_slash_command("admin", {}, subcommand="stats", user_id=world.bob)
+
+    imagine = {o["name"]: o for o in fake.commands()["imagine"]["options"]}
+    assert (imagine["prompt"]["max_length"], imagine["negative"]["max_length"]) == (1000, 500)
+    texts = [
+        o for sub in admin["options"] for o in sub.get("options") or [] if o["type"] == OptionType.STRING
+    ]
+    assert texts and all(o.get("max_length") for o in texts), texts
+    with pytest.raises(ValueError, match="prompt"):  # nor lets anyone send a longer prompt
+        await world.imagine("x" * 1001)
+    assert (await world.result_of(await world.imagine("x" * 1000))).attachments
