@@ -594,3 +594,27 @@ async def test_admin_is_hidden_from_members_without_manage_server_and_text_optio
     with pytest.raises(ValueError, match="prompt"):  # nor lets anyone send a longer prompt
         await world.imagine("x" * 1001)
     assert (await world.result_of(await world.imagine("x" * 1000))).attachments
+
+
+@pytest.mark.parametrize("route", ["interaction", "channel"])
+async def test_a_sentence_past_discords_2000_characters_is_clipped_and_still_reaches_the_user(
+    world: World, route: str
+) -> None:
+    world.backend.delay = 0.03
+    world.backend.fail_with = BackendError("the GPU said " + "no " * 1000)  # a sentence of 3,000+ characters
+    failed = await world.imagine("a dog")
+    if route == "channel":
+        await world.fake.wait_for_response(failed)
+        world.fake.expire_interaction(failed)
+        told = await world.fake.wait_for(
+            lambda: next((m for m in world.fake.channel_messages() if "GPU said" in m.content), None)
+        )
+        assert told.content.startswith(f"<@{world.alice}> The image generator failed: the GPU said no no")
+    else:
+        told = await world.said(failed, "The image generator failed: the GPU said no no")
+    assert len(told.content) <= 2000
+    assert not [
+        write for write in world.fake.message_writes() if write.status == 400
+    ]  # none refused as too long
+    assert await world.settled(failed) == "failed"
+    assert (await world.service.quota(f"discord:{world.alice}")).used == 0

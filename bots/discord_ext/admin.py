@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bots.discord_ext.delivery import with_retries
+from bots.discord_ext.delivery import fit_message, with_retries
 from gateway import ImagineError, parse_user
 from gateway.service import MAX_GRANT
 
@@ -87,7 +87,7 @@ async def _answer(interaction: discord.Interaction[Any], action: Callable[[str],
         text = await action(f"discord:{interaction.user.id}")
     except ImagineError as exc:
         text = str(exc)
-    await with_retries(lambda: interaction.followup.send(text, ephemeral=True))
+    await with_retries(lambda: interaction.followup.send(fit_message(text), ephemeral=True))
 
 
 async def setup(bot: commands.Bot) -> None:

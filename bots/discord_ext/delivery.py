@@ -69,6 +69,14 @@ def retry_after(exc: discord.HTTPException) -> float:
     return 1.0
 
 
+def fit_message(content: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``content`` cut to Discord's limit: a longer message is refused whole, and the user hears nothing.
+
+    The last guard for sentences that repeat what users or backends wrote; they should be short already.
+    """
+    return content if len(content) <= limit else content[: limit - 1] + "…"
+
+
 def fit_images(images: Sequence[bytes], limit: int) -> list[bytes]:
     """The images as they are if they fit in one message under ``limit`` bytes, else re-encoded.
 
@@ -172,7 +180,9 @@ class Reply:
         if self.interaction is None or not self.token_alive:
             return False
         try:
-            await self.interaction.edit_original_response(content=content, allowed_mentions=NO_PINGS)
+            await self.interaction.edit_original_response(
+                content=fit_message(content), allowed_mentions=NO_PINGS
+            )
         except SEND_ERRORS as exc:  # progress is best effort; the result has its own retries
             if isinstance(exc, discord.HTTPException) and _token_gone(exc):
                 self.token_dead = True
@@ -197,6 +207,7 @@ class Reply:
         view: discord.ui.View | None = None,
     ) -> discord.Message | discord.InteractionMessage | discord.WebhookMessage | None:
         """Post ``content`` (and fresh files from ``files()``); raise the last error if no route works."""
+        content = fit_message(content)
         routes: list[Callable[[], Awaitable[Any]]] = []
         if self.token_alive:
             routes.append(lambda: self._by_token(content, files, view))
@@ -264,7 +275,7 @@ def _only(user_id: int) -> discord.AllowedMentions:
 
 def _mention(user_id: int, content: str) -> str:
     prefix = f"<@{user_id}> "
-    return prefix + content[: MESSAGE_LIMIT - len(prefix)]
+    return prefix + fit_message(content, MESSAGE_LIMIT - len(prefix))
 
 
 def _token_gone(exc: discord.HTTPException) -> bool:

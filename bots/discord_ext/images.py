@@ -20,7 +20,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bots.discord_ext.delivery import MESSAGE_LIMIT, SEND_ERRORS, Reply, fit_images, image_name
+from bots.discord_ext.delivery import MESSAGE_LIMIT, SEND_ERRORS, Reply, fit_images, fit_message, image_name
 from gateway import ImageRequest, ImagineError, ImagineService, Job, JobResult, JobStatus, parse_prompt
 from gateway.messages import RESTARTING, progress_text, queue_text, result_caption
 from gateway.request import MAX_IMAGES, MAX_NEGATIVE_CHARS, MAX_PROMPT_CHARS, MAX_SEED, size_for_aspect_ratio
@@ -114,7 +114,7 @@ class ImageCommands(commands.Cog):
             request = parse_prompt(prompt, **options)
         except ImagineError as exc:
             # Answered at once and privately: nothing else was awaited, nothing was charged.
-            await interaction.response.send_message(str(exc), ephemeral=True)
+            await interaction.response.send_message(fit_message(str(exc)), ephemeral=True)
             return
         if not await _defer(interaction, thinking=True):
             return
