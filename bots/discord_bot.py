@@ -17,6 +17,7 @@ from discord.ext import commands
 from discord.gateway import DiscordWebSocket
 
 from bots.discord_ext import EXTENSIONS
+from bots.discord_ext.delivery import NO_PINGS
 from gateway import ImagineService, Settings
 from gateway.settings import require
 
@@ -70,6 +71,7 @@ class ImagineBot(commands.AutoShardedBot):
             command_prefix=commands.when_mentioned,
             intents=discord.Intents.none(),
             help_command=None,
+            allowed_mentions=NO_PINGS,  # the default of every send and edit; a message may name its requester
             max_messages=None,
             member_cache_flags=discord.MemberCacheFlags.none(),
             chunk_guilds_at_startup=False,

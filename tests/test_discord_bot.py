@@ -25,17 +25,20 @@ import pytest
 
 from bots.discord_bot import DiscordFront
 from bots.discord_ext import images as images_ext
-from bots.discord_ext.delivery import fit_images
+from bots.discord_ext.delivery import Reply, fit_images
 from gateway import BackendError, ImageRequest, ImagineService, Secret, Settings, SettingsError, parse_prompt
 from gateway.backend import GenerationResult, ProgressCallback
 from gateway.fake_backend import FakeBackend
 from gateway.messages import utc_day
 from storage import Database
 from tests.fakes.discord_server import (
+    MANAGE_GUILD,
+    MEMBER_PERMISSIONS,
     CallbackType,
     FakeDiscord,
     FakeInteraction,
     FakeMessage,
+    OptionType,
     RecordedRequest,
 )
 
@@ -79,6 +82,18 @@ class World:
 
     async def imagine(self, prompt: str, **options: Any) -> FakeInteraction:
         return await self.fake.dispatch_slash_command("imagine", {"prompt": prompt, **options})
+
+    async def admin_command(
+        self, subcommand: str, options: dict[str, Any], *, user_id: int
+    ) -> FakeInteraction:
+        """``/admin`` by a member who sees it (Manage Server); the gateway decides who is an Imagine admin."""
+        return await self.fake.dispatch_slash_command(
+            "admin",
+            options,
+            subcommand=subcommand,
+            user_id=user_id,
+            permissions=MEMBER_PERMISSIONS | MANAGE_GUILD,
+        )
 
     async def result_of(self, interaction: FakeInteraction, within: float = 10.0) -> FakeMessage:
         """The message carrying the image(s) for ``interaction``."""
@@ -255,22 +270,20 @@ async def test_buttons_reroll_after_a_restart_cost_credits_and_only_the_requeste
 async def test_admin_grant_is_refused_for_a_non_admin_and_works_for_an_admin(world: World) -> None:
     bob = f"discord:{world.bob}"
     before = await world.db.ledger()
-    refused = await world.fake.dispatch_slash_command(
-        "admin", {"user": f"<@{world.bob}>", "credits": 5}, subcommand="grant", user_id=world.bob
-    )
+    refused = await world.admin_command("grant", {"user": f"<@{world.bob}>", "credits": 5}, user_id=world.bob)
     answer = await world.said(refused, "Only Imagine admins can do that; nothing was changed.")
     assert answer.ephemeral
     assert await world.db.ledger() == before
     assert (await world.service.quota(bob)).bonus == 0
 
-    granted = await world.fake.dispatch_slash_command(
-        "admin", {"user": f"<@{world.bob}>", "credits": 5}, subcommand="grant", user_id=world.admin
+    granted = await world.admin_command(
+        "grant", {"user": f"<@{world.bob}>", "credits": 5}, user_id=world.admin
     )
     answer = await world.said(granted, f"Granted 5 credits to {bob}; bonus now 5.")
     assert answer.ephemeral
     assert (await world.service.quota(bob)).bonus == 5
 
-    stats = await world.fake.dispatch_slash_command("admin", {}, subcommand="stats", user_id=world.admin)
+    stats = await world.admin_command("stats", {}, user_id=world.admin)
     await world.said(stats, "Last 24 hours:")
 
 
@@ -406,16 +419,14 @@ async def test_refusals_and_failures_are_one_sentence_each_and_cost_nothing(worl
     await world.said(blocked, "The safety filter blocked the image; your 1 credit was refunded.")
     world.backend.block = False
 
-    ban = await fake.dispatch_slash_command(
-        "admin", {"user": str(world.bob), "reason": "spamming"}, subcommand="ban", user_id=world.admin
+    ban = await world.admin_command(
+        "ban", {"user": str(world.bob), "reason": "spamming"}, user_id=world.admin
     )
     await world.said(ban, f"discord:{world.bob} is banned: spamming")
     banned = await fake.dispatch_slash_command("imagine", {"prompt": "a horse"}, user_id=world.bob)
     await world.said(banned, "You are banned from Imagine: spamming")
 
-    zero = await fake.dispatch_slash_command(
-        "admin", {"user": alice, "allowance": 0}, subcommand="quota", user_id=world.admin
-    )
+    zero = await world.admin_command("quota", {"user": alice, "allowance": 0}, user_id=world.admin)
     await world.said(zero, f"{alice} may now make 0 images a day.")
     broke = await world.imagine("a bird")
     await world.said(broke, "they reset at 00:00 UTC")
@@ -510,3 +521,100 @@ async def world_said(
     return await fake.wait_for(
         lambda: next((m for m in interaction.messages if text in m.content), None), within
     )
+
+
+# --- safety: nothing a user typed pings anyone, every sentence fits -----------------------------------------
+
+
+async def test_nothing_a_user_typed_pings_anyone_in_any_message_the_bot_sends_or_edits(world: World) -> None:
+    fake, alice = world.fake, world.alice
+    hostile = f"@everyone @here <@{world.bob}> <@&{fake.snowflake()}>"
+    await world.stop_bot()
+    await world.start_bot(progress_interval=0.05)
+    world.backend.delay = 0.02
+
+    # The result after its progress edits; a refusal repeating the bad value; a failure repeating the backend.
+    assert hostile in (await world.result_of(await world.imagine(f"{hostile} a cat"))).content
+    await world.said(await world.imagine(f"a cat --seed {hostile}"), "--seed")
+    world.backend.fail_with = BackendError(f"{hostile} fell over")
+    await world.said(await world.imagine("a dog"), "fell over")
+    world.backend.fail_with = None
+
+    # Past the token: in the channel (naming the requester on purpose), then by DM when the channel refuses.
+    for channel_refuses in (False, True):
+        if channel_refuses:
+            fake.inject_error("POST", "/channels/{channel_id}/messages", status=403, code=50013)
+        late = await world.imagine(f"{hostile} a slow cat")
+        await fake.wait_for_response(late)
+        fake.expire_interaction(late)
+        await world.settled(late)
+
+    # An admin's answer repeating a ban reason, then the banned user's refusal repeating it again.
+    ban = await world.admin_command("ban", {"user": str(world.bob), "reason": hostile}, user_id=world.admin)
+    await world.said(ban, "is banned")
+    refused = await fake.dispatch_slash_command("imagine", {"prompt": "x"}, user_id=world.bob)
+    await world.said(refused, "banned")
+
+    # A notice after a restart goes out on the stored token, through a webhook discord.py builds afresh.
+    assert world.front is not None and world.front.bot is not None
+    told = await world.imagine("a quiet cat")
+    await world.result_of(told)
+    job = await world.db.get_job(f"discord:{told.id}")
+    assert job is not None and job.reply is not None
+    assert await Reply.from_json(world.front.bot, job.reply).tell(f"restarted: {hostile}")
+
+    writes = [write for write in fake.message_writes() if write.status < 300]
+    channel_posts = [w for w in writes if w.matches("POST", "/channels/{channel_id}/messages")]
+    assert len(writes) >= 12 and len(channel_posts) == 2  # the channel's and the DM's
+    for write in writes:
+        mentions = write.allowed_mentions
+        assert mentions is not None and mentions["parse"] == [], write
+        assert not mentions.get("roles") and not mentions.get("replied_user"), write
+        named = [str(user) for user in mentions.get("users") or []]
+        assert named in ([], [str(alice)]), write
+    pinged = set().union(*(message.pings for message in fake.messages.values()))
+    assert pinged == {f"user:{alice}"}  # the channel fallback's "<@requester>", and nothing else
+
+
+async def test_admin_is_hidden_from_members_without_manage_server_and_text_options_are_bounded(
+    world: World,
+) -> None:
+    fake = world.fake
+    admin = fake.commands()["admin"]
+    assert admin["default_member_permissions"] == str(MANAGE_GUILD)
+    with pytest.raises(PermissionError):  # the Discord app does not even offer it to a plain member
+        await fake.dispatch_slash_command("admin", {}, subcommand="stats", user_id=world.bob)
+
+    imagine = {o["name"]: o for o in fake.commands()["imagine"]["options"]}
+    assert (imagine["prompt"]["max_length"], imagine["negative"]["max_length"]) == (1000, 500)
+    texts = [
+        o for sub in admin["options"] for o in sub.get("options") or [] if o["type"] == OptionType.STRING
+    ]
+    assert texts and all(o.get("max_length") for o in texts), texts
+    with pytest.raises(ValueError, match="prompt"):  # nor lets anyone send a longer prompt
+        await world.imagine("x" * 1001)
+    assert (await world.result_of(await world.imagine("x" * 1000))).attachments
+
+
+@pytest.mark.parametrize("route", ["interaction", "channel"])
+async def test_a_sentence_past_discords_2000_characters_is_clipped_and_still_reaches_the_user(
+    world: World, route: str
+) -> None:
+    world.backend.delay = 0.03
+    world.backend.fail_with = BackendError("the GPU said " + "no " * 1000)  # a sentence of 3,000+ characters
+    failed = await world.imagine("a dog")
+    if route == "channel":
+        await world.fake.wait_for_response(failed)
+        world.fake.expire_interaction(failed)
+        told = await world.fake.wait_for(
+            lambda: next((m for m in world.fake.channel_messages() if "GPU said" in m.content), None)
+        )
+        assert told.content.startswith(f"<@{world.alice}> The image generator failed: the GPU said no no")
+    else:
+        told = await world.said(failed, "The image generator failed: the GPU said no no")
+    assert len(told.content) <= 2000
+    assert not [
+        write for write in world.fake.message_writes() if write.status == 400
+    ]  # none refused as too long
+    assert await world.settled(failed) == "failed"
+    assert (await world.service.quota(f"discord:{world.alice}")).used == 0

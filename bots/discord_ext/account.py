@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bots.discord_ext.delivery import with_retries
+from bots.discord_ext.delivery import fit_message, with_retries
 from gateway.messages import HELP
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ class Account(commands.Cog):
     async def quota(self, interaction: discord.Interaction[Any]) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         state = await self.service.quota(f"discord:{interaction.user.id}")
-        text = self.service.quota_text(state)
+        text = fit_message(self.service.quota_text(state))
         await with_retries(lambda: interaction.followup.send(text, ephemeral=True))
 
     @app_commands.command(name="help", description="How to use /imagine: flags, sizes, credits")

@@ -10,7 +10,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bots.discord_ext.delivery import with_retries
+from bots.discord_ext.delivery import fit_message, with_retries
 from gateway import ImagineError, parse_user
 from gateway.service import MAX_GRANT
 
@@ -18,9 +18,14 @@ if TYPE_CHECKING:
     from bots.discord_bot import ImagineBot
 
 USER_HELP = "A user: @mention, Discord id, or platform:id such as telegram:456"
+USER_CHARS = 100  # "<@" + a 20-digit id + ">", or a platform:id, with room to spare
+MAX_REASON_CHARS = 500  # the gateway's limit on a ban reason
+UserOption = app_commands.Range[str, 1, USER_CHARS]
 _MENTION = re.compile(r"<@!?([0-9]+)>")
 
 
+# Hidden from members without Manage Server, so the command list stays clean; IMAGINE_ADMINS still decides.
+@app_commands.default_permissions(manage_guild=True)
 class Admin(commands.GroupCog, group_name="admin", group_description="Imagine admin commands"):
     def __init__(self, bot: ImagineBot) -> None:
         self.service = bot.service
@@ -31,7 +36,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Imagine ad
     async def quota(
         self,
         interaction: discord.Interaction[Any],
-        user: str,
+        user: UserOption,
         allowance: app_commands.Range[int, 0, MAX_GRANT] | None = None,
     ) -> None:
         await _answer(interaction, lambda actor: self.service.set_allowance(actor, _user(user), allowance))
@@ -41,7 +46,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Imagine ad
     async def grant(
         self,
         interaction: discord.Interaction[Any],
-        user: str,
+        user: UserOption,
         credits: app_commands.Range[int, -MAX_GRANT, MAX_GRANT],
     ) -> None:
         await _answer(interaction, lambda actor: self.service.grant(actor, _user(user), credits))
@@ -49,13 +54,16 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Imagine ad
     @app_commands.command(name="ban", description="Refuse a user's requests, with a reason they are shown")
     @app_commands.describe(user=USER_HELP, reason="Shown to the user when they are refused")
     async def ban(
-        self, interaction: discord.Interaction[Any], user: str, reason: app_commands.Range[str, 0, 500] = ""
+        self,
+        interaction: discord.Interaction[Any],
+        user: UserOption,
+        reason: app_commands.Range[str, 0, MAX_REASON_CHARS] = "",
     ) -> None:
         await _answer(interaction, lambda actor: self.service.ban(actor, _user(user), reason))
 
     @app_commands.command(name="unban", description="Lift a ban")
     @app_commands.describe(user=USER_HELP)
-    async def unban(self, interaction: discord.Interaction[Any], user: str) -> None:
+    async def unban(self, interaction: discord.Interaction[Any], user: UserOption) -> None:
         await _answer(interaction, lambda actor: self.service.unban(actor, _user(user)))
 
     @app_commands.command(name="stats", description="Jobs, images, credits and users of the last 24 hours")
@@ -79,7 +87,7 @@ async def _answer(interaction: discord.Interaction[Any], action: Callable[[str],
         text = await action(f"discord:{interaction.user.id}")
     except ImagineError as exc:
         text = str(exc)
-    await with_retries(lambda: interaction.followup.send(text, ephemeral=True))
+    await with_retries(lambda: interaction.followup.send(fit_message(text), ephemeral=True))
 
 
 async def setup(bot: commands.Bot) -> None:

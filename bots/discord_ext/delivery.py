@@ -31,6 +31,9 @@ MESSAGE_LIMIT = 2000
 RETRY_ATTEMPTS = 5
 MAX_RETRY_WAIT = 30.0
 
+# Prompts, reasons and errors repeat what users typed: no message may turn that into a ping.
+NO_PINGS = discord.AllowedMentions.none()
+
 T = TypeVar("T")
 # What a route to the user can fail with: Discord's answer, or the connection to it.
 SEND_ERRORS = (discord.HTTPException, aiohttp.ClientError, OSError)
@@ -64,6 +67,14 @@ def retry_after(exc: discord.HTTPException) -> float:
             except ValueError:
                 continue
     return 1.0
+
+
+def fit_message(content: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``content`` cut to Discord's limit: a longer message is refused whole, and the user hears nothing.
+
+    The last guard for sentences that repeat what users or backends wrote; they should be short already.
+    """
+    return content if len(content) <= limit else content[: limit - 1] + "…"
 
 
 def fit_images(images: Sequence[bytes], limit: int) -> list[bytes]:
@@ -169,7 +180,9 @@ class Reply:
         if self.interaction is None or not self.token_alive:
             return False
         try:
-            await self.interaction.edit_original_response(content=content)
+            await self.interaction.edit_original_response(
+                content=fit_message(content), allowed_mentions=NO_PINGS
+            )
         except SEND_ERRORS as exc:  # progress is best effort; the result has its own retries
             if isinstance(exc, discord.HTTPException) and _token_gone(exc):
                 self.token_dead = True
@@ -194,6 +207,7 @@ class Reply:
         view: discord.ui.View | None = None,
     ) -> discord.Message | discord.InteractionMessage | discord.WebhookMessage | None:
         """Post ``content`` (and fresh files from ``files()``); raise the last error if no route works."""
+        content = fit_message(content)
         routes: list[Callable[[], Awaitable[Any]]] = []
         if self.token_alive:
             routes.append(lambda: self._by_token(content, files, view))
@@ -219,11 +233,11 @@ class Reply:
         if self.interaction is not None:
             extras = _extras(None, view)
             return await self.interaction.edit_original_response(
-                content=content, attachments=files() if files else [], **extras
+                content=content, attachments=files() if files else [], allowed_mentions=NO_PINGS, **extras
             )
         # After a restart: a follow-up on the stored token (it replaces a "thinking…" message).
         webhook = discord.Webhook.partial(self.application_id, self.token, client=self.client)
-        return await webhook.send(content, wait=True, **_extras(files, view))
+        return await webhook.send(content, wait=True, allowed_mentions=NO_PINGS, **_extras(files, view))
 
     async def _in_channel(
         self, content: str, files: FilesFactory | None, view: discord.ui.View | None
@@ -232,7 +246,7 @@ class Reply:
         channel = self.client.get_partial_messageable(self.channel_id)
         return await channel.send(
             _mention(self.user_id, content),
-            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
+            allowed_mentions=_only(self.user_id),
             **_extras(files, view),
         )
 
@@ -240,7 +254,7 @@ class Reply:
         self, content: str, files: FilesFactory | None, view: discord.ui.View | None
     ) -> discord.Message:
         channel = await self.client.create_dm(discord.Object(id=self.user_id))
-        return await channel.send(content, **_extras(files, view))
+        return await channel.send(content, allowed_mentions=NO_PINGS, **_extras(files, view))
 
 
 def _extras(files: FilesFactory | None, view: discord.ui.View | None) -> dict[str, Any]:
@@ -252,9 +266,16 @@ def _extras(files: FilesFactory | None, view: discord.ui.View | None) -> dict[st
     return extras
 
 
+def _only(user_id: int) -> discord.AllowedMentions:
+    """Ping the requester, whom the channel message names on purpose, and nobody the content names."""
+    return discord.AllowedMentions(
+        everyone=False, roles=False, replied_user=False, users=[discord.Object(user_id)]
+    )
+
+
 def _mention(user_id: int, content: str) -> str:
     prefix = f"<@{user_id}> "
-    return prefix + content[: MESSAGE_LIMIT - len(prefix)]
+    return prefix + fit_message(content, MESSAGE_LIMIT - len(prefix))
 
 
 def _token_gone(exc: discord.HTTPException) -> bool:

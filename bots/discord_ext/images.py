@@ -20,10 +20,10 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bots.discord_ext.delivery import MESSAGE_LIMIT, SEND_ERRORS, Reply, fit_images, image_name
+from bots.discord_ext.delivery import MESSAGE_LIMIT, SEND_ERRORS, Reply, fit_images, fit_message, image_name
 from gateway import ImageRequest, ImagineError, ImagineService, Job, JobResult, JobStatus, parse_prompt
 from gateway.messages import RESTARTING, progress_text, queue_text, result_caption
-from gateway.request import MAX_IMAGES, MAX_SEED, size_for_aspect_ratio
+from gateway.request import MAX_IMAGES, MAX_NEGATIVE_CHARS, MAX_PROMPT_CHARS, MAX_SEED, size_for_aspect_ratio
 
 if TYPE_CHECKING:
     from bots.discord_bot import ImagineBot
@@ -91,8 +91,8 @@ class ImageCommands(commands.Cog):
     async def imagine(
         self,
         interaction: discord.Interaction[Any],
-        prompt: str,
-        negative: app_commands.Range[str, 1, 500] | None = None,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
+        negative: app_commands.Range[str, 1, MAX_NEGATIVE_CHARS] | None = None,
         size: app_commands.Choice[str] | None = None,
         steps: app_commands.Range[int, 1, 50] | None = None,
         guidance: app_commands.Range[float, 1.0, 20.0] | None = None,
@@ -114,7 +114,7 @@ class ImageCommands(commands.Cog):
             request = parse_prompt(prompt, **options)
         except ImagineError as exc:
             # Answered at once and privately: nothing else was awaited, nothing was charged.
-            await interaction.response.send_message(str(exc), ephemeral=True)
+            await interaction.response.send_message(fit_message(str(exc)), ephemeral=True)
             return
         if not await _defer(interaction, thinking=True):
             return

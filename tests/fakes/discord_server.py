@@ -66,6 +66,9 @@ from urllib.parse import quote, unquote
 from aiohttp import BodyPartReader, WSMsgType, hdrs, web
 
 __all__ = [
+    "ADMINISTRATOR",
+    "MANAGE_GUILD",
+    "MEMBER_PERMISSIONS",
     "CallbackType",
     "DiscordAPIError",
     "FakeAttachment",
@@ -82,6 +85,7 @@ __all__ = [
     "RecordedRequest",
     "UploadedFile",
     "discord_py_pointed_at",
+    "pings",
 ]
 
 T = TypeVar("T")
@@ -119,8 +123,24 @@ _PERMISSION_BITS = (
 )
 MEMBER_PERMISSIONS = sum(1 << bit for bit in _PERMISSION_BITS)
 BOT_PERMISSIONS = MEMBER_PERMISSIONS | (1 << 13)  # + MANAGE_MESSAGES
+ADMINISTRATOR = 1 << 3
+MANAGE_GUILD = 1 << 5  # "Manage Server" in the Discord app
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# Mentions in message content, as Discord parses them.
+_USER_MENTION = re.compile(r"<@!?([0-9]+)>")
+_ROLE_MENTION = re.compile(r"<@&([0-9]+)>")
+_EVERYONE_MENTION = re.compile(r"@(?:everyone|here)\b")
+# The routes whose body (for the callback: its ``data``) creates or edits a message.
+_MESSAGE_WRITES = (
+    ("POST", "/interactions/{interaction_id}/{token}/callback"),
+    ("POST", "/webhooks/{application_id}/{token}"),
+    ("PATCH", "/webhooks/{application_id}/{token}/messages/@original"),
+    ("PATCH", "/webhooks/{application_id}/{token}/messages/{message_id}"),
+    ("POST", "/channels/{channel_id}/messages"),
+    ("PATCH", "/channels/{channel_id}/messages/{message_id}"),
+)
 
 
 class Op(IntEnum):
@@ -176,6 +196,8 @@ _ALLOWED_CALLBACKS: dict[int, frozenset[int]] = {
     InteractionType.APPLICATION_COMMAND_AUTOCOMPLETE: frozenset({8}),
     InteractionType.MODAL_SUBMIT: frozenset({4, 5, 6, 7}),
 }
+# The callbacks that carry a message; the deferrals carry none.
+_MESSAGE_CALLBACKS = frozenset({CallbackType.CHANNEL_MESSAGE_WITH_SOURCE, CallbackType.UPDATE_MESSAGE})
 
 
 class DiscordAPIError(Exception):
@@ -270,6 +292,25 @@ class RecordedRequest:
         return (method == "*" or method.upper() == self.method) and (
             path == self.route or _route_regex(path).fullmatch(self.path) is not None
         )
+
+    @property
+    def message_payload(self) -> JSON | None:
+        """The message this request creates or edits (for a callback, its ``data``); None for the rest."""
+        if not isinstance(self.json, dict) or (self.method, self.route) not in _MESSAGE_WRITES:
+            return None
+        if self.route.startswith("/interactions/"):
+            if self.json.get("type") not in _MESSAGE_CALLBACKS:
+                return None
+            data = self.json.get("data")
+            return data if isinstance(data, dict) else {}
+        return self.json
+
+    @property
+    def allowed_mentions(self) -> JSON | None:
+        """The message's ``allowed_mentions``; None when absent, and Discord then parses every mention."""
+        payload = self.message_payload
+        value = None if payload is None else payload.get("allowed_mentions")
+        return value if isinstance(value, dict) else None
 
     def __repr__(self) -> str:
         return f"<RecordedRequest {self.method} {self.path} -> {self.status or 'pending'}>"
@@ -385,6 +426,7 @@ class FakeMessage:
     message_reference: JSON | None = None
     deleted: bool = False
     revisions: list[JSON] = field(default_factory=list)
+    pings: set[str] = field(default_factory=set)  # every ``pings(...)`` of its creates and edits
 
     @property
     def ephemeral(self) -> bool:
@@ -572,6 +614,76 @@ class _GatewayConnection:
 
 
 _RECORD = web.RequestKey("record", RecordedRequest)
+
+
+def pings(content: str, allowed_mentions: JSON | None) -> set[str]:
+    """Whom Discord notifies for ``content``: ``everyone`` (also @here), ``user:<id>``, ``role:<id>``.
+
+    Without ``allowed_mentions`` Discord parses every mention in the content, which is why a bot that
+    repeats what users typed must always send one.
+    """
+    rules: JSON = {"parse": ["everyone", "users", "roles"]} if allowed_mentions is None else allowed_mentions
+    parse = set(rules.get("parse") or [])
+    found: set[str] = set()
+    if "everyone" in parse and _EVERYONE_MENTION.search(content):
+        found.add("everyone")
+    for kind, pattern in (("users", _USER_MENTION), ("roles", _ROLE_MENTION)):
+        listed = {str(entry) for entry in rules.get(kind) or []}
+        for mentioned in pattern.findall(content):
+            if kind in parse or mentioned in listed:
+                found.add(f"{kind[:-1]}:{mentioned}")
+    return found
+
+
+def _check_allowed_mentions(allowed_mentions: Any) -> None:
+    """Refuse what Discord refuses: a type both parsed and listed, an unknown parse type."""
+    if allowed_mentions is None:
+        return
+    if not isinstance(allowed_mentions, dict):
+        raise _form_error(
+            "allowed_mentions", "MODEL_TYPE_CONVERT", "Only dictionaries may be used in a ModelType"
+        )
+    parse = allowed_mentions.get("parse") or []
+    for position, kind in enumerate(parse):
+        if kind not in ("everyone", "users", "roles"):
+            raise _form_error(
+                f"allowed_mentions.parse.{position}",
+                "BASE_TYPE_CHOICES",
+                "Value must be one of {'everyone', 'users', 'roles'}.",
+            )
+    for kind in ("users", "roles"):
+        if kind in parse and allowed_mentions.get(kind):
+            raise _form_error(
+                "allowed_mentions",
+                "MESSAGE_ALLOWED_MENTIONS_PARSE_EXCLUSIVE",
+                f'parse:["{kind}"] and {kind}: [ids...] are mutually exclusive.',
+            )
+
+
+def _permissions_string(value: Any) -> str | None:
+    """Discord takes a permission bit set as a number or a string and always answers with a string."""
+    return None if value is None else str(int(value))
+
+
+def _check_visible(command: JSON, permissions: int) -> None:
+    """A guild member sees only the commands whose ``default_member_permissions`` they hold."""
+    required = command.get("default_member_permissions")
+    if required is None or permissions & ADMINISTRATOR:
+        return
+    needed = int(required)
+    if needed == 0 or permissions & needed != needed:
+        raise PermissionError(
+            f"/{command['name']} needs permissions {needed}; Discord hides it from members with {permissions}"
+        )
+
+
+def _check_length(option: JSON | None, name: str, value: Any) -> None:
+    """Discord's app lets nobody send a string option outside its ``min_length``/``max_length``."""
+    if option is None or option.get("type") != OptionType.STRING or not isinstance(value, str):
+        return
+    low, high = option.get("min_length"), option.get("max_length")
+    if (low is not None and len(value) < int(low)) or (high is not None and len(value) > int(high)):
+        raise ValueError(f"option {name!r} is {len(value)} characters; Discord allows {low}..{high}")
 
 
 def _route_regex(pattern: str) -> re.Pattern[str]:
@@ -824,6 +936,10 @@ class FakeDiscord:
     def requests_for(self, interaction: FakeInteraction) -> list[RecordedRequest]:
         """REST requests made with this interaction's id or token, in arrival order."""
         return [request for request in self.requests if request.interaction_id == interaction.id]
+
+    def message_writes(self) -> list[RecordedRequest]:
+        """Every request that created or edited a message (or tried to), in order."""
+        return [record for record in self.requests if record.message_payload is not None]
 
     def requests_matching(self, method: str, path: str) -> list[RecordedRequest]:
         return [request for request in self.requests if request.matches(method, path)]
@@ -1194,10 +1310,11 @@ class FakeDiscord:
         if options is None:
             leaf = []
         elif isinstance(options, Mapping):
-            declared_types = {o.get("name"): o.get("type") for o in schema}
+            declared = {o.get("name"): o for o in schema}
             leaf = []
             for key, value in options.items():
-                option_type = declared_types.get(key) or self._infer_option_type(value)
+                _check_length(declared.get(key), key, value)
+                option_type = (declared.get(key) or {}).get("type") or self._infer_option_type(value)
                 option: JSON = {
                     "name": key,
                     "type": int(option_type),
@@ -1293,6 +1410,8 @@ class FakeDiscord:
         """
         gid = self.guild_id if guild_id is ... else guild_id
         command, tree, resolved = self._command_options(name, options, subcommand, gid)
+        if command is not None and gid is not None:
+            _check_visible(command, permissions)
         data: JSON = {
             "id": command["id"] if command else str(self.snowflake()),
             "name": name,
@@ -1476,6 +1595,7 @@ class FakeDiscord:
             )
         if len(data.get("embeds") or []) > MAX_EMBEDS:
             raise _form_error("embeds", "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_EMBEDS} or fewer in length.")
+        _check_allowed_mentions(data.get("allowed_mentions"))
 
         if "content" in data:
             message.content = "" if content is None else str(content)
@@ -1522,8 +1642,15 @@ class FakeDiscord:
         if not creating:
             message.flags &= ~FLAG_LOADING
             message.edited_timestamp = self.timestamp()
+        pinged = pings(str(content or ""), data.get("allowed_mentions"))
+        message.pings |= pinged
         message.revisions.append(
-            {"edit": not creating, "data": data, "files": [upload.filename for upload in files]}
+            {
+                "edit": not creating,
+                "data": data,
+                "files": [upload.filename for upload in files],
+                "pings": sorted(pinged),
+            }
         )
 
     def _interaction_message(self, interaction: FakeInteraction, *, followup: bool) -> FakeMessage:
@@ -1904,7 +2031,7 @@ class FakeDiscord:
             "description": payload.get("description", ""),
             "description_localizations": payload.get("description_localizations"),
             "options": payload.get("options") or [],
-            "default_member_permissions": payload.get("default_member_permissions"),
+            "default_member_permissions": _permissions_string(payload.get("default_member_permissions")),
             "dm_permission": payload.get("dm_permission", True),
             "contexts": payload.get("contexts"),
             "integration_types": payload.get("integration_types") or [0],
