@@ -42,9 +42,10 @@ PAGE_LIMIT = 50 * 1024
 class LiveServer:
     """Database, fake backend, gateway and web front on a uvicorn server in a thread."""
 
-    def __init__(self, settings: Settings, options: WebOptions) -> None:
+    def __init__(self, settings: Settings, options: WebOptions, *, busy_timeout_ms: int = 30_000) -> None:
         self.settings = settings
         self.options = options
+        self.busy_timeout_ms = busy_timeout_ms
         self.url = ""
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -61,7 +62,7 @@ class LiveServer:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:
-            self.db = await Database.open(self.settings.db_path)
+            self.db = await Database.open(self.settings.db_path, busy_timeout_ms=self.busy_timeout_ms)
             self.backend = FakeBackend(self.settings)
             self.service = ImagineService(self.settings, self.db, self.backend)
             await self.service.start()

@@ -39,6 +39,18 @@ T = TypeVar("T")
 SEND_ERRORS = (discord.HTTPException, aiohttp.ClientError, OSError)
 
 
+class AmbiguousSend(Exception):
+    """Every route failed, but one failed after Discord may have taken the message (a timeout,
+    a 5xx answer): the image may be out, so it is charged, never refunded."""
+
+
+def maybe_taken(exc: BaseException) -> bool:
+    """Whether Discord may have posted the message despite ``exc``."""
+    if isinstance(exc, discord.HTTPException):
+        return exc.status >= 500
+    return isinstance(exc, TimeoutError | aiohttp.ServerDisconnectedError)
+
+
 async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = RETRY_ATTEMPTS) -> T:
     """Run ``call`` again after a 429 (waiting what Discord asks) or a 5xx; re-raise anything else.
 
@@ -215,6 +227,7 @@ class Reply:
             routes.append(lambda: self._in_channel(content, files, view))
         routes.append(lambda: self._by_dm(content, files, view))
         error: BaseException | None = None
+        ambiguous = False
         for route in routes:
             try:
                 message: Any = await with_retries(route)
@@ -224,7 +237,10 @@ class Reply:
                     self.token_dead = True
                 log.info("delivery route failed (%r); trying the next", exc)
                 error = exc
+                ambiguous = ambiguous or maybe_taken(exc)
         assert error is not None
+        if ambiguous:
+            raise AmbiguousSend(repr(error)) from error
         raise error
 
     async def _by_token(

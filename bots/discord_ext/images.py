@@ -20,7 +20,15 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bots.discord_ext.delivery import MESSAGE_LIMIT, SEND_ERRORS, Reply, fit_images, fit_message, image_name
+from bots.discord_ext.delivery import (
+    MESSAGE_LIMIT,
+    SEND_ERRORS,
+    AmbiguousSend,
+    Reply,
+    fit_images,
+    fit_message,
+    image_name,
+)
 from gateway import ImageRequest, ImagineError, ImagineService, Job, JobResult, JobStatus, parse_prompt
 from gateway.messages import RESTARTING, progress_text, queue_text, result_caption
 from gateway.request import MAX_IMAGES, MAX_NEGATIVE_CHARS, MAX_PROMPT_CHARS, MAX_SEED, size_for_aspect_ratio
@@ -229,9 +237,16 @@ class ImageCommands(commands.Cog):
             return [discord.File(io.BytesIO(d), filename=n) for d, n in zip(images, names, strict=True)]
 
         try:
+            await self.service.claim_delivery(job.id)  # the fence: refunded meanwhile -> post nothing
+        except ImagineError as refused:
+            await reply.tell(str(refused))
+            return
+        try:
             await reply.send(
                 result_caption(result, limit=CAPTION_LIMIT), files=files, view=result_view(job.id)
             )
+        except AmbiguousSend as exc:
+            log.warning("discord may have taken the images of %s (%s): charged, not refunded", job.id, exc)
         except SEND_ERRORS as exc:
             log.warning("discord did not take the images of %s: %r", job.id, exc)
             error = await self.service.delivery_failed(job.id, DELIVERY_FAILED)
