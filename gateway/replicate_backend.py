@@ -32,6 +32,7 @@ import httpx
 from gateway.backend import GenerationResult, ProgressCallback
 from gateway.cog import PNG_SIGNATURE, png_from_data_uri, request_to_input, safe_reason
 from gateway.errors import BackendError
+from gateway.http_backend import split_userinfo
 from gateway.request import ImageRequest
 from gateway.settings import require
 
@@ -106,10 +107,13 @@ class ReplicateBackend:
     async def start(self) -> None:
         from replicate.client import Client
 
+        # Credentials inside REPLICATE_BASE_URL travel as Basic auth, outside the URL httpx logs.
+        base_url, auth = split_userinfo(self.settings.replicate_base_url or "https://api.replicate.com")
         self._client = Client(
             api_token=self.token.get(),
-            base_url=self.settings.replicate_base_url or "https://api.replicate.com",
+            base_url=base_url,
             timeout=httpx.Timeout(30.0, connect=10.0),
+            **({"auth": auth} if auth is not None else {}),
         )
         # Output files are fetched without the token: it is for the API, not for file hosts.
         # Redirects are followed by hand (each hop checked); no keep-alive, so a connection made

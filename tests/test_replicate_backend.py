@@ -330,6 +330,24 @@ async def test_a_redirect_away_from_the_delivery_hosts_is_refused(
     assert await remaining(svc) == QUOTA
 
 
+async def test_credentials_in_replicate_base_url_are_never_logged_or_shown(
+    service: ServiceFactory, fake: FakeReplicate, caplog: pytest.LogCaptureFixture
+) -> None:
+    password = "pa55-in-the-url"
+    fake.basic_auth = f"proxy:{password}"
+    with caplog.at_level(logging.DEBUG):  # every logger, httpx's request lines included
+        svc = await service(REPLICATE_BASE_URL=fake.base_url.replace("http://", f"http://proxy:{password}@"))
+        assert (await (await svc.submit(USER, "a fox --seed 1", job_id="discord:40")).wait()).images
+        fake.outcome = ("failed", "out of memory")
+        job = await svc.submit(USER, "a fox --seed 2", job_id="discord:41")
+        with pytest.raises(JobFailed) as info:
+            await job.wait()
+    logged = [caplog.handler.format(record) for record in caplog.records]
+    assert any("HTTP Request" in line for line in logged)  # httpx did log its requests
+    for text in [*logged, str(info.value)]:
+        assert password not in text, text
+
+
 def test_delivery_hosts_are_configurable(data_dir: Path, fake: FakeReplicate) -> None:
     hosts = " Files.Example., cdn.example"
     settings = replicate_settings(data_dir, fake, IMAGINE_REPLICATE_DELIVERY_HOSTS=hosts)

@@ -20,6 +20,7 @@ for ever).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import itertools
@@ -81,6 +82,8 @@ class FakeReplicate:
     #: Template of each output; ``{base}`` is this server, ``{name}`` the file. Or ``"data"``.
     output_url: str = "https://replicate.delivery/files/{name}"
     redirect_to: str = "https://replicate.delivery/files/{name}"
+    #: ``user:password`` this server wants as Basic auth instead of the token (a proxy's own check).
+    basic_auth: str | None = None
     predictions: dict[str, Prediction] = field(default_factory=dict)
     cancelled: list[str] = field(default_factory=list)
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
@@ -125,6 +128,9 @@ class FakeReplicate:
 
     def _authorized(self, request: Request) -> bool:
         self.requests.append((request.method, request.url.path, dict(request.headers)))
+        if self.basic_auth is not None:  # a proxy in front that checks its own credentials
+            expected = base64.b64encode(self.basic_auth.encode()).decode()
+            return request.headers.get("authorization") == f"Basic {expected}"
         return request.headers.get("authorization") == f"Bearer {self.token}"
 
     @staticmethod
