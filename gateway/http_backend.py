@@ -7,6 +7,10 @@ safe: the connection could not be made, the worker said it is full (429/409/503,
 same worker is asked again with the same id). A worker that keeps failing is skipped by a
 circuit breaker that probes it again after a cool-down; when every worker's breaker is open,
 :meth:`HttpBackend.check_available` refuses new jobs before anything is charged.
+
+Credentials inside a worker URL (``http://user:pass@worker:5000``) are taken out of it at start
+and sent as HTTP Basic auth, as httpx would have; the URL without them is what httpx sees (its
+request log, its errors) and ``***`` stands for them in the gateway's own log lines.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import logging
 import random
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -101,10 +106,12 @@ class CircuitBreaker:
 
 @dataclass
 class Worker:
-    """One worker URL as the gateway sees it."""
+    """One worker URL as the gateway sees it: ``url`` without credentials, ``auth`` holds them."""
 
     url: str
     breaker: CircuitBreaker
+    auth: httpx.Auth = field(default_factory=httpx.Auth)  # Basic auth when the URL had credentials
+    shown: str = ""  # the configured URL for log lines, credentials as ***
     in_flight: int = 0
     health: str = "UNKNOWN"  # the last /health-check status, or UNREACHABLE
     reported_load: int = 0  # predictions queued or running there, as its health check said
@@ -138,9 +145,11 @@ class HttpBackend:
                 "(comma-separated for several); set it in the environment or in .env."
             )
         self.settings = settings
-        self.workers = [
-            Worker(url, CircuitBreaker(breaker_threshold, breaker_cooldown)) for url in settings.backend_urls
-        ]
+        self.workers = []
+        for configured in settings.backend_urls:
+            url, auth = split_userinfo(configured)
+            breaker = CircuitBreaker(breaker_threshold, breaker_cooldown)
+            self.workers.append(Worker(url, breaker, auth=auth or httpx.Auth(), shown=shown_url(configured)))
         self.health_interval = health_interval
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -204,7 +213,7 @@ class HttpBackend:
 
     async def _check_one(self, worker: Worker) -> None:
         try:
-            response = await self.client.get(f"{worker.url}/health-check", timeout=5.0)
+            response = await self.client.get(f"{worker.url}/health-check", timeout=5.0, auth=worker.auth)
             data = response.json() if response.status_code == 200 else {}
         except (httpx.HTTPError, ValueError):
             worker.health = "UNREACHABLE"
@@ -278,7 +287,7 @@ class HttpBackend:
                     raise BackendError(
                         "every worker stayed busy until the time limit", retryable=True
                     ) from None
-                log.info("worker %s is busy; retrying %s in %.1f s", worker.url, pid, delay)
+                log.info("worker %s is busy; retrying %s in %.1f s", worker.shown, pid, delay)
                 await asyncio.sleep(delay)
                 continue
             except _Unreachable as exc:
@@ -312,7 +321,8 @@ class HttpBackend:
         worker.last_error = reason
         worker.breaker.failed()
         if worker.breaker.state != "closed":
-            log.warning("worker %s: circuit open after %s (%s)", worker.url, worker.breaker.failures, reason)
+            failures = worker.breaker.failures
+            log.warning("worker %s: circuit open after %s (%s)", worker.shown, failures, reason)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """``Retry-After`` when the worker gave one, else full jitter: uniform(0, base * 2^attempt)."""
@@ -323,7 +333,7 @@ class HttpBackend:
     async def _put(self, worker: Worker, pid: str, body: dict[str, Any]) -> dict[str, Any]:
         url = f"{worker.url}/predictions/{pid}"
         try:
-            async with self.client.stream("PUT", url, json=body) as response:
+            async with self.client.stream("PUT", url, json=body, auth=worker.auth) as response:
                 if response.status_code in BUSY_STATUSES:
                     raise _Busy(_retry_after(response.headers.get("retry-after")))
                 raw = await self._read_bounded(response)
@@ -410,11 +420,33 @@ class HttpBackend:
 
         async def cancel() -> None:
             with contextlib.suppress(httpx.HTTPError, RuntimeError):
-                await self.client.post(f"{worker.url}/predictions/{pid}/cancel", timeout=5.0)
+                await self.client.post(
+                    f"{worker.url}/predictions/{pid}/cancel", timeout=5.0, auth=worker.auth
+                )
 
         task = asyncio.create_task(cancel(), name=f"imagine-cancel-{pid}")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def split_userinfo(url: str) -> tuple[str, httpx.BasicAuth | None]:
+    """The URL without ``user:pass@``, and those credentials as Basic auth (None when there are none)."""
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if not at:
+        return url, None
+    user, _, password = userinfo.partition(":")
+    bare = urllib.parse.urlunsplit(parts._replace(netloc=hostport))
+    return bare, httpx.BasicAuth(urllib.parse.unquote(user), urllib.parse.unquote(password))
+
+
+def shown_url(url: str) -> str:
+    """A configured URL fit for a log line or a message: any credentials in it become ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    _, at, hostport = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{hostport}"))
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -5,6 +5,13 @@ created, polled (its logs give the progress), and its images fetched; a job that
 or times out cancels the prediction on Replicate too, so nobody pays for an image no one
 will see. ``failed``, ``canceled`` and ``aborted`` predictions end in a refund with the reason.
 ``REPLICATE_BASE_URL`` points the client at another server (a local fake in the tests).
+
+Output URLs come from a third party and are fetched from inside the operator's network, so they
+are a server-side request forgery risk: an image is fetched only over https from Replicate's
+delivery hosts (``IMAGINE_REPLICATE_DELIVERY_HOSTS``), from an address the gateway resolved and
+checked itself (never loopback, private, link-local, multicast or reserved; the connection goes to
+that very address, so a second DNS answer cannot differ), following redirects only within those
+hosts, each hop checked again. ``data:`` outputs (Replicate's sync mode) need no fetch.
 """
 
 from __future__ import annotations
@@ -12,8 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import ipaddress
 import logging
+import socket
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -21,6 +32,7 @@ import httpx
 from gateway.backend import GenerationResult, ProgressCallback
 from gateway.cog import PNG_SIGNATURE, png_from_data_uri, request_to_input, safe_reason
 from gateway.errors import BackendError
+from gateway.http_backend import split_userinfo
 from gateway.request import ImageRequest
 from gateway.settings import require
 
@@ -33,6 +45,24 @@ log = logging.getLogger("imagine.backend.replicate")
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 FINISHED = frozenset({"succeeded", "failed", "canceled", "aborted"})
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 3
+
+
+class RefusedURL(Exception):
+    """A result URL the gateway will not fetch; the message says why, for the operator's log."""
+
+
+@dataclass(frozen=True)
+class LoopbackDelivery:
+    """Tests only; the CLI never makes one. It mocks what cannot run here: public DNS and TLS.
+
+    The delivery hosts' names are taken to resolve to 127.0.0.1 and are spoken to over plain
+    HTTP on ``port`` (the fake's). Every other rule still holds for the URL as Replicate gave it:
+    https, a delivery host, the default port, no credentials, redirects only within the hosts.
+    """
+
+    port: int
 
 
 class ReplicateBackend:
@@ -40,8 +70,16 @@ class ReplicateBackend:
 
     name = "replicate"
 
-    def __init__(self, settings: Settings, *, poll_interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        poll_interval: float = 0.5,
+        loopback_delivery_for_tests: LoopbackDelivery | None = None,
+    ) -> None:
         self.settings = settings
+        self.delivery_hosts = settings.replicate_delivery_hosts
+        self._loopback_delivery = loopback_delivery_for_tests
         self.token = require(settings.replicate_api_token, "REPLICATE_API_TOKEN", "IMAGINE_BACKEND=replicate")
         from replicate.identifier import ModelVersionIdentifier
 
@@ -69,13 +107,22 @@ class ReplicateBackend:
     async def start(self) -> None:
         from replicate.client import Client
 
+        # Credentials inside REPLICATE_BASE_URL travel as Basic auth, outside the URL httpx logs.
+        base_url, auth = split_userinfo(self.settings.replicate_base_url or "https://api.replicate.com")
         self._client = Client(
             api_token=self.token.get(),
-            base_url=self.settings.replicate_base_url or "https://api.replicate.com",
+            base_url=base_url,
             timeout=httpx.Timeout(30.0, connect=10.0),
+            **({"auth": auth} if auth is not None else {}),
         )
         # Output files are fetched without the token: it is for the API, not for file hosts.
-        self._downloads = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True)
+        # Redirects are followed by hand (each hop checked); no keep-alive, so a connection made
+        # for one host name (its certificate checked for that name) never serves another.
+        self._downloads = httpx.AsyncClient(
+            timeout=httpx.Timeout(60.0, connect=10.0),
+            follow_redirects=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
 
     async def close(self) -> None:
         if self._background:
@@ -122,7 +169,7 @@ class ReplicateBackend:
         items = output if isinstance(output, list) else [output] if isinstance(output, str) else []
         if not items:
             raise BackendError("Replicate returned no images")
-        images = [await self._fetch(item) for item in items]
+        images = [await self._fetch(job_id, item) for item in items]
         assert request.seed is not None, "the gateway sets the seed"
         metrics = data.get("metrics") or {}
         timings = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -206,7 +253,7 @@ class ReplicateBackend:
             raise BackendError("Replicate's answer was not a prediction")
         return data
 
-    async def _fetch(self, item: object) -> bytes:
+    async def _fetch(self, job_id: str, item: object) -> bytes:
         if isinstance(item, str) and item.startswith("data:"):
             if item.startswith("data:image/png;"):
                 try:
@@ -222,26 +269,55 @@ class ReplicateBackend:
                 raise BackendError("Replicate's output was malformed") from None
         if not isinstance(item, str) or not item.startswith(("https://", "http://")):
             raise BackendError("Replicate's output was not an image URL")
-        assert self._downloads is not None
         try:
-            async with self._downloads.stream("GET", item) as response:
-                if response.status_code != 200:
-                    raise BackendError(
-                        f"could not fetch the image from Replicate (HTTP {response.status_code})"
-                    )
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > MAX_IMAGE_BYTES:
-                        raise BackendError("an image from Replicate was larger than 20 MB")
-                    chunks.append(chunk)
-        except httpx.HTTPError as exc:
-            raise BackendError(f"could not fetch the image from Replicate ({type(exc).__name__})") from None
+            raw = await self._download(item)
+        except RefusedURL as exc:
+            log.warning("job %s: refused Replicate's output URL %s: %s", job_id, _shown(item), exc)
+            raise BackendError(
+                "Replicate's image URL was refused: the gateway fetches images only over https "
+                "from Replicate's file hosts at public addresses"
+            ) from None
         try:
-            return _as_png(b"".join(chunks))
+            return _as_png(raw)
         except ValueError:
             raise BackendError("Replicate's output was not an image") from None
+
+    async def _download(self, first: str) -> bytes:
+        """The bytes at a result URL, each hop checked before anything connects."""
+        assert self._downloads is not None
+        try:
+            url = httpx.URL(first)
+        except httpx.InvalidURL:
+            raise RefusedURL("it is not a valid URL") from None
+        for _ in range(MAX_REDIRECTS + 1):
+            host = check_result_url(url, self.delivery_hosts)
+            if self._loopback_delivery is not None:  # tests: see LoopbackDelivery
+                target = url.copy_with(scheme="http", host="127.0.0.1", port=self._loopback_delivery.port)
+            else:
+                target = url.copy_with(host=await public_address(host))
+            try:
+                async with self._downloads.stream(
+                    "GET", target, headers={"Host": host}, extensions={"sni_hostname": host}
+                ) as response:
+                    if response.status_code in REDIRECTS:
+                        location = response.headers.get("location")
+                        if not location:
+                            raise BackendError("Replicate's file host redirected nowhere")
+                        try:
+                            url = url.join(location)
+                        except httpx.InvalidURL:
+                            raise RefusedURL("it redirected to an invalid URL") from None
+                        continue
+                    if response.status_code != 200:
+                        raise BackendError(
+                            f"could not fetch the image from Replicate (HTTP {response.status_code})"
+                        )
+                    return await _read_capped(response)
+            except httpx.HTTPError as exc:
+                raise BackendError(
+                    f"could not fetch the image from Replicate ({type(exc).__name__})"
+                ) from None
+        raise RefusedURL(f"it redirected more than {MAX_REDIRECTS} times")
 
     def _cancel_later(self, prediction_id: str) -> None:
         async def cancel() -> None:
@@ -254,6 +330,86 @@ class ReplicateBackend:
         task = asyncio.create_task(cancel(), name=f"imagine-replicate-cancel-{prediction_id}")
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def check_result_url(url: httpx.URL, hosts: Sequence[str]) -> str:
+    """The URL's host name if the URL may be fetched at all (before any DNS); else :class:`RefusedURL`."""
+    if url.scheme != "https":
+        raise RefusedURL("it is not https")
+    if url.userinfo:
+        raise RefusedURL("it carries credentials")
+    host = url.raw_host.decode("ascii", "replace").lower().rstrip(".")
+    if not any(host == allowed or host.endswith(f".{allowed}") for allowed in hosts):
+        raise RefusedURL(f"{safe_reason(host, 60)} is not one of Replicate's delivery hosts")
+    if url.port is not None:
+        raise RefusedURL("it names a port other than https's")
+    return host
+
+
+async def public_address(host: str) -> str:
+    """One address of ``host``, resolved here; every address it has must be public.
+
+    The caller connects to this address itself, so the name cannot resolve to something else
+    between the check and the connection (DNS rebinding).
+    """
+    unresolved = "could not fetch the image from Replicate (its host name did not resolve)"
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise BackendError(unresolved) from None
+    addresses = [str(info[4][0]) for info in infos]
+    if not addresses:
+        raise BackendError(unresolved)
+    for address in addresses:
+        if not is_public_address(address):
+            raise RefusedURL(f"{safe_reason(host, 60)} resolves to a non-public address")
+    return addresses[0]
+
+
+def is_public_address(address: str) -> bool:
+    """Not loopback, private, link-local, multicast, reserved or shared, nor one of those inside IPv6."""
+    try:
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is not None and not is_public_address(str(embedded)):
+            return False
+        if ip.teredo is not None:
+            return False
+    return ip.is_global and not (
+        ip.is_loopback
+        or ip.is_private
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+    )
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_IMAGE_BYTES:
+        raise BackendError("an image from Replicate was larger than 20 MB")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_IMAGE_BYTES:
+            raise BackendError("an image from Replicate was larger than 20 MB")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _shown(url: str) -> str:
+    """A result URL for a log line: no credentials, no query (signed URLs carry tokens there), short."""
+    try:
+        parsed = httpx.URL(url)
+        return safe_reason(str(parsed.copy_with(userinfo=b"", query=None, fragment=None)), 120)
+    except (httpx.InvalidURL, TypeError):
+        return "(an invalid URL)"
 
 
 def _replicate_reason(exc: Exception) -> str:

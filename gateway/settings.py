@@ -53,6 +53,7 @@ class Settings:
     replicate_api_token: Secret | None = None
     replicate_model: str = "stability-ai/stable-diffusion"
     replicate_base_url: str | None = None
+    replicate_delivery_hosts: tuple[str, ...] = ("replicate.delivery",)
     daily_quota: int = 25
     admins: frozenset[str] = frozenset()
     max_queued_per_user: int = 2
@@ -110,6 +111,13 @@ class Settings:
                 if not url.startswith(("http://", "https://")):
                     raise SettingsError(f"IMAGINE_BACKEND_URL must be http:// or https:// URLs; got {url!r}.")
             kw["backend_urls"] = urls
+        if (v := get("IMAGINE_REPLICATE_DELIVERY_HOSTS")) is not None:
+            hosts = tuple(h.strip().strip(".").lower() for h in v.split(",") if h.strip().strip("."))
+            if not hosts or any("/" in h or ":" in h for h in hosts):
+                raise SettingsError(
+                    f"IMAGINE_REPLICATE_DELIVERY_HOSTS takes host names like replicate.delivery; got {v!r}."
+                )
+            kw["replicate_delivery_hosts"] = hosts
         for name, key in (
             ("IMAGINE_BACKEND_API_KEY", "backend_api_key"),
             ("REPLICATE_API_TOKEN", "replicate_api_token"),

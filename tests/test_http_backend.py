@@ -7,6 +7,8 @@ spent once (success) or all back (refund).
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,7 +19,7 @@ import pytest
 
 from gateway import Busy, ImagineService, JobFailed, Settings, SettingsError, create_backend
 from gateway.cog import PNG_SIGNATURE, prediction_id
-from gateway.http_backend import CircuitBreaker, HttpBackend, _retry_after
+from gateway.http_backend import CircuitBreaker, HttpBackend, _retry_after, shown_url, split_userinfo
 from storage import Database
 from tests.fakes.worker_server import ScriptedWorker
 
@@ -324,6 +326,41 @@ async def test_an_unreachable_worker_is_passed_over(rig: RigFactory, worker: Scr
     await r.submit()
     assert len(worker.predictions) == 1
     assert await r.remaining() == QUOTA - 1
+
+
+async def test_credentials_in_a_worker_url_are_never_logged_or_shown(
+    rig: RigFactory, worker: ScriptedWorker, caplog: pytest.LogCaptureFixture
+) -> None:
+    password = "pa55-in-the-url"
+    failing = worker.url.replace("http://", f"http://imagine:{password}@")
+    down = closed_port_url().replace("http://", f"http://imagine:{password}@")
+    worker.default = ("status", 500)
+    shown: list[str] = []
+    with caplog.at_level(logging.DEBUG):  # every logger, httpx's request lines included
+        r = await rig([failing, down], threshold=1, cooldown=30.0)
+        for _ in range(2):
+            shown.append(str(await r.fails()))
+        with pytest.raises(Busy) as info:
+            await r.submit()
+        shown.append(str(info.value))
+    assert all(w.breaker.state == "open" for w in r.backend.workers)  # the breaker did trip
+    logged = [caplog.handler.format(record) for record in caplog.records]
+    for text in logged + shown:
+        assert password not in text, text
+    assert any("circuit open" in line for line in logged)
+    assert f"http://***@127.0.0.1:{worker.port}" in "\n".join(logged)  # which worker, without its secret
+    basic = base64.b64encode(f"imagine:{password}".encode()).decode()
+    assert worker.predictions[0].headers["authorization"] == f"Basic {basic}"  # still sent, as before
+
+
+def test_userinfo_is_split_from_a_url() -> None:
+    bare, auth = split_userinfo("https://us%40er:p%3Ass@worker.example:5000/base")
+    assert bare == "https://worker.example:5000/base" and auth is not None
+    assert (
+        shown_url("https://us%40er:p%3Ass@worker.example:5000/base") == "https://***@worker.example:5000/base"
+    )
+    assert split_userinfo("http://worker:5000") == ("http://worker:5000", None)
+    assert shown_url("http://worker:5000") == "http://worker:5000"
 
 
 def test_no_url_names_the_variable(data_dir: Path) -> None:

@@ -8,7 +8,10 @@ It speaks the routes the ``replicate`` backend uses, with Replicate's JSON shape
 - ``GET /v1/predictions/{id}``: each poll moves the prediction on: ``starting``, then ``processing``
   with tqdm lines in ``logs``, then :attr:`FakeReplicate.outcome`
 - ``POST /v1/predictions/{id}/cancel``
-- ``GET /files/{name}``: the output images (URLs back to this server, as replicate.delivery serves them)
+- ``GET /files/{name}``: the output images. Output URLs are ``https://replicate.delivery/files/...`` as
+  Replicate gives them (the backend's test-only ``LoopbackDelivery`` brings them here); set
+  :attr:`FakeReplicate.output_url` to hand out other URLs, ``"data"`` for sync mode's ``data:`` URIs
+- ``GET /redirect/{name}``: a 302 to :attr:`FakeReplicate.redirect_to`
 
 Outcomes: ``"succeeded"``, ``("failed", error)``, ``"canceled"``, ``"aborted"``, ``"hang"`` (processing
 for ever).
@@ -17,6 +20,7 @@ for ever).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import itertools
@@ -29,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.cog import png_data_uri
 from gateway.fake_backend import solid_png
 
 VERSION = "5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa"
@@ -74,6 +79,11 @@ class FakeReplicate:
     image_format: str = "PNG"
     polls_before_done: int = 3
     versioned_only: set[str] = field(default_factory=set)
+    #: Template of each output; ``{base}`` is this server, ``{name}`` the file. Or ``"data"``.
+    output_url: str = "https://replicate.delivery/files/{name}"
+    redirect_to: str = "https://replicate.delivery/files/{name}"
+    #: ``user:password`` this server wants as Basic auth instead of the token (a proxy's own check).
+    basic_auth: str | None = None
     predictions: dict[str, Prediction] = field(default_factory=dict)
     cancelled: list[str] = field(default_factory=list)
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
@@ -95,6 +105,7 @@ class FakeReplicate:
                 Route("/v1/predictions/{id}", self.get, methods=["GET"]),
                 Route("/v1/predictions/{id}/cancel", self.cancel, methods=["POST"]),
                 Route("/files/{name}", self.file, methods=["GET"]),
+                Route("/redirect/{name}", self.redirect, methods=["GET"]),
             ]
         )
 
@@ -117,6 +128,9 @@ class FakeReplicate:
 
     def _authorized(self, request: Request) -> bool:
         self.requests.append((request.method, request.url.path, dict(request.headers)))
+        if self.basic_auth is not None:  # a proxy in front that checks its own credentials
+            expected = base64.b64encode(self.basic_auth.encode()).decode()
+            return request.headers.get("authorization") == f"Basic {expected}"
         return request.headers.get("authorization") == f"Bearer {self.token}"
 
     @staticmethod
@@ -198,7 +212,7 @@ class FakeReplicate:
         if self.outcome == "succeeded":
             p.status = "succeeded"
             n = int(p.input.get("num_outputs", 1))
-            p.output = [f"{self.base_url}/files/{p.id}-{i}.img" for i in range(n)]
+            p.output = [self._output(f"{p.id}-{i}.img") for i in range(n)]
         elif isinstance(self.outcome, tuple):
             p.status, p.error = self.outcome
         else:
@@ -214,12 +228,27 @@ class FakeReplicate:
         prediction.status = "canceled"
         return JSONResponse(prediction.json(self.base_url))
 
-    async def file(self, request: Request) -> Response:
-        self.requests.append((request.method, request.url.path, dict(request.headers)))
-        pid, _, rest = request.path_params["name"].partition("-")
+    def _output(self, name: str) -> str:
+        if self.output_url == "data":
+            return png_data_uri(self._png(name))
+        return self.output_url.format(base=self.base_url, name=name)
+
+    def _png(self, name: str) -> bytes:
+        pid, _, rest = name.partition("-")
         prediction = self.predictions[pid]
         width, height = int(prediction.input["width"]), int(prediction.input["height"])
-        png = solid_png(width, height, (int(rest.split(".")[0]) * 40, 90, 200))
+        return solid_png(width, height, (int(rest.split(".")[0]) * 40, 90, 200))
+
+    async def redirect(self, request: Request) -> Response:
+        self.requests.append((request.method, request.url.path, dict(request.headers)))
+        target = self.redirect_to.format(base=self.base_url, name=request.path_params["name"])
+        return Response(status_code=302, headers={"location": target})
+
+    async def file(self, request: Request) -> Response:
+        self.requests.append((request.method, request.url.path, dict(request.headers)))
+        png = self._png(request.path_params["name"])
+        if self.image_format == "huge":
+            return Response(b"\0" * (21 * 1024 * 1024), media_type="image/png")
         if self.image_format == "PNG":
             return Response(png, media_type="image/png")
         from PIL import Image
