@@ -53,14 +53,15 @@ class Server:
         times = psutil.Process(self.proc.pid).cpu_times()
         return float(times.user + times.system)
 
-    def stop(self) -> int:
+    def stop(self, *, cleanup: bool = True) -> int:
         self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=60)
-        self.tmp.cleanup()
+        if cleanup:
+            self.tmp.cleanup()
         return code
 
 
-def start_server(max_queue: int) -> Server:
+def start_server(max_queue: int, **extra_env: str) -> Server:
     tmp = tempfile.TemporaryDirectory()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "DISCORD_", "TELEGRAM_"))}
     env.update(
@@ -72,6 +73,7 @@ def start_server(max_queue: int) -> Server:
             "IMAGINE_TRUSTED_PROXIES": "127.0.0.1",
             "IMAGINE_MAX_QUEUE": str(max_queue),
             "PYTHONPATH": str(ROOT),
+            **extra_env,
         }
     )
     script = Path(sys.executable).with_name("imagine")
