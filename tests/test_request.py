@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import InvalidRequest
-from gateway.request import ImageRequest, parse_prompt, size_for_aspect_ratio, validate
+from gateway.errors import InvalidRequest, quoted, shown
+from gateway.request import (
+    TOO_LONG_NUMBER,
+    ImageRequest,
+    parse_prompt,
+    size_for_aspect_ratio,
+    validate,
+    whole_number,
+)
 
 
 def test_plain_prompt_takes_the_defaults() -> None:
@@ -140,3 +147,84 @@ def test_round_trip_through_json_and_flags() -> None:
 def test_aspect_ratio_helper_clamps_to_the_side_limits() -> None:
     assert size_for_aspect_ratio(4, 1) == (1024, 256)
     assert size_for_aspect_ratio(1, 1) == (512, 512)
+
+
+# --- bounded sentences: huge numbers and long values ----------------------------------------------
+
+HUGE = "9" * 5000  # past Python's 4,300-digit int() limit
+
+
+@pytest.mark.parametrize(
+    ("flag", "sentence"),
+    [
+        ("--seed", "--seed must be a whole number from 0 to 4294967295"),
+        ("--steps", "--steps must be a whole number from 1 to 50"),
+        ("--n", "--n must be a whole number from 1 to 4"),
+        ("--guidance", "--guidance must be a number from 1 to 20"),
+    ],
+)
+@pytest.mark.parametrize("digits", [HUGE, "1" * 21, "0" * 30 + "5"])
+def test_a_number_past_20_digits_gets_the_range_sentence(flag: str, sentence: str, digits: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_prompt(f"a fox {flag} {digits}")
+    assert str(caught.value) == f"{sentence}; got a number with more than 20 digits."
+
+
+def test_twenty_digits_are_still_read_as_a_number() -> None:
+    with pytest.raises(InvalidRequest, match=r"got 99999999999999999999\.$"):
+        parse_prompt("a fox --seed " + "9" * 20)
+    assert parse_prompt("a fox --seed " + "0" * 19 + "7").seed == 7
+
+
+def test_whole_number_never_reads_a_huge_string() -> None:
+    assert whole_number(" -12 ") == -12 and whole_number("+3") == 3
+    assert whole_number("1.5") is None and whole_number("1_000") is None and whole_number("") is None
+    assert whole_number(HUGE) == TOO_LONG_NUMBER and whole_number("-" + HUGE) == -TOO_LONG_NUMBER
+
+
+LONG = "x" * 3000
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"a fox --{'y' * 900}",
+        f"a fox --seed 1 {LONG}",
+        f"a fox --steps {LONG}",
+        f"a fox --n {LONG}",
+        f"a fox --guidance {LONG}",
+        f"a fox --ar {LONG}",
+        f"a fox --size {LONG}",
+        f"a fox --seed {'1' * 3000}x",
+        f"a fox --guidance 1.{'0' * 3000}",
+        f"a fox --size {'6' * 3000}x512",
+        f"a fox --ar 1:{'1' * 3000}",
+    ],
+)
+def test_error_sentences_quote_at_most_40_characters(text: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_prompt(text)
+    message = str(caught.value)
+    assert len(message) < 300, message
+    assert not any(run * 41 in message for run in "xy10"), message
+
+
+def test_values_built_without_the_parser_are_shown_short() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        validate(ImageRequest(prompt="x", scheduler="s" * 5000))
+    assert str(caught.value).startswith("Unknown scheduler '" + "s" * 40 + "…';")
+    with pytest.raises(InvalidRequest, match=r"got a number with more than 20 digits\.$"):
+        validate(ImageRequest(prompt="x", seed=10**5000))
+    with pytest.raises(
+        InvalidRequest, match=r"^The height must be a multiple of 64 .*; got \[0, 1, 2, 3, 4, 5, \.\.\.]\.$"
+    ):
+        validate(ImageRequest(prompt="x", height=list(range(5000))))  # type: ignore[arg-type]
+
+
+def test_shown_and_quoted_keep_every_value_short() -> None:
+    assert quoted("a" * 41) == "'" + "a" * 40 + "…'"
+    assert quoted("short\x07") == "'short\\x07'"
+    assert shown(-(10**20)) == "a number with more than 20 digits"
+    assert shown(10**20 - 1) == "99999999999999999999"
+    assert shown(21.5) == "21.5" and shown(None) == "None"
+    assert len(shown({"k" * 100: ["v" * 100] * 100})) <= 41
