@@ -276,10 +276,13 @@ def _parse_size(raw: str) -> tuple[int, int]:
 def parse_prompt(text: str, **defaults: Any) -> ImageRequest:
     """Parse ``prompt text --flag value ...`` into a validated :class:`ImageRequest`.
 
-    ``defaults`` are fields set another way (a front's typed options); flags in the text win.
+    ``defaults`` are fields set another way (a front's typed options); flags in the text win, but
+    each default is checked first, so a bad option is refused even when a flag replaces it.
     """
     if not isinstance(text, str):
         raise InvalidRequest("The prompt must be text.")
+    for name, value in defaults.items():
+        check_field(name, value)
     matches = list(_FLAG.finditer(text))
     prompt = text[: matches[0].start()] if matches else text
     fields: dict[str, Any] = dict(defaults)

@@ -8,6 +8,7 @@ from gateway.errors import InvalidRequest, quoted, shown
 from gateway.request import (
     TOO_LONG_NUMBER,
     ImageRequest,
+    check_field,
     parse_prompt,
     size_for_aspect_ratio,
     validate,
@@ -228,3 +229,37 @@ def test_shown_and_quoted_keep_every_value_short() -> None:
     assert shown(10**20 - 1) == "99999999999999999999"
     assert shown(21.5) == "21.5" and shown(None) == "None"
     assert len(shown({"k" * 100: ["v" * 100] * 100})) <= 41
+
+
+# --- typed options are checked even when a flag overrides them ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "defaults", "flag_text"),
+    [
+        ("a fox --steps 20", {"steps": 999}, "a fox --steps 999"),
+        ("a fox --seed 1", {"seed": -1}, None),
+        ("a fox --n 2", {"num_images": 9}, "a fox --n 9"),
+        ("a fox --guidance 7", {"guidance": 99}, "a fox --guidance 99"),
+        ("a fox --size 512x512", {"width": 100}, None),
+        ("a fox --no blur", {"negative_prompt": "n" * 501}, "a fox --no " + "n" * 501),
+        ("a fox", {"scheduler": "magic"}, None),
+        ("a fox --steps 20", {"steps": 21.5}, None),
+    ],
+)
+def test_a_typed_option_out_of_range_is_refused_though_a_flag_overrides_it(
+    text: str, defaults: dict[str, object], flag_text: str | None
+) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_prompt(text, **defaults)
+    if flag_text is not None:  # the same sentence the flag would get
+        with pytest.raises(InvalidRequest) as by_flag:
+            parse_prompt(flag_text)
+        assert str(caught.value) == str(by_flag.value)
+
+
+def test_check_field_names_the_flag() -> None:
+    with pytest.raises(InvalidRequest, match=r"^--steps must be a whole number from 1 to 50; got 21\.5\.$"):
+        check_field("steps", 21.5)
+    check_field("seed", None)
+    check_field("steps", 20)
