@@ -34,6 +34,11 @@ KNOWN_FLAGS = ("--ar", "--size", "--seed", "--steps", "--guidance", "--no", "--n
 TOO_LONG_NUMBER: int = 10**MAX_NUMBER_DIGITS
 
 _FLAG = re.compile(r"(?:(?<=\s)|^)(?:--|—|–)([A-Za-z][A-Za-z0-9_-]*)")
+#: A subdivision flag such as England's: 🏴, tag letters or digits (a Unicode subdivision id such as
+#: "gbeng"), then the cancel tag. The only valid emoji tag sequence (UTS #51); tags elsewhere are refused.
+_EMOJI_TAG_SEQUENCE = re.compile(
+    "\U0001f3f4\ufe0f?[\U000e0030-\U000e0039\U000e0061-\U000e007a]{3,7}\U000e007f"
+)
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,8 @@ class ImageRequest:
 
 
 def _control_character(text: str, *, allow_newlines: bool) -> str | None:
-    for ch in text:
+    """The first control or format character, except ZWJ and the tags of a subdivision flag emoji."""
+    for ch in _EMOJI_TAG_SEQUENCE.sub("\U0001f3f4", text):
         if allow_newlines and ch in "\n\t":
             continue
         if unicodedata.category(ch) in ("Cc", "Cf", "Cs") and ch not in "\u200d":

@@ -263,3 +263,44 @@ def test_check_field_names_the_flag() -> None:
         check_field("steps", 21.5)
     check_field("seed", None)
     check_field("steps", 20)
+
+
+# --- subdivision flag emoji -----------------------------------------------------------------------
+
+
+def _tags(code: str) -> str:
+    return "".join(chr(0xE0000 + ord(ch)) for ch in code)
+
+
+BLACK_FLAG, CANCEL_TAG = "\U0001f3f4", "\U000e007f"
+ENGLAND, SCOTLAND, WALES = (BLACK_FLAG + _tags(code) + CANCEL_TAG for code in ("gbeng", "gbsct", "gbwls"))
+
+
+def test_subdivision_flags_are_emoji_not_control_characters() -> None:
+    req = parse_prompt(f"a pub sign with {ENGLAND}, {SCOTLAND} and {WALES} --no {WALES}")
+    assert req.prompt == f"a pub sign with {ENGLAND}, {SCOTLAND} and {WALES}"
+    assert req.negative_prompt == WALES
+    assert parse_prompt(f"{BLACK_FLAG}\ufe0f{_tags('usca')}{CANCEL_TAG} sunset").prompt.endswith("sunset")
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        (f"a fox {_tags('gbeng')}", "E0067"),  # tags with no flag before them
+        (f"a fox {BLACK_FLAG}{_tags('gbeng')}", "E0067"),  # no cancel tag
+        (f"a fox {CANCEL_TAG}", "E007F"),
+        (f"a fox \u2764{_tags('gbeng')}{CANCEL_TAG}", "E0067"),  # a base other than the black flag
+        (f"a fox {BLACK_FLAG}{_tags('GBENG')}{CANCEL_TAG}", "E0047"),  # capital tag letters
+        (f"a fox {BLACK_FLAG}{_tags('g b')}{CANCEL_TAG}", "E0067"),  # a tag space
+        (f"a fox {BLACK_FLAG}{_tags('gbengland')}{CANCEL_TAG}", "E0067"),  # longer than a subdivision id
+        (f"a fox \U000e0001{_tags('en')}", "E0001"),  # the deprecated language tag
+        ("a fox \u200b", "200B"),
+        ("a fox \ufeff", "FEFF"),
+    ],
+)
+def test_tag_characters_outside_a_flag_are_still_refused(text: str, code: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_prompt(text)
+    assert str(caught.value) == (
+        f"The prompt contains a control character (U+{code}); remove it and try again."
+    )
