@@ -174,8 +174,7 @@ def _check_guidance(guidance: object) -> None:
     if (
         isinstance(guidance, bool)
         or not isinstance(guidance, (int, float))
-        or not math.isfinite(guidance)
-        or not MIN_GUIDANCE <= guidance <= MAX_GUIDANCE
+        or not MIN_GUIDANCE <= guidance <= MAX_GUIDANCE  # also refuses NaN; before float(): huge ints
     ):
         raise InvalidRequest(
             f"--guidance must be a number from {MIN_GUIDANCE:g} to {MAX_GUIDANCE:g}; got {shown(guidance)}."

@@ -16,6 +16,7 @@ from gateway.errors import InvalidRequest
         {"prompt": "a fox", "scheduler": {"z" * 5000: "z" * 5000}},
         {"prompt": "a fox", "scheduler": "z" * 5000},
         {"prompt": "a fox", "num_inference_steps": 10**5000},
+        {"prompt": "a fox", "guidance_scale": 10**400},  # too large for a float
     ],
 )
 def test_the_reason_quotes_at_most_40_characters(data: dict[str, object]) -> None:

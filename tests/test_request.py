@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from gateway.errors import InvalidRequest, quoted, shown
@@ -216,6 +218,13 @@ def test_values_built_without_the_parser_are_shown_short() -> None:
     assert str(caught.value).startswith("Unknown scheduler '" + "s" * 40 + "…';")
     with pytest.raises(InvalidRequest, match=r"got a number with more than 20 digits\.$"):
         validate(ImageRequest(prompt="x", seed=10**5000))
+    with pytest.raises(InvalidRequest, match=r"^--guidance .* got a number with more than 20 digits\.$"):
+        validate(ImageRequest(prompt="x", guidance=10**400))  # too large for a float
+    for guidance in (math.nan, math.inf):
+        with pytest.raises(
+            InvalidRequest, match=r"^--guidance must be a number from 1 to 20; got (nan|inf)\.$"
+        ):
+            validate(ImageRequest(prompt="x", guidance=guidance))
     with pytest.raises(
         InvalidRequest, match=r"^The height must be a multiple of 64 .*; got \[0, 1, 2, 3, 4, 5, \.\.\.]\.$"
     ):
