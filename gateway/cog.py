@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, quoted, shown
 from gateway.request import DEFAULT_SCHEDULER, ImageRequest, validate
 
 INPUT_FIELDS = (
@@ -71,13 +71,13 @@ def request_from_input(data: object) -> ImageRequest:
     unknown = sorted(str(k) for k in data if k not in INPUT_FIELDS)
     if unknown:
         raise InvalidRequest(
-            f"Unknown input field {unknown[0]!r}; the known fields are {', '.join(INPUT_FIELDS)}."
+            f"Unknown input field {quoted(unknown[0])}; the known fields are {', '.join(INPUT_FIELDS)}."
         )
     if "prompt" not in data:
         raise InvalidRequest('The input needs a "prompt": describe the image you want.')
     for name in ("prompt", "negative_prompt", "scheduler"):
         if name in data and not isinstance(data[name], str):
-            raise InvalidRequest(f"The {name.replace('_', ' ')} must be text; got {data[name]!r}.")
+            raise InvalidRequest(f"The {name.replace('_', ' ')} must be text; got {shown(data[name])}.")
     scheduler = str(data.get("scheduler", DEFAULT_SCHEDULER))
     defaults = ImageRequest(prompt="")
     seed = data.get("seed")

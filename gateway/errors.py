@@ -7,8 +7,16 @@ accepted (``refunded = True``) say that the credits came back.
 
 from __future__ import annotations
 
+import reprlib
 from datetime import datetime
 from typing import ClassVar
+
+#: An error sentence quotes at most this much of a bad value, so that it fits any chat message
+#: (Discord 2,000 characters, Telegram 4,096) whatever the user typed.
+MAX_QUOTED_CHARS = 40
+#: A number written with more digits than this is out of every range: it is never given to int()
+#: (slow on huge strings, and refused past 4,300 digits) and is shown as words, not digits.
+MAX_NUMBER_DIGITS = 20
 
 
 class ImagineError(Exception):
@@ -110,6 +118,25 @@ class BackendUnavailable(BackendError):
     def __init__(self, reason: str, *, retry_after: float = 30.0) -> None:
         super().__init__(reason, retryable=True)
         self.retry_after = retry_after
+
+
+def elided(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """At most ``limit`` characters of ``text``, with ``…`` where the rest was cut."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def quoted(text: str) -> str:
+    """A bad value as a sentence quotes it: cut to 40 characters, control characters escaped."""
+    return repr(elided(text))
+
+
+def shown(value: object) -> str:
+    """Any bad value (a number, text, a list from JSON) as a sentence shows it, short whatever it is."""
+    if isinstance(value, str):
+        return quoted(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**MAX_NUMBER_DIGITS:
+        return f"a number with more than {MAX_NUMBER_DIGITS} digits"
+    return elided(reprlib.repr(value))
 
 
 def credits_word(n: int) -> str:

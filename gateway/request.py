@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from gateway.errors import InvalidRequest
+from gateway.errors import MAX_NUMBER_DIGITS, InvalidRequest, elided, quoted, shown
 
 MAX_PROMPT_CHARS = 1000
 MAX_NEGATIVE_CHARS = 500
@@ -28,7 +29,16 @@ SCHEDULERS = ("dpmpp", "euler", "euler_a", "ddim", "pndm", "lms")
 DEFAULT_SCHEDULER = "dpmpp"
 KNOWN_FLAGS = ("--ar", "--size", "--seed", "--steps", "--guidance", "--no", "--n")
 
+#: What a number written with more than 20 digits stands for: out of every range, and shown in a
+#: sentence as "a number with more than 20 digits" (see :func:`gateway.errors.shown`).
+TOO_LONG_NUMBER: int = 10**MAX_NUMBER_DIGITS
+
 _FLAG = re.compile(r"(?:(?<=\s)|^)(?:--|—|–)([A-Za-z][A-Za-z0-9_-]*)")
+#: A subdivision flag such as England's: 🏴, tag letters or digits (a Unicode subdivision id such as
+#: "gbeng"), then the cancel tag. The only valid emoji tag sequence (UTS #51); tags elsewhere are refused.
+_EMOJI_TAG_SEQUENCE = re.compile(
+    "\U0001f3f4\ufe0f?[\U000e0030-\U000e0039\U000e0061-\U000e007a]{3,7}\U000e007f"
+)
 
 
 @dataclass(frozen=True)
@@ -76,7 +86,8 @@ class ImageRequest:
 
 
 def _control_character(text: str, *, allow_newlines: bool) -> str | None:
-    for ch in text:
+    """The first control or format character, except ZWJ and the tags of a subdivision flag emoji."""
+    for ch in _EMOJI_TAG_SEQUENCE.sub("\U0001f3f4", text):
         if allow_newlines and ch in "\n\t":
             continue
         if unicodedata.category(ch) in ("Cc", "Cf", "Cs") and ch not in "\u200d":
@@ -87,25 +98,54 @@ def _control_character(text: str, *, allow_newlines: bool) -> str | None:
 def validate(request: ImageRequest) -> ImageRequest:
     """Check every field against DESIGN.md's ranges; return the request with the prompt trimmed."""
     prompt = request.prompt.strip()
-    negative = request.negative_prompt.strip()
     if not prompt:
         raise InvalidRequest(
             "The prompt is empty: describe the image you want, e.g. `a lighthouse at dusk --ar 16:9`."
         )
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InvalidRequest(f"The prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}.")
-    for label, text in (("prompt", prompt), ("negative prompt (--no)", negative)):
-        bad = _control_character(text, allow_newlines=True)
-        if bad is not None:
-            raise InvalidRequest(
-                f"The {label} contains a control character (U+{ord(bad):04X}); remove it and try again."
-            )
+    _check_text("prompt", prompt)
+    for name in _FIELD_CHECKS:
+        check_field(name, getattr(request, name))
+    return replace(
+        request,
+        prompt=prompt,
+        negative_prompt=request.negative_prompt.strip(),
+        guidance=float(request.guidance),
+    )
+
+
+def check_field(name: str, value: object) -> None:
+    """Check one field set apart from the prompt (a web or Discord typed option) with its flag's sentence.
+
+    A front checks its typed options with this before the inline flags may override them, so a bad
+    option is refused even when a flag replaces it.
+    """
+    _FIELD_CHECKS[name](value)
+
+
+def _check_text(label: str, text: str) -> None:
+    bad = _control_character(text, allow_newlines=True)
+    if bad is not None:
+        raise InvalidRequest(
+            f"The {label} contains a control character (U+{ord(bad):04X}); remove it and try again."
+        )
+
+
+def _check_negative(value: object) -> None:
+    if not isinstance(value, str):
+        raise InvalidRequest(f"The negative prompt (--no) must be text; got {shown(value)}.")
+    negative = value.strip()
+    _check_text("negative prompt (--no)", negative)
     if len(negative) > MAX_NEGATIVE_CHARS:
         raise InvalidRequest(
             f"The negative prompt (--no) is {len(negative)} characters long; "
             f"the limit is {MAX_NEGATIVE_CHARS}."
         )
-    for side_name, side in (("width", request.width), ("height", request.height)):
+
+
+def _check_side(side_name: str) -> Callable[[object], None]:
+    def check(side: object) -> None:
         if (
             not isinstance(side, int)
             or isinstance(side, bool)
@@ -114,32 +154,50 @@ def validate(request: ImageRequest) -> ImageRequest:
         ):
             raise InvalidRequest(
                 f"The {side_name} must be a multiple of {SIDE_STEP} from {MIN_SIDE} to {MAX_SIDE}; "
-                f"got {side}."
+                f"got {shown(side)}."
             )
-    _check_int("--steps", request.steps, MIN_STEPS, MAX_STEPS)
-    _check_int("--n", request.num_images, MIN_IMAGES, MAX_IMAGES)
-    if request.seed is not None:
-        _check_int("--seed", request.seed, 0, MAX_SEED)
-    guidance = request.guidance
-    if (
-        isinstance(guidance, bool)
-        or not isinstance(guidance, (int, float))
-        or not math.isfinite(guidance)
-        or not MIN_GUIDANCE <= guidance <= MAX_GUIDANCE
-    ):
-        raise InvalidRequest(
-            f"--guidance must be a number from {MIN_GUIDANCE:g} to {MAX_GUIDANCE:g}; got {guidance}."
-        )
-    if request.scheduler not in SCHEDULERS:
-        raise InvalidRequest(
-            f"Unknown scheduler {request.scheduler!r}; the known schedulers are {', '.join(SCHEDULERS)}."
-        )
-    return replace(request, prompt=prompt, negative_prompt=negative, guidance=float(guidance))
+
+    return check
 
 
 def _check_int(flag: str, value: object, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidRequest(f"{flag} must be a whole number from {low} to {high}; got {value}.")
+        raise InvalidRequest(f"{flag} must be a whole number from {low} to {high}; got {shown(value)}.")
+
+
+def _check_seed(seed: object) -> None:
+    if seed is not None:
+        _check_int("--seed", seed, 0, MAX_SEED)
+
+
+def _check_guidance(guidance: object) -> None:
+    if (
+        isinstance(guidance, bool)
+        or not isinstance(guidance, (int, float))
+        or not MIN_GUIDANCE <= guidance <= MAX_GUIDANCE  # also refuses NaN; before float(): huge ints
+    ):
+        raise InvalidRequest(
+            f"--guidance must be a number from {MIN_GUIDANCE:g} to {MAX_GUIDANCE:g}; got {shown(guidance)}."
+        )
+
+
+def _check_scheduler(scheduler: object) -> None:
+    if scheduler not in SCHEDULERS:
+        raise InvalidRequest(
+            f"Unknown scheduler {shown(scheduler)}; the known schedulers are {', '.join(SCHEDULERS)}."
+        )
+
+
+_FIELD_CHECKS: dict[str, Callable[[object], None]] = {
+    "negative_prompt": _check_negative,
+    "width": _check_side("width"),
+    "height": _check_side("height"),
+    "steps": lambda steps: _check_int("--steps", steps, MIN_STEPS, MAX_STEPS),
+    "num_images": lambda n: _check_int("--n", n, MIN_IMAGES, MAX_IMAGES),
+    "seed": _check_seed,
+    "guidance": _check_guidance,
+    "scheduler": _check_scheduler,
+}
 
 
 def size_for_aspect_ratio(w: float, h: float) -> tuple[int, int]:
@@ -160,21 +218,35 @@ def size_for_aspect_ratio(w: float, h: float) -> tuple[int, int]:
     return min(candidates, key=score)
 
 
+def whole_number(raw: str) -> int | None:
+    """``raw`` (digits with an optional sign) as a number, or None; past 20 digits, :data:`TOO_LONG_NUMBER`.
+
+    int() of a huge string is slow and refused past 4,300 digits; no field takes such a number anyway.
+    """
+    match = re.fullmatch(r"([+-]?)(\d+)", raw.strip())
+    if match is None:
+        return None
+    if len(match[2]) > MAX_NUMBER_DIGITS:
+        return -TOO_LONG_NUMBER if match[1] == "-" else TOO_LONG_NUMBER
+    return int(match[0])
+
+
 def _parse_int(flag: str, raw: str, low: int, high: int) -> int:
-    if not re.fullmatch(r"[+]?\d+", raw):
-        raise InvalidRequest(f"{flag} takes a whole number from {low} to {high}; got {raw!r}.")
-    value = int(raw)
+    value = whole_number(raw) if re.fullmatch(r"[+]?\d+", raw) else None
+    if value is None:
+        raise InvalidRequest(f"{flag} takes a whole number from {low} to {high}; got {quoted(raw)}.")
     _check_int(flag, value, low, high)
     return value
 
 
 def _parse_float(flag: str, raw: str, low: float, high: float) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)", raw):
-        raise InvalidRequest(f"{flag} takes a number from {low:g} to {high:g}; got {raw!r}.")
+    if not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)", raw):
+        raise InvalidRequest(f"{flag} takes a number from {low:g} to {high:g}; got {quoted(raw)}.")
+    if sum(ch.isdigit() for ch in raw) > MAX_NUMBER_DIGITS:
+        raise InvalidRequest(
+            f"{flag} must be a number from {low:g} to {high:g}; got {shown(TOO_LONG_NUMBER)}."
+        )
+    value = float(raw)
     if not low <= value <= high:
         raise InvalidRequest(f"{flag} must be a number from {low:g} to {high:g}; got {raw}.")
     return value
@@ -183,7 +255,7 @@ def _parse_float(flag: str, raw: str, low: float, high: float) -> float:
 def _parse_ratio(raw: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d{1,4})\s*[:x/]\s*(\d{1,4})", raw)
     if not match or int(match[1]) == 0 or int(match[2]) == 0:
-        raise InvalidRequest(f"--ar takes a ratio like 16:9, from 1:4 to 4:1; got {raw!r}.")
+        raise InvalidRequest(f"--ar takes a ratio like 16:9, from 1:4 to 4:1; got {quoted(raw)}.")
     w, h = int(match[1]), int(match[2])
     if not MIN_RATIO <= w / h <= MAX_RATIO:
         raise InvalidRequest(f"--ar must be from 1:4 to 4:1; got {w}:{h}.")
@@ -195,7 +267,7 @@ def _parse_size(raw: str) -> tuple[int, int]:
     if not match:
         raise InvalidRequest(
             f"--size takes WIDTHxHEIGHT like 768x512, each side a multiple of {SIDE_STEP} "
-            f"from {MIN_SIDE} to {MAX_SIDE}; got {raw!r}."
+            f"from {MIN_SIDE} to {MAX_SIDE}; got {quoted(raw)}."
         )
     w, h = int(match[1]), int(match[2])
     for side in (w, h):
@@ -209,10 +281,13 @@ def _parse_size(raw: str) -> tuple[int, int]:
 def parse_prompt(text: str, **defaults: Any) -> ImageRequest:
     """Parse ``prompt text --flag value ...`` into a validated :class:`ImageRequest`.
 
-    ``defaults`` are fields set another way (a front's typed options); flags in the text win.
+    ``defaults`` are fields set another way (a front's typed options); flags in the text win, but
+    each default is checked first, so a bad option is refused even when a flag replaces it.
     """
     if not isinstance(text, str):
         raise InvalidRequest("The prompt must be text.")
+    for name, value in defaults.items():
+        check_field(name, value)
     matches = list(_FLAG.finditer(text))
     prompt = text[: matches[0].start()] if matches else text
     fields: dict[str, Any] = dict(defaults)
@@ -222,7 +297,9 @@ def parse_prompt(text: str, **defaults: Any) -> ImageRequest:
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
         value = text[match.end() : end].strip()
         if flag not in KNOWN_FLAGS:
-            raise InvalidRequest(f"Unknown flag {flag}; the known flags are {', '.join(KNOWN_FLAGS)}.")
+            raise InvalidRequest(
+                f"Unknown flag {elided(flag)}; the known flags are {', '.join(KNOWN_FLAGS)}."
+            )
         if flag in seen or (flag in ("--ar", "--size") and {"--ar", "--size"} & seen):
             other = flag if flag in seen else ({"--ar", "--size"} & seen).pop()
             if other == flag:
@@ -232,7 +309,9 @@ def parse_prompt(text: str, **defaults: Any) -> ImageRequest:
         if not value:
             raise InvalidRequest(f"{flag} needs a value; see /help for examples.")
         if flag != "--no" and len(value.split()) > 1:
-            raise InvalidRequest(f"{flag} takes one value; got {value!r}. Put the prompt before the flags.")
+            raise InvalidRequest(
+                f"{flag} takes one value; got {quoted(value)}. Put the prompt before the flags."
+            )
         if flag == "--ar":
             fields["width"], fields["height"] = _parse_ratio(value)
         elif flag == "--size":

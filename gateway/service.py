@@ -39,6 +39,8 @@ from gateway.errors import (
     SafetyBlocked,
     TimedOut,
     credits_word,
+    quoted,
+    shown,
 )
 from gateway.jobs import Job, JobResult, JobStatus
 from gateway.messages import RESTARTING, next_reset, until_reset, utc_day
@@ -71,6 +73,9 @@ KEPT_IMAGE_BYTES = 64 * 1024 * 1024
 MAX_GRANT = 1_000_000
 STORE_DOWN = "Imagine could not reach its database"
 STORE_DOWN_SUBMIT = "Imagine cannot reach its database right now; nothing was charged. Try again in a minute."
+#: Longer than any platform's ids (a Discord snowflake is 20 digits, an IPv6 address 45 characters), and
+#: short enough that every admin reply naming the user fits a chat message.
+MAX_USER_ID_CHARS = 64
 
 
 class ImagineService:
@@ -815,7 +820,9 @@ class ImagineService:
     async def set_allowance(self, actor: str | None, user_id: str, allowance: int | None) -> str:
         self._check_admin(actor)
         if allowance is not None and not 0 <= allowance <= MAX_GRANT:
-            raise InvalidRequest(f"The daily allowance must be from 0 to {MAX_GRANT}; got {allowance}.")
+            raise InvalidRequest(
+                f"The daily allowance must be from 0 to {MAX_GRANT}; got {shown(allowance)}."
+            )
         await self.db.set_allowance(user_id, allowance, now=self.clock())
         if allowance is None:
             return f"{user_id} is back on the default allowance of {self.settings.daily_quota} a day."
@@ -825,7 +832,8 @@ class ImagineService:
         self._check_admin(actor)
         if credits == 0 or not -MAX_GRANT <= credits <= MAX_GRANT:
             raise InvalidRequest(
-                f"Grant a whole number of credits from 1 to {MAX_GRANT} (negative takes back); got {credits}."
+                f"Grant a whole number of credits from 1 to {MAX_GRANT} (negative takes back); "
+                f"got {shown(credits)}."
             )
         try:
             bonus = await self.db.grant(user_id, credits, by=actor or "operator", now=self.clock())
@@ -934,10 +942,12 @@ def _gone(inst: InstanceRecord, now: float) -> bool:
 def parse_user(text: str, platform: str) -> str:
     """``123`` or ``discord:123`` -> ``discord:123``; anything else is one clear sentence."""
     text = text.strip()
+    if len(text) > MAX_USER_ID_CHARS:
+        raise InvalidRequest(f"A user id is at most {MAX_USER_ID_CHARS} characters long; got {quoted(text)}.")
     if ":" in text:
         plat, _, ident = text.partition(":")
         if plat and ident and plat.isalnum() and all(ch.isprintable() and not ch.isspace() for ch in ident):
             return f"{plat.lower()}:{ident}"
     elif text.isdigit():
         return f"{platform}:{text}"
-    raise InvalidRequest(f"Name the user by id or as platform:id, e.g. {platform}:123; got {text!r}.")
+    raise InvalidRequest(f"Name the user by id or as platform:id, e.g. {platform}:123; got {quoted(text)}.")

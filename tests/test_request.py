@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from gateway.errors import InvalidRequest
-from gateway.request import ImageRequest, parse_prompt, size_for_aspect_ratio, validate
+from gateway.errors import InvalidRequest, quoted, shown
+from gateway.request import (
+    TOO_LONG_NUMBER,
+    ImageRequest,
+    check_field,
+    parse_prompt,
+    size_for_aspect_ratio,
+    validate,
+    whole_number,
+)
 
 
 def test_plain_prompt_takes_the_defaults() -> None:
@@ -140,3 +150,166 @@ def test_round_trip_through_json_and_flags() -> None:
 def test_aspect_ratio_helper_clamps_to_the_side_limits() -> None:
     assert size_for_aspect_ratio(4, 1) == (1024, 256)
     assert size_for_aspect_ratio(1, 1) == (512, 512)
+
+
+# --- bounded sentences: huge numbers and long values ----------------------------------------------
+
+HUGE = "9" * 5000  # past Python's 4,300-digit int() limit
+
+
+@pytest.mark.parametrize(
+    ("flag", "sentence"),
+    [
+        ("--seed", "--seed must be a whole number from 0 to 4294967295"),
+        ("--steps", "--steps must be a whole number from 1 to 50"),
+        ("--n", "--n must be a whole number from 1 to 4"),
+        ("--guidance", "--guidance must be a number from 1 to 20"),
+    ],
+)
+@pytest.mark.parametrize("digits", [HUGE, "1" * 21, "0" * 30 + "5"])
+def test_a_number_past_20_digits_gets_the_range_sentence(flag: str, sentence: str, digits: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_prompt(f"a fox {flag} {digits}")
+    assert str(caught.value) == f"{sentence}; got a number with more than 20 digits."
+
+
+def test_twenty_digits_are_still_read_as_a_number() -> None:
+    with pytest.raises(InvalidRequest, match=r"got 99999999999999999999\.$"):
+        parse_prompt("a fox --seed " + "9" * 20)
+    assert parse_prompt("a fox --seed " + "0" * 19 + "7").seed == 7
+
+
+def test_whole_number_never_reads_a_huge_string() -> None:
+    assert whole_number(" -12 ") == -12 and whole_number("+3") == 3
+    assert whole_number("1.5") is None and whole_number("1_000") is None and whole_number("") is None
+    assert whole_number(HUGE) == TOO_LONG_NUMBER and whole_number("-" + HUGE) == -TOO_LONG_NUMBER
+
+
+LONG = "x" * 3000
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"a fox --{'y' * 900}",
+        f"a fox --seed 1 {LONG}",
+        f"a fox --steps {LONG}",
+        f"a fox --n {LONG}",
+        f"a fox --guidance {LONG}",
+        f"a fox --ar {LONG}",
+        f"a fox --size {LONG}",
+        f"a fox --seed {'1' * 3000}x",
+        f"a fox --guidance 1.{'0' * 3000}",
+        f"a fox --size {'6' * 3000}x512",
+        f"a fox --ar 1:{'1' * 3000}",
+    ],
+)
+def test_error_sentences_quote_at_most_40_characters(text: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_prompt(text)
+    message = str(caught.value)
+    assert len(message) < 300, message
+    assert not any(run * 41 in message for run in "xy10"), message
+
+
+def test_values_built_without_the_parser_are_shown_short() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        validate(ImageRequest(prompt="x", scheduler="s" * 5000))
+    assert str(caught.value).startswith("Unknown scheduler '" + "s" * 40 + "…';")
+    with pytest.raises(InvalidRequest, match=r"got a number with more than 20 digits\.$"):
+        validate(ImageRequest(prompt="x", seed=10**5000))
+    with pytest.raises(InvalidRequest, match=r"^--guidance .* got a number with more than 20 digits\.$"):
+        validate(ImageRequest(prompt="x", guidance=10**400))  # too large for a float
+    for guidance in (math.nan, math.inf):
+        with pytest.raises(
+            InvalidRequest, match=r"^--guidance must be a number from 1 to 20; got (nan|inf)\.$"
+        ):
+            validate(ImageRequest(prompt="x", guidance=guidance))
+    with pytest.raises(
+        InvalidRequest, match=r"^The height must be a multiple of 64 .*; got \[0, 1, 2, 3, 4, 5, \.\.\.]\.$"
+    ):
+        validate(ImageRequest(prompt="x", height=list(range(5000))))  # type: ignore[arg-type]
+
+
+def test_shown_and_quoted_keep_every_value_short() -> None:
+    assert quoted("a" * 41) == "'" + "a" * 40 + "…'"
+    assert quoted("short\x07") == "'short\\x07'"
+    assert shown(-(10**20)) == "a number with more than 20 digits"
+    assert shown(10**20 - 1) == "99999999999999999999"
+    assert shown(21.5) == "21.5" and shown(None) == "None"
+    assert len(shown({"k" * 100: ["v" * 100] * 100})) <= 41
+
+
+# --- typed options are checked even when a flag overrides them ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "defaults", "flag_text"),
+    [
+        ("a fox --steps 20", {"steps": 999}, "a fox --steps 999"),
+        ("a fox --seed 1", {"seed": -1}, None),
+        ("a fox --n 2", {"num_images": 9}, "a fox --n 9"),
+        ("a fox --guidance 7", {"guidance": 99}, "a fox --guidance 99"),
+        ("a fox --size 512x512", {"width": 100}, None),
+        ("a fox --no blur", {"negative_prompt": "n" * 501}, "a fox --no " + "n" * 501),
+        ("a fox", {"scheduler": "magic"}, None),
+        ("a fox --steps 20", {"steps": 21.5}, None),
+    ],
+)
+def test_a_typed_option_out_of_range_is_refused_though_a_flag_overrides_it(
+    text: str, defaults: dict[str, object], flag_text: str | None
+) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_prompt(text, **defaults)
+    if flag_text is not None:  # the same sentence the flag would get
+        with pytest.raises(InvalidRequest) as by_flag:
+            parse_prompt(flag_text)
+        assert str(caught.value) == str(by_flag.value)
+
+
+def test_check_field_names_the_flag() -> None:
+    with pytest.raises(InvalidRequest, match=r"^--steps must be a whole number from 1 to 50; got 21\.5\.$"):
+        check_field("steps", 21.5)
+    check_field("seed", None)
+    check_field("steps", 20)
+
+
+# --- subdivision flag emoji -----------------------------------------------------------------------
+
+
+def _tags(code: str) -> str:
+    return "".join(chr(0xE0000 + ord(ch)) for ch in code)
+
+
+BLACK_FLAG, CANCEL_TAG = "\U0001f3f4", "\U000e007f"
+ENGLAND, SCOTLAND, WALES = (BLACK_FLAG + _tags(code) + CANCEL_TAG for code in ("gbeng", "gbsct", "gbwls"))
+
+
+def test_subdivision_flags_are_emoji_not_control_characters() -> None:
+    req = parse_prompt(f"a pub sign with {ENGLAND}, {SCOTLAND} and {WALES} --no {WALES}")
+    assert req.prompt == f"a pub sign with {ENGLAND}, {SCOTLAND} and {WALES}"
+    assert req.negative_prompt == WALES
+    assert parse_prompt(f"{BLACK_FLAG}\ufe0f{_tags('usca')}{CANCEL_TAG} sunset").prompt.endswith("sunset")
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        (f"a fox {_tags('gbeng')}", "E0067"),  # tags with no flag before them
+        (f"a fox {BLACK_FLAG}{_tags('gbeng')}", "E0067"),  # no cancel tag
+        (f"a fox {CANCEL_TAG}", "E007F"),
+        (f"a fox \u2764{_tags('gbeng')}{CANCEL_TAG}", "E0067"),  # a base other than the black flag
+        (f"a fox {BLACK_FLAG}{_tags('GBENG')}{CANCEL_TAG}", "E0047"),  # capital tag letters
+        (f"a fox {BLACK_FLAG}{_tags('g b')}{CANCEL_TAG}", "E0067"),  # a tag space
+        (f"a fox {BLACK_FLAG}{_tags('gbengland')}{CANCEL_TAG}", "E0067"),  # longer than a subdivision id
+        (f"a fox \U000e0001{_tags('en')}", "E0001"),  # the deprecated language tag
+        ("a fox \u200b", "200B"),
+        ("a fox \ufeff", "FEFF"),
+    ],
+)
+def test_tag_characters_outside_a_flag_are_still_refused(text: str, code: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_prompt(text)
+    assert str(caught.value) == (
+        f"The prompt contains a control character (U+{code}); remove it and try again."
+    )

@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import (
+    MAX_NUMBER_DIGITS,
     Banned,
     Busy,
     DeliveryRefused,
@@ -42,6 +43,7 @@ from gateway.errors import (
     InvalidRequest,
     NotAllowed,
     OutOfCredits,
+    elided,
 )
 from gateway.images import ImageStore
 from gateway.jobs import Job, JobStatus, JobUpdate
@@ -58,6 +60,7 @@ from gateway.request import (
     MIN_STEPS,
     SCHEDULERS,
     SIDE_STEP,
+    TOO_LONG_NUMBER,
     ImageRequest,
     parse_prompt,
 )
@@ -283,31 +286,45 @@ def refusal(error: ImagineError, now: float) -> JSON:
 
 # --- the job body --------------------------------------------------------------------------------
 
+#: Each typed field's JSON types and the words for them; whether a number is whole and in range is
+#: the gateway's check, with the sentence its flag gets.
 _TYPED_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
     "negative_prompt": ((str,), "text"),
-    "width": ((int,), "a whole number"),
-    "height": ((int,), "a whole number"),
-    "steps": ((int,), "a whole number"),
+    "width": ((int, float), "a whole number"),
+    "height": ((int, float), "a whole number"),
+    "steps": ((int, float), "a whole number"),
     "guidance": ((int, float), "a number"),
-    "seed": ((int,), "a whole number"),
-    "num_images": ((int,), "a whole number"),
+    "seed": ((int, float), "a whole number"),
+    "num_images": ((int, float), "a whole number"),
     "scheduler": ((str,), "text"),
 }
 _KNOWN_FIELDS = ("prompt", *_TYPED_FIELDS)
 
 
+def _json_int(digits: str) -> int:
+    """Past 20 digits a JSON number stands as TOO_LONG_NUMBER: int() of a huge string is slow or refused."""
+    if len(digits.lstrip("-")) > MAX_NUMBER_DIGITS:
+        return -TOO_LONG_NUMBER if digits.startswith("-") else TOO_LONG_NUMBER
+    return int(digits)
+
+
 def read_job_body(body: bytes) -> tuple[str, dict[str, Any]]:
-    """``(prompt text, typed defaults)`` from a POST body, or :class:`InvalidRequest` with the sentence."""
+    """``(prompt text, typed defaults)`` from a POST body, or :class:`InvalidRequest` with the sentence.
+
+    A whole number written as a float (``21.0``, as some JSON encoders write it) counts as that number;
+    :func:`parse_prompt` checks each typed field against its range before the prompt's flags override it.
+    """
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_int=_json_int)
     except (ValueError, RecursionError):
         raise InvalidRequest(BODY_HELP) from None
     if not isinstance(data, dict):
         raise InvalidRequest(BODY_HELP)
     for name in data:
         if name not in _KNOWN_FIELDS:
-            shown = json.dumps(name)[:60]
-            raise InvalidRequest(f"Unknown field {shown}; the known fields are {', '.join(_KNOWN_FIELDS)}.")
+            raise InvalidRequest(
+                f"Unknown field {elided(json.dumps(name))}; the known fields are {', '.join(_KNOWN_FIELDS)}."
+            )
     prompt = data.get("prompt")
     if not isinstance(prompt, str):
         raise InvalidRequest(
@@ -321,9 +338,11 @@ def read_job_body(body: bytes) -> tuple[str, dict[str, Any]]:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, kinds):
-            raise InvalidRequest(f'"{name}" must be {what}; got {json.dumps(value)[:60]}.')
+            raise InvalidRequest(f'"{name}" must be {what}; got {elided(json.dumps(value))}.')
         if isinstance(value, str):
             _check_text(name, value)
+        elif what == "a whole number" and isinstance(value, float) and value.is_integer():
+            value = int(value)
         defaults[name] = value
     return prompt, defaults
 
