@@ -618,3 +618,24 @@ async def test_a_sentence_past_discords_2000_characters_is_clipped_and_still_rea
     ]  # none refused as too long
     assert await world.settled(failed) == "failed"
     assert (await world.service.quota(f"discord:{world.alice}")).used == 0
+
+
+async def test_a_delivery_discord_may_have_taken_is_charged_once_never_refunded(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every route answers 503 (Discord may have posted the message anyway): an ambiguous send is
+    charged, never refunded with a sentence that gives the image away free."""
+    from bots.discord_ext import delivery
+
+    monkeypatch.setattr(delivery, "MAX_RETRY_WAIT", 0.0)  # the retries' back-off, not what is tested
+    world.backend.delay = 0.03
+    interaction = await world.imagine("a harbour at night")
+    await world.fake.wait_for_response(interaction)
+    world.fake.expire_interaction(interaction)  # the token route is gone: channel, then DM
+    world.fake.inject_error("POST", "/channels/{channel_id}/messages", status=503, count=1000)
+    assert await world.settled(interaction) == "succeeded"
+    job_id = f"discord:{interaction.id}"
+    kinds = [row["kind"] for row in await world.db.ledger() if row["job_id"] == job_id]
+    assert kinds == ["reserve", "settle"]
+    told = [m.content for m in world.fake.channel_messages() + interaction.messages if m.content]
+    assert not any("refunded" in text for text in told)
