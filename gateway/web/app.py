@@ -16,17 +16,15 @@ import json
 import logging
 import math
 import re
-import socket
 import time
 import uuid
 from base64 import b64encode
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -53,8 +51,9 @@ from gateway.request import (
     parse_prompt,
 )
 from gateway.service import ImagineService
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Settings
 from gateway.web.guard import Client, ClientResolver, RateLimiter
+from gateway.web.server import EmbeddedServer, listen, server_config
 
 log = logging.getLogger("imagine.web")
 
@@ -979,12 +978,6 @@ async def sweep(web: WebState) -> None:
 # --- serving -------------------------------------------------------------------------------------
 
 
-class _EmbeddedServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield  # the `imagine` command owns SIGTERM and SIGINT and stops the fronts itself
-
-
 class WebFront:
     """The page and the API, served by uvicorn on ``IMAGINE_WEB_HOST:IMAGINE_WEB_PORT``."""
 
@@ -997,27 +990,16 @@ class WebFront:
         self.service = service
         self.app, self.state = create_app(settings, service, options)
         self.url: str | None = None
-        self._server: _EmbeddedServer | None = None
+        self._server: EmbeddedServer | None = None
         self._serving: asyncio.Task[None] | None = None
         self._sweeping: asyncio.Task[None] | None = None
 
     async def start(self) -> str:
         host, port = self.settings.web_host, self.settings.web_port
-        sock = _listen(host, port)
+        sock = listen(host, port)
         bound_port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            lifespan="off",
-            proxy_headers=False,  # forwarded-for is read by ClientMiddleware, from trusted proxies only
-            server_header=False,
-            access_log=False,
-            log_config=None,
-            log_level="warning",
-            ws="none",
-            backlog=2048,
-            timeout_graceful_shutdown=self.state.options.graceful_shutdown_seconds,
-        )
-        self._server = _EmbeddedServer(config)
+        graceful = self.state.options.graceful_shutdown_seconds
+        self._server = EmbeddedServer(server_config(self.app, graceful))
         self._serving = asyncio.create_task(self._server.serve(sockets=[sock]), name="imagine-web")
         while not self._server.started:
             if self._serving.done():
@@ -1051,22 +1033,3 @@ class WebFront:
             self._sweeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeping
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """Bind the listening socket ourselves, so a busy port is a clear error and port 0 works."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are TCP,
-    # and with Nagle on, a kept-alive connection waits 40 ms for the client's delayed ACK every answer.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise SettingsError(
-            f"The web front cannot listen on {host}:{port} ({exc.strerror}); "
-            "set IMAGINE_WEB_HOST / IMAGINE_WEB_PORT to a free address."
-        ) from None
-    return sock
