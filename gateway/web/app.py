@@ -30,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import Banned, Busy, ImagineError, InvalidRequest, NotAllowed, OutOfCredits
@@ -53,7 +54,7 @@ from gateway.request import (
 from gateway.service import ImagineService
 from gateway.settings import Settings
 from gateway.web.guard import Client, ClientResolver, RateLimiter
-from gateway.web.server import EmbeddedServer, listen, server_config
+from gateway.web.server import ConnectionLimits, EmbeddedServer, listen, server_config
 
 log = logging.getLogger("imagine.web")
 
@@ -87,6 +88,11 @@ class WebOptions:
     queued_poll_pace_seconds: float = 2.0
     sweep_seconds: float = 5.0
     graceful_shutdown_seconds: int = 5
+    #: A request head, then its body, must arrive within these (else 408 and the connection closes).
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 10.0
+    #: Open connections at most (fewer if the open-file limit is low); see gateway/web/server.py.
+    max_connections: int = 1000
 
 
 # --- OpenAPI models (documentation; the handlers check bodies themselves for one clear sentence) ----
@@ -692,6 +698,11 @@ def create_app(
         log.error("web request %s %s failed", request.method, request.url.path, exc_info=exc)
         return error_response(500, "Something went wrong inside Imagine; please try again.", "internal")
 
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        """A client that leaves mid-body is no fault of ours: one quiet line, and nothing is charged."""
+        log.debug("web client left before its request body ended: %s %s", request.method, request.url.path)
+        return error_response(400, "The request body ended early.", "invalid")  # nobody reads it
+
     app = FastAPI(
         title="Imagine",
         version="1",
@@ -702,6 +713,7 @@ def create_app(
         exception_handlers={
             StarletteHTTPException: http_error,
             RequestValidationError: invalid_parameters,
+            ClientDisconnect: client_gone,
             Exception: crashed,
         },
     )
@@ -998,8 +1010,11 @@ class WebFront:
         host, port = self.settings.web_host, self.settings.web_port
         sock = listen(host, port)
         bound_port = sock.getsockname()[1]
-        graceful = self.state.options.graceful_shutdown_seconds
-        self._server = EmbeddedServer(server_config(self.app, graceful))
+        options = self.state.options
+        limits = ConnectionLimits(
+            options.header_timeout_seconds, options.body_timeout_seconds, options.max_connections
+        )
+        self._server = EmbeddedServer(server_config(self.app, limits, options.graceful_shutdown_seconds))
         self._serving = asyncio.create_task(self._server.serve(sockets=[sock]), name="imagine-web")
         while not self._server.started:
             if self._serving.done():
