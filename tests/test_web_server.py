@@ -1,5 +1,5 @@
 """The web front's serving side against real sockets on loopback: slow clients, the connection cap,
-clients that leave mid-body.
+IPv4-mapped addresses, clients that leave mid-body.
 
 Every server here is the real :class:`WebFront` on a real port (one test runs `imagine web` itself);
 the slow clients are raw sockets that send what a slow or hostile client sends.
@@ -8,6 +8,7 @@ the slow clients are raw sockets that send what a slow or hostile client sends.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from gateway import ImagineService, Settings
 from gateway.fake_backend import FakeBackend
 from gateway.settings import SettingsError
 from gateway.web.app import WebFront, WebOptions
+from gateway.web.guard import ClientResolver
 from gateway.web.server import listen
 from storage import Database
 
@@ -258,6 +260,53 @@ def _port_from(proc: subprocess.Popen[str]) -> int:
         if "http://127.0.0.1:" in line:
             return int(line.split("http://127.0.0.1:")[1].split("/")[0])
     raise AssertionError("imagine web did not start:\n" + "".join(lines))
+
+
+# --- IPv4-mapped addresses -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("entry", ["::ffff:127.0.0.1", "127.0.0.1", "::ffff:127.0.0.0/104"])
+async def test_blocked_ips_match_ipv4_clients_on_a_dual_stack_socket(
+    serve: Serve, settings: Settings, entry: str
+) -> None:
+    blocked = Settings.from_env({"IMAGINE_BLOCKED_IPS": entry}, env_file=None).blocked_ips
+    front = await serve(web_host="::", blocked_ips=blocked)
+    status, body = await get(front, "/healthz", host="127.0.0.1")  # seen as ::ffff:127.0.0.1
+    assert status == 403 and body["kind"] == "blocked"
+    status, body = await get(front, "/healthz", host="::1")
+    assert status == 200
+
+
+async def test_a_trusted_proxy_written_ipv4_mapped_is_believed(serve: Serve, settings: Settings) -> None:
+    trusted = Settings.from_env(
+        {"IMAGINE_TRUSTED_PROXIES": "::ffff:127.0.0.1"}, env_file=None
+    ).trusted_proxies
+    for host in ("::", "127.0.0.1"):
+        front = await serve(web_host=host, trusted_proxies=trusted)
+        status, quota = await get(
+            front, "/api/quota", host="127.0.0.1", headers="X-Forwarded-For: 203.0.113.9\r\n"
+        )
+        assert status == 200 and quota["user"] == "web:203.0.113.9"
+
+
+def test_ipv4_mapped_networks_read_as_ipv4() -> None:
+    parsed = Settings.from_env(
+        {"IMAGINE_BLOCKED_IPS": "::ffff:203.0.113.0/120, ::FFFF:198.51.100.7, 2001:db8::/32"}, env_file=None
+    )
+    assert [str(n) for n in parsed.blocked_ips] == ["203.0.113.0/24", "198.51.100.7/32", "2001:db8::/32"]
+    with pytest.raises(SettingsError, match="IMAGINE_BLOCKED_IPS"):
+        Settings.from_env({"IMAGINE_BLOCKED_IPS": "::ffff:203.0.113.0/90"}, env_file=None)
+
+
+def test_a_resolver_given_mapped_networks_directly_matches_plain_ipv4_peers() -> None:
+    mapped = Settings.from_env({"IMAGINE_BLOCKED_IPS": "2001:db8::/32"}, env_file=None).blocked_ips
+    resolver = ClientResolver(
+        trusted_proxies=[ipaddress.ip_network("::ffff:10.0.0.0/104")],
+        blocked=[*mapped, ipaddress.ip_network("::ffff:203.0.113.9")],
+    )
+    assert resolver.resolve("203.0.113.9").blocked
+    assert resolver.resolve("::ffff:203.0.113.9").blocked
+    assert resolver.resolve("10.1.2.3", ["198.51.100.1"]).address == "198.51.100.1"
 
 
 # --- the listening socket ----------------------------------------------------------------------------
