@@ -213,17 +213,40 @@ def _float(name: str, raw: str) -> float:
     return value
 
 
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def ipv4_unmapped(network: IPNetwork) -> IPNetwork:
+    """``::ffff:203.0.113.0/120`` as ``203.0.113.0/24``.
+
+    Clients are matched by their IPv4 address even when a dual-stack socket shows them IPv4-mapped,
+    so an entry written IPv4-mapped must be IPv4 too, or it would never match.
+    """
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_IPV4_MAPPED):
+        mapped = network.network_address.ipv4_mapped
+        assert mapped is not None
+        return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
+
+
 def _networks(name: str, raw: str) -> tuple[IPNetwork, ...]:
     nets: list[IPNetwork] = []
     for item in (p.strip() for p in raw.split(",")):
         if not item:
             continue
         try:
-            nets.append(ipaddress.ip_network(item, strict=False))
+            network = ipaddress.ip_network(item, strict=False)
         except ValueError:
             raise SettingsError(
                 f"{name} takes IP addresses or networks like 203.0.113.0/24; got {item!r}."
             ) from None
+        address = item.partition("/")[0]
+        if network.prefixlen < 96 and ":" in address and "." in address:
+            raise SettingsError(
+                f"{name}: an IPv4-mapped network needs a prefix of at least /96 "
+                f"(::ffff:203.0.113.0/120 is 203.0.113.0/24); got {item[:40]!r}."
+            )
+        nets.append(ipv4_unmapped(network))
     return tuple(nets)
 
 

@@ -16,22 +16,21 @@ import json
 import logging
 import math
 import re
-import socket
 import time
 import uuid
 from base64 import b64encode
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import (
@@ -65,8 +64,9 @@ from gateway.request import (
     parse_prompt,
 )
 from gateway.service import ImagineService
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Settings
 from gateway.web.guard import Client, ClientResolver, RateLimiter
+from gateway.web.server import ConnectionLimits, EmbeddedServer, listen, server_config
 from storage import StoreUnavailable
 
 log = logging.getLogger("imagine.web")
@@ -101,6 +101,11 @@ class WebOptions:
     queued_poll_pace_seconds: float = 2.0
     sweep_seconds: float = 5.0
     graceful_shutdown_seconds: int = 5
+    #: A request head, then its body, must arrive within these (else 408 and the connection closes).
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 10.0
+    #: Open connections at most (fewer if the open-file limit is low); see gateway/web/server.py.
+    max_connections: int = 1000
 
 
 # --- OpenAPI models (documentation; the handlers check bodies themselves for one clear sentence) ----
@@ -759,6 +764,11 @@ def create_app(
         log.error("web request %s %s failed", request.method, request.url.path, exc_info=exc)
         return error_response(500, "Something went wrong inside Imagine; please try again.", "internal")
 
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        """A client that leaves mid-body is no fault of ours: one quiet line, and nothing is charged."""
+        log.debug("web client left before its request body ended: %s %s", request.method, request.url.path)
+        return error_response(400, "The request body ended early.", "invalid")  # nobody reads it
+
     app = FastAPI(
         title="Imagine",
         version="1",
@@ -769,6 +779,7 @@ def create_app(
         exception_handlers={
             StarletteHTTPException: http_error,
             RequestValidationError: invalid_parameters,
+            ClientDisconnect: client_gone,
             Exception: crashed,
         },
     )
@@ -1085,12 +1096,6 @@ async def sweep(web: WebState) -> None:
 # --- serving -------------------------------------------------------------------------------------
 
 
-class _EmbeddedServer(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield  # the `imagine` command owns SIGTERM and SIGINT and stops the fronts itself
-
-
 class WebFront:
     """The page and the API, served by uvicorn on ``IMAGINE_WEB_HOST:IMAGINE_WEB_PORT``."""
 
@@ -1103,27 +1108,19 @@ class WebFront:
         self.service = service
         self.app, self.state = create_app(settings, service, options)
         self.url: str | None = None
-        self._server: _EmbeddedServer | None = None
+        self._server: EmbeddedServer | None = None
         self._serving: asyncio.Task[None] | None = None
         self._sweeping: asyncio.Task[None] | None = None
 
     async def start(self) -> str:
         host, port = self.settings.web_host, self.settings.web_port
-        sock = _listen(host, port)
+        sock = listen(host, port)
         bound_port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            lifespan="off",
-            proxy_headers=False,  # forwarded-for is read by ClientMiddleware, from trusted proxies only
-            server_header=False,
-            access_log=False,
-            log_config=None,
-            log_level="warning",
-            ws="none",
-            backlog=2048,
-            timeout_graceful_shutdown=self.state.options.graceful_shutdown_seconds,
+        options = self.state.options
+        limits = ConnectionLimits(
+            options.header_timeout_seconds, options.body_timeout_seconds, options.max_connections
         )
-        self._server = _EmbeddedServer(config)
+        self._server = EmbeddedServer(server_config(self.app, limits, options.graceful_shutdown_seconds))
         self._serving = asyncio.create_task(self._server.serve(sockets=[sock]), name="imagine-web")
         while not self._server.started:
             if self._serving.done():
@@ -1157,22 +1154,3 @@ class WebFront:
             self._sweeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeping
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """Bind the listening socket ourselves, so a busy port is a clear error and port 0 works."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say they are TCP,
-    # and with Nagle on, a kept-alive connection waits 40 ms for the client's delayed ACK every answer.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        raise SettingsError(
-            f"The web front cannot listen on {host}:{port} ({exc.strerror}); "
-            "set IMAGINE_WEB_HOST / IMAGINE_WEB_PORT to a free address."
-        ) from None
-    return sock

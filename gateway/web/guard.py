@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from gateway.settings import IPNetwork
+from gateway.settings import IPNetwork, ipv4_unmapped
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -60,8 +60,9 @@ class ClientResolver:
     """Turns a connection's peer address and forwarded-for headers into a :class:`Client`."""
 
     def __init__(self, *, trusted_proxies: Sequence[IPNetwork], blocked: Sequence[IPNetwork]) -> None:
-        self.trusted_proxies = tuple(trusted_proxies)
-        self.blocked = tuple(blocked)
+        # Addresses are matched as IPv4 wherever they are IPv4-mapped: the networks must be too.
+        self.trusted_proxies = tuple(ipv4_unmapped(network) for network in trusted_proxies)
+        self.blocked = tuple(ipv4_unmapped(network) for network in blocked)
         self._cache: dict[tuple[str | None, str], Client] = {}
 
     def resolve(self, peer: str | None, forwarded_for: Sequence[str] = ()) -> Client:
