@@ -39,6 +39,7 @@ from gateway.errors import (
     SafetyBlocked,
     TimedOut,
     credits_word,
+    elided,
     quoted,
     shown,
 )
@@ -323,8 +324,8 @@ class ImagineService:
         except BackendUnavailable as exc:
             self.metrics.rejected("backend_unavailable")
             raise Busy(
-                f"The image generator is unavailable right now ({exc.reason}); nothing was charged. "
-                "Try again in a minute.",
+                f"The image generator is unavailable right now ({elided(exc.reason, 300)}); "
+                "nothing was charged. Try again in a minute.",
                 retry_after=exc.retry_after,
             ) from None
         now = self.clock()
@@ -471,7 +472,9 @@ class ImagineService:
         except BackendError as exc:
             self.metrics.backend_error(type(exc).__name__)
             error = BackendFailed(
-                self._refund_sentence(job, f"The image generator failed: {exc.reason.rstrip('.')}")
+                self._refund_sentence(
+                    job, f"The image generator failed: {elided(exc.reason, 300).rstrip('.')}"
+                )
             )
         except Exception:
             log.exception("backend crashed on job %s", job.id)

@@ -43,6 +43,7 @@ from gateway.errors import (
     NotAllowed,
     OutOfCredits,
     elided,
+    quoted,
 )
 from gateway.images import ImageStore
 from gateway.jobs import Job, JobStatus, JobUpdate
@@ -241,7 +242,7 @@ def _seconds(raw: str | None, limit: float) -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or not 0 <= value <= limit:
-        raise InvalidRequest(f"wait takes a number of seconds from 0 to {limit:g}; got {raw[:50]!r}.")
+        raise InvalidRequest(f"wait takes a number of seconds from 0 to {limit:g}; got {quoted(raw)}.")
     return value
 
 
@@ -745,10 +746,10 @@ def create_app(
         assert isinstance(exc, StarletteHTTPException)
         headers = dict(exc.headers or {})
         if exc.status_code == 404:
-            return error_response(404, f"There is nothing at {request.url.path[:200]}.", "not_found")
+            return error_response(404, f"There is nothing at {quoted(request.url.path)}.", "not_found")
         if exc.status_code == 405:
             allowed = headers.get("Allow", headers.get("allow", ""))
-            message = f"{request.method} is not allowed on {request.url.path[:200]}; use {allowed}."
+            message = f"{request.method} is not allowed on {quoted(request.url.path)}; use {allowed}."
             return error_response(405, message, "method_not_allowed", headers=headers)
         return error_response(exc.status_code, str(exc.detail), "http", headers=headers)
 
@@ -929,7 +930,7 @@ def create_app(
             return error_response(400, "after takes a tag of at most 100 characters.", "invalid")
         found = await find(job_id)
         if found is None:
-            return error_response(404, f"There is no web job {job_id[:100]!r}.", "not_found")
+            return error_response(404, f"There is no web job {quoted(job_id)}.", "not_found")
         job, known = found
         if wait > 0 and after != "" and not job.status.finished:
             timeout = min(wait, web.options.max_wait_seconds)
@@ -960,7 +961,7 @@ def create_app(
         found = await find(job_id) if match else None
         if found is None or match is None:
             return error_response(
-                404, f"There is no image {name[:20]!r} of web job {job_id[:100]!r}.", "not_found"
+                404, f"There is no image {quoted(name)} of web job {quoted(job_id)}.", "not_found"
             )
         job, known = found
         result = job.result
@@ -969,7 +970,7 @@ def create_app(
             return error_response(410, known.refund_error, "expired")
         if job.status is not JobStatus.SUCCEEDED:
             return error_response(
-                404, f"There is no image {name!r} of web job {job_id[:100]!r}.", "not_found"
+                404, f"There is no image {quoted(name)} of web job {quoted(job_id)}.", "not_found"
             )
         # 1. The bytes first (memory, or the disk store): nothing is charged for an image that is gone.
         png = None
@@ -985,7 +986,7 @@ def create_app(
                     410, f"This image is no longer kept; images stay for {kept}.", "expired"
                 )
             return error_response(
-                404, f"There is no image {name!r} of web job {job_id[:100]!r}.", "not_found"
+                404, f"There is no image {quoted(name)} of web job {quoted(job_id)}.", "not_found"
             )
         # 2. Charged (fenced: this process still owns the job) before a byte is served; a job read
         # back from the store after a restart is succeeded only because it was settled.
