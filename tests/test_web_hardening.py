@@ -146,3 +146,30 @@ async def _take_over(db_path: Path, env: dict[str, str]) -> None:
         assert len(refunded) == 1
     finally:
         await db.close()
+
+
+def test_an_idempotency_key_id_cannot_be_worked_out_from_address_and_key(data_dir: Path) -> None:
+    """Item 11: the id of a job sent with an Idempotency-Key was uuid5(address + key): anyone who knew
+    the address and guessed a weak key could read the prompt and the image. Now a secret kept in the
+    database keys it: the same key from the same address gives the same job, and another store (another
+    secret) gives another id."""
+    import uuid
+
+    ids = []
+    for folder in ("a", "b"):
+        (data_dir / folder).mkdir()
+        server = LiveServer(web_settings(data_dir / folder), WebOptions(post_rate=None)).start()
+        try:
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                headers = {"Idempotency-Key": "1"}
+                first = client.post("/api/jobs", json={"prompt": "a fox --seed 1"}, headers=headers).json()
+                again = client.post("/api/jobs", json={"prompt": "a fox --seed 1"}, headers=headers)
+                assert again.json()["id"] == first["id"] and again.headers["Idempotent-Replayed"] == "true"
+                ids.append(first["id"])
+                finished(client, first["id"])
+            server.check()
+        finally:
+            server.stop()
+    old_scheme = uuid.uuid5(uuid.UUID("6f1d8c2e-5a0b-4f7e-9a51-1f3c0e2b7d44"), "web:127.0.0.1 1")
+    assert f"web:{old_scheme}" not in ids
+    assert ids[0] != ids[1]
