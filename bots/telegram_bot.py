@@ -50,6 +50,7 @@ from telegram.ext import (
 )
 
 from gateway import (
+    DeliveryRefused,
     ImageRequest,
     ImagineError,
     ImagineService,
@@ -415,7 +416,13 @@ async def make_images(
             await _edit(status, str(final.error))
             return
         assert final.result is not None
-        # 4. Post the image(s); only then are the credits charged.
+        # 4. Post the image(s) if the job is still ours to deliver (no one refunded it meanwhile).
+        try:
+            await service.claim_delivery(job.id)
+        except DeliveryRefused as refused:
+            await _edit(status, str(refused))
+            return
+        # 5. Post the image(s); only then are the credits charged.
         try:
             await send_result(bot, final.result, where)
         except TelegramError as exc:

@@ -23,6 +23,7 @@ from PIL import Image
 from bots import telegram_bot
 from bots.telegram_bot import TelegramFront, fits_photo_rules, png_size
 from gateway import (
+    DeliveryRefused,
     ImageRequest,
     ImagineService,
     InvalidRequest,
@@ -45,12 +46,19 @@ GROUP = -100_500
 class World:
     """The fake Telegram, the gateway over a temp SQLite file, and the bot between them."""
 
-    def __init__(self, fake: FakeTelegram, settings: Settings, db: Database, backend: FakeBackend) -> None:
+    def __init__(
+        self,
+        fake: FakeTelegram,
+        settings: Settings,
+        db: Database,
+        backend: FakeBackend,
+        service_class: type[ImagineService] = ImagineService,
+    ) -> None:
         self.fake = fake
         self.settings = settings
         self.db = db
         self.backend = backend
-        self.service = ImagineService(settings, db, backend)
+        self.service = service_class(settings, db, backend)
         self.front: TelegramFront | None = None
         self._sent_at: dict[int, float] = {}
 
@@ -127,10 +135,13 @@ def bot_settings(settings: Settings, fake: FakeTelegram) -> Settings:
 
 
 async def make_world(
-    fake: FakeTelegram, settings: Settings, backend: FakeBackend | None = None
+    fake: FakeTelegram,
+    settings: Settings,
+    backend: FakeBackend | None = None,
+    service_class: type[ImagineService] = ImagineService,
 ) -> AsyncIterator[World]:
     db = await Database.open(settings.db_path)
-    world = World(fake, settings, db, backend or FakeBackend())
+    world = World(fake, settings, db, backend or FakeBackend(), service_class)
     await world.service.start()
     try:
         yield world
@@ -531,3 +542,49 @@ async def test_rate_limiter_serves_new_messages_then_images_then_the_rest() -> N
     assert 0.25 <= time.monotonic() - started < 2
     stuck.cancel()
     await asyncio.gather(stuck, return_exceptions=True)
+
+
+# --- delivery: the fence, and Telegram's faults during the send -----------------------------------
+
+
+async def charged(world: World, update: dict[str, Any]) -> tuple[str, int, int]:
+    """The job's end as the ledger has it: status, credits spent, credits refunded."""
+    job_id = f"telegram:{update['update_id']}"
+    await world.settled(job_id)
+    job = await world.db.get_job(job_id)
+    assert job is not None
+    return job.status, job.spent, job.refunded
+
+
+def shown_texts(fake: FakeTelegram, chat_id: int) -> list[str]:
+    """Every text the bot sent or edited in the chat, including those since replaced or deleted."""
+    calls = fake.calls("sendMessage", chat_id=chat_id) + fake.calls("editMessageText", chat_id=chat_id)
+    return [str(call.params.get("text")) for call in calls]
+
+
+class RefundedMeanwhile(ImagineService):
+    """Another process refunds each job just before this one claims its delivery: the race the fence stops."""
+
+    refusal = ""
+
+    async def claim_delivery(self, job_id: str) -> None:
+        await self.delivery_failed(job_id, "Imagine restarted elsewhere")
+        try:
+            await super().claim_delivery(job_id)
+        except DeliveryRefused as refused:
+            type(self).refusal = str(refused)
+            raise
+
+
+async def test_a_job_refunded_before_its_delivery_is_not_posted(
+    fake: FakeTelegram, bot_settings: Settings
+) -> None:
+    async for world in make_world(fake, bot_settings, service_class=RefundedMeanwhile):
+        await world.start_bot(stop_grace=1.0)
+        update = world.says(ALICE, "/imagine a fox the fence keeps")
+        status = await world.reply_to(update)
+        assert await charged(world, update) == ("failed", 0, 1)
+        await world.text_of(ALICE, status.result["message_id"], RefundedMeanwhile.refusal or "?")
+        assert RefundedMeanwhile.refusal
+        assert not fake.calls("sendPhoto") and [m.photo for m in fake.chat_view(ALICE) if m.photo] == []
+        assert await world.used(ALICE) == 0
