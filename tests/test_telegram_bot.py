@@ -375,7 +375,7 @@ async def test_flood_control_on_send_photo_is_waited_out(world: World, fake: Fak
     assert time.monotonic() - started >= 1.0
     assert [c.status for c in fake.calls("sendPhoto")] == [429, 200]
     assert image_of(delivered).size == (512, 512)
-    assert await world.settled(f"telegram:{update['update_id']}") == "succeeded"
+    assert await charged(world, update) == ("succeeded", 1, 0)
     assert await world.used(ALICE) == 1
 
 
@@ -588,3 +588,67 @@ async def test_a_job_refunded_before_its_delivery_is_not_posted(
         assert RefundedMeanwhile.refusal
         assert not fake.calls("sendPhoto") and [m.photo for m in fake.chat_view(ALICE) if m.photo] == []
         assert await world.used(ALICE) == 0
+
+
+async def test_a_photo_telegram_took_but_answered_late_is_charged_once(
+    world: World, fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(telegram_bot, "RESULT_READ_TIMEOUT", 0.5)
+    fake.stall_next("sendPhoto", 1.5)  # posted at once, answered after the client gave up
+    update = world.says(ALICE, "/imagine a fox on a slow line")
+    status = await world.reply_to(update)
+    await fake.wait_for_call("deleteMessage", lambda c: c.params["message_id"] == status.result["message_id"])
+    assert await charged(world, update) == ("succeeded", 1, 0)
+    await asyncio.sleep(1.2)  # past the stall: nothing else is sent
+    assert len(fake.calls("sendPhoto")) == 1
+    assert len([m for m in fake.chat_view(ALICE) if m.photo is not None]) == 1
+    assert not [text for text in shown_texts(fake, ALICE) if "refunded" in text]
+    assert await world.used(ALICE) == 1
+
+
+async def test_telegram_refusing_the_photo_refunds_and_says_so(world: World, fake: FakeTelegram) -> None:
+    fake.fail_next("sendPhoto", description="Bad Request: chat not found", error_code=400)
+    update = world.says(ALICE, "/imagine a fox nobody sees")
+    status = await world.reply_to(update)
+    text = await world.text_of(ALICE, status.result["message_id"], "refunded")
+    assert text == "Telegram did not accept the image; your 1 credit was refunded."
+    assert await charged(world, update) == ("failed", 0, 1)
+    assert [c.status for c in fake.calls("sendPhoto")] == [400]  # a refusal is not tried again
+    assert await world.used(ALICE) == 0
+
+
+async def test_a_flood_wait_longer_than_the_cap_is_refunded_not_slept_through(
+    world: World, fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(telegram_bot, "MAX_FLOOD_WAIT", 1.0)
+    fake.flood("sendPhoto", retry_after=30)
+    started = time.monotonic()
+    update = world.says(ALICE, "/imagine a fox in a traffic jam")
+    status = await world.reply_to(update)
+    await world.text_of(ALICE, status.result["message_id"], "refunded")
+    assert time.monotonic() - started < 10
+    assert await charged(world, update) == ("failed", 0, 1)
+    assert [c.status for c in fake.calls("sendPhoto")] == [429]
+
+
+async def test_a_send_that_never_reached_telegram_is_tried_again(
+    fake: FakeTelegram, bot_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(telegram_bot, "SEND_RETRY_PAUSE", 0.8)
+
+    class OutageAtTheEnd(FakeBackend):
+        """Telegram goes away just as the image is ready: the first upload finds no server to connect to."""
+
+        async def generate(
+            self, job_id: str, request: ImageRequest, progress: ProgressCallback
+        ) -> GenerationResult:
+            result = await super().generate(job_id, request, progress)
+            await fake.go_down(0.3)
+            return result
+
+    async for world in make_world(fake, bot_settings, OutageAtTheEnd()):
+        await world.start_bot(stop_grace=1.0)
+        update = world.says(ALICE, "/imagine a fox behind a flaky router")
+        photo = await fake.wait_for_call("sendPhoto", timeout=10)
+        assert photo.ok and len(fake.calls("sendPhoto")) == 1  # the refused try never reached Telegram
+        assert await charged(world, update) == ("succeeded", 1, 0)
