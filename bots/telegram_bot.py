@@ -789,8 +789,16 @@ def build_application(
 
 
 async def register_commands(bot: Bot, settings: Settings) -> None:
-    """The command list clients show; admins also see the admin commands in their private chat."""
-    await bot.set_my_commands(PUBLIC_COMMANDS)
+    """The command list clients show; admins also see the admin commands in their private chat.
+
+    Only cosmetic: a failure is logged once and the bot runs on (users can still type the commands),
+    rather than taking down the process and every other front ``imagine run`` serves with it.
+    """
+    try:
+        await bot.set_my_commands(PUBLIC_COMMANDS)
+    except TelegramError as exc:
+        log.warning("could not register the command list with Telegram; running without it: %r", exc)
+        return
     for admin in sorted(settings.admins):
         platform, _, ident = admin.partition(":")
         if platform != PLATFORM or not ident.lstrip("-").isdigit():

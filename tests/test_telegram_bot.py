@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import signal
 import sys
@@ -36,7 +37,9 @@ from gateway.backend import GenerationResult, ProgressCallback
 from gateway.fake_backend import FakeBackend, solid_png
 from gateway.messages import HELP, utc_day
 from storage import Database
+from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.telegram_server import Call, ChatMessage, FakeTelegram, free_port
+from tests.test_run import DISCORD_TEST_TOKEN, imagine_command
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN, ALICE, BOB = 1001, 1002, 1003
@@ -652,3 +655,79 @@ async def test_a_send_that_never_reached_telegram_is_tried_again(
         photo = await fake.wait_for_call("sendPhoto", timeout=10)
         assert photo.ok and len(fake.calls("sendPhoto")) == 1  # the refused try never reached Telegram
         assert await charged(world, update) == ("succeeded", 1, 0)
+
+
+@pytest.mark.parametrize("status", [500, 400])
+async def test_a_failing_set_my_commands_is_logged_and_the_bot_runs(
+    fake: FakeTelegram, bot_settings: Settings, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    fake.fail_next("setMyCommands", error_code=status, description=f"injected failure ({status})")
+    async for world in make_world(fake, bot_settings):
+        with caplog.at_level(logging.WARNING, logger="imagine.telegram"):
+            assert (await world.start_bot(stop_grace=1.0)).startswith("Telegram as @imaginebot")
+        warnings = [
+            r for r in caplog.records if r.name == "imagine.telegram" and r.levelno >= logging.WARNING
+        ]
+        assert len(warnings) == 1 and "command list" in warnings[0].getMessage()
+        update = world.says(ALICE, "/imagine a fox without a menu")
+        await fake.wait_for_call("sendPhoto", timeout=10)
+        assert await charged(world, update) == ("succeeded", 1, 0)
+
+
+@pytest.mark.slow
+async def test_imagine_run_keeps_both_fronts_when_set_my_commands_fails(
+    fake: FakeTelegram, bot_settings: Settings, tmp_path: Path
+) -> None:
+    """`imagine run` with both tokens: Telegram's failing command list takes down neither front."""
+    discord_fake = FakeDiscord(token=DISCORD_TEST_TOKEN)
+    await discord_fake.start()
+    fake.fail_next("setMyCommands", error_code=500, description="Internal Server Error")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "TELEGRAM_", "DISCORD_"))}
+    env |= {
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "IMAGINE_DB": str(bot_settings.db_path),
+        "IMAGINE_BACKEND": "fake",
+        "IMAGINE_WEB_HOST": "127.0.0.1",
+        "IMAGINE_WEB_PORT": "0",
+        "DISCORD_TOKEN": DISCORD_TEST_TOKEN,
+        "DISCORD_API_BASE_URL": discord_fake.api_base_url,
+        "DISCORD_GATEWAY_URL": discord_fake.gateway_url,
+        "TELEGRAM_TOKEN": fake.token,
+        "TELEGRAM_API_BASE_URL": fake.base_url,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        *imagine_command(), "run", cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while not any(line.startswith("imagine: backend fake") for line in lines):
+                line = (await proc.stdout.readline()).decode()
+                assert line, "imagine run exited before it was on:\n" + "".join(lines)
+                lines.append(line)
+        assert {line.split()[1] for line in lines if " is on: " in line} == {"web", "discord", "telegram"}
+        assert [c.status for c in fake.calls("setMyCommands")][:1] == [500]
+        update = fake.send_message(ALICE, "/imagine a fox --steps 4")
+        assert (await fake.wait_for_call("sendPhoto", timeout=20)).ok
+        await discord_fake.wait_until_ready(timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(60):
+            rest = (await proc.stdout.read()).decode()
+            assert await proc.wait() == 0, rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await discord_fake.close()
+    output = "".join(lines) + rest
+    assert output.count("could not register the command list") == 1, output
+    db = await Database.open(bot_settings.db_path)
+    try:
+        job = await db.get_job(f"telegram:{update['update_id']}")
+        assert job is not None and (job.status, job.spent) == ("succeeded", 1)
+        assert await db.check_ledger() == []
+    finally:
+        await db.close()
