@@ -74,7 +74,9 @@ log = logging.getLogger("imagine.telegram")
 _Sent = TypeVar("_Sent")
 
 PLATFORM = "telegram"
+TEXT_LIMIT = 4096  # Telegram's limit for a message text
 CAPTION_LIMIT = 1024  # Telegram's limit for photo and document captions
+ALERT_LIMIT = 200  # Telegram's limit for the text of a callback query answer
 CALLBACK_DATA_LIMIT = 64  # bytes
 PHOTO_MAX_BYTES = 10 * 1024 * 1024  # larger photos must go as documents
 PHOTO_MAX_SIDES = 10_000  # width + height
@@ -193,12 +195,27 @@ class AnswersFirstRateLimiter(AIORateLimiter):
 
 
 class TelegramLimits(BaseRateLimiter[int]):
-    """Telegram's limits kept on every request, around whichever rate limiter runs inside.
+    """Telegram's hard limits kept on every request, around whichever rate limiter runs inside.
+
+    The last guard for text: a sentence too long for Telegram (a quoted backend error, a long list) is
+    clipped rather than refused, since a refused status edit leaves the user looking at a stale
+    "Working…". Album captions sit inside frozen media objects; ``result_caption`` cuts those. This
+    relies on ExtBot handing the callback the same ``data`` dict; the long-sentence test, through a
+    fake that refuses an over-long text as Telegram does, fails if that changes.
 
     A flood wait longer than :data:`MAX_FLOOD_WAIT` is raised at once instead of slept through:
     python-telegram-bot's limiter holds every chat while it sleeps, and a photo an hour late is worth
     less than a refund now.
     """
+
+    TEXT_FIELDS: ClassVar[dict[str, tuple[str, int]]] = {
+        "sendMessage": ("text", TEXT_LIMIT),
+        "editMessageText": ("text", TEXT_LIMIT),
+        "sendPhoto": ("caption", CAPTION_LIMIT),
+        "sendDocument": ("caption", CAPTION_LIMIT),
+        "editMessageCaption": ("caption", CAPTION_LIMIT),
+        "answerCallbackQuery": ("text", ALERT_LIMIT),
+    }
 
     def __init__(self, inner: BaseRateLimiter[int]) -> None:
         self.inner = inner
@@ -218,6 +235,10 @@ class TelegramLimits(BaseRateLimiter[int]):
         data: dict[str, Any],
         rate_limit_args: int | None,
     ) -> bool | dict[str, Any] | list[dict[str, Any]]:
+        field, limit = self.TEXT_FIELDS.get(endpoint, ("", 0))
+        if isinstance(text := data.get(field), str):
+            data[field] = clip(text, limit)  # ExtBot hands the callback this same dict, as it sends it
+
         async def within_cap(
             *call_args: Any, **call_kwargs: Any
         ) -> bool | dict[str, Any] | list[dict[str, Any]]:
@@ -249,6 +270,13 @@ def flood_wait(error: RetryAfter) -> float:
     """Seconds Telegram asked to wait (an int, or a timedelta once PTB_TIMEDELTA is on)."""
     after = error.retry_after
     return after.total_seconds() if isinstance(after, timedelta) else float(after)
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, the cut shown by an ellipsis."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rstrip() + "…"
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from gateway import (
     parse_prompt,
 )
 from gateway.backend import GenerationResult, ProgressCallback
+from gateway.errors import BackendError
 from gateway.fake_backend import FakeBackend, solid_png
 from gateway.messages import HELP, utc_day
 from storage import Database
@@ -731,3 +732,13 @@ async def test_imagine_run_keeps_both_fronts_when_set_my_commands_fails(
         assert await db.check_ledger() == []
     finally:
         await db.close()
+
+
+async def test_a_sentence_longer_than_telegram_allows_is_clipped(world: World, fake: FakeTelegram) -> None:
+    world.backend.fail_with = BackendError("the worker said: " + "out of memory " * 400)
+    update = world.says(ALICE, "/imagine a fox that breaks the worker")
+    status = await world.reply_to(update)
+    text = await world.text_of(ALICE, status.result["message_id"], "The image generator failed")
+    assert telegram_bot.TEXT_LIMIT - 10 < len(text) <= telegram_bot.TEXT_LIMIT and text.endswith("…")
+    assert await charged(world, update) == ("failed", 0, 1)
+    assert not [call for call in fake.calls() if "too long" in (call.description or "")]
