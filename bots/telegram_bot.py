@@ -19,9 +19,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
-from typing import Any, ClassVar, TypeAlias
+from datetime import timedelta
+from typing import Any, ClassVar, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
+import httpx
 from telegram import (
     BotCommand,
     BotCommandScopeChat,
@@ -35,7 +37,7 @@ from telegram import (
     Update,
 )
 from telegram.constants import ChatAction, ChatType
-from telegram.error import InvalidToken, TelegramError
+from telegram.error import BadRequest, InvalidToken, NetworkError, RetryAfter, TelegramError
 from telegram.ext import (
     AIORateLimiter,
     Application,
@@ -50,6 +52,7 @@ from telegram.ext import (
 )
 
 from gateway import (
+    DeliveryRefused,
     ImageRequest,
     ImagineError,
     ImagineService,
@@ -68,9 +71,12 @@ from gateway.request import MAX_IMAGES
 from gateway.settings import require
 
 log = logging.getLogger("imagine.telegram")
+_Sent = TypeVar("_Sent")
 
 PLATFORM = "telegram"
+TEXT_LIMIT = 4096  # Telegram's limit for a message text
 CAPTION_LIMIT = 1024  # Telegram's limit for photo and document captions
+ALERT_LIMIT = 200  # Telegram's limit for the text of a callback query answer
 CALLBACK_DATA_LIMIT = 64  # bytes
 PHOTO_MAX_BYTES = 10 * 1024 * 1024  # larger photos must go as documents
 PHOTO_MAX_SIDES = 10_000  # width + height
@@ -80,6 +86,10 @@ EDIT_EVERY_GROUP = 6.0  # groups allow about 20 messages a minute
 CHAT_ACTION_EVERY = 4.5  # a chat action shows for 5 s
 RECOVERY_CHECK_EVERY = 15.0
 RATE_LIMIT_RETRIES = 3
+MAX_FLOOD_WAIT = 30.0  # seconds; a longer retry_after fails the request instead of holding every chat
+SEND_ATTEMPTS = 3  # tries of a result send whose request never reached Telegram
+SEND_RETRY_PAUSE = 1.0  # seconds before the second try; doubles after
+RESULT_READ_TIMEOUT = 30.0  # seconds for Telegram's answer to an upload; a late answer is ambiguous
 CONNECTIONS = 32  # to the Bot API, for everything but getUpdates
 POOL_TIMEOUT = 30.0  # seconds a request may wait for a free connection under a burst
 REMEMBERED_UPDATES = 10_000
@@ -182,6 +192,91 @@ class AnswersFirstRateLimiter(AIORateLimiter):
             async with self._changed:
                 self._pending[lane] -= 1
                 self._changed.notify_all()
+
+
+class TelegramLimits(BaseRateLimiter[int]):
+    """Telegram's hard limits kept on every request, around whichever rate limiter runs inside.
+
+    The last guard for text: a sentence too long for Telegram (a quoted backend error, a long list) is
+    clipped rather than refused, since a refused status edit leaves the user looking at a stale
+    "Working…". Album captions sit inside frozen media objects; ``result_caption`` cuts those. This
+    relies on ExtBot handing the callback the same ``data`` dict; the long-sentence test, through a
+    fake that refuses an over-long text as Telegram does, fails if that changes.
+
+    A flood wait longer than :data:`MAX_FLOOD_WAIT` is raised at once instead of slept through:
+    python-telegram-bot's limiter holds every chat while it sleeps, and a photo an hour late is worth
+    less than a refund now.
+    """
+
+    TEXT_FIELDS: ClassVar[dict[str, tuple[str, int]]] = {
+        "sendMessage": ("text", TEXT_LIMIT),
+        "editMessageText": ("text", TEXT_LIMIT),
+        "sendPhoto": ("caption", CAPTION_LIMIT),
+        "sendDocument": ("caption", CAPTION_LIMIT),
+        "editMessageCaption": ("caption", CAPTION_LIMIT),
+        "answerCallbackQuery": ("text", ALERT_LIMIT),
+    }
+
+    def __init__(self, inner: BaseRateLimiter[int]) -> None:
+        self.inner = inner
+
+    async def initialize(self) -> None:
+        await self.inner.initialize()
+
+    async def shutdown(self) -> None:
+        await self.inner.shutdown()
+
+    async def process_request(
+        self,
+        callback: Callable[..., Coroutine[Any, Any, bool | dict[str, Any] | list[dict[str, Any]]]],
+        args: Any,
+        kwargs: dict[str, Any],
+        endpoint: str,
+        data: dict[str, Any],
+        rate_limit_args: int | None,
+    ) -> bool | dict[str, Any] | list[dict[str, Any]]:
+        field, limit = self.TEXT_FIELDS.get(endpoint, ("", 0))
+        if isinstance(text := data.get(field), str):
+            data[field] = clip(text, limit)  # ExtBot hands the callback this same dict, as it sends it
+
+        async def within_cap(
+            *call_args: Any, **call_kwargs: Any
+        ) -> bool | dict[str, Any] | list[dict[str, Any]]:
+            try:
+                return await callback(*call_args, **call_kwargs)
+            except RetryAfter as error:
+                if flood_wait(error) > MAX_FLOOD_WAIT:
+                    raise _FloodWaitTooLong(error) from error
+                raise
+
+        try:
+            return await self.inner.process_request(within_cap, args, kwargs, endpoint, data, rate_limit_args)
+        except _FloodWaitTooLong as too_long:
+            log.warning(
+                "Telegram asked to wait %g s before %s; not waiting", flood_wait(too_long.error), endpoint
+            )
+            raise too_long.error from None
+
+
+class _FloodWaitTooLong(Exception):
+    """Carries a :class:`RetryAfter` past the inner limiter, which would sleep it out and retry."""
+
+    def __init__(self, error: RetryAfter) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def flood_wait(error: RetryAfter) -> float:
+    """Seconds Telegram asked to wait (an int, or a timedelta once PTB_TIMEDELTA is on)."""
+    after = error.retry_after
+    return after.total_seconds() if isinstance(after, timedelta) else float(after)
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, the cut shown by an ellipsis."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rstrip() + "…"
 
 
 @dataclass(frozen=True)
@@ -415,14 +510,25 @@ async def make_images(
             await _edit(status, str(final.error))
             return
         assert final.result is not None
-        # 4. Post the image(s); only then are the credits charged.
+        # 4. Post the image(s) if the job is still ours to deliver (no one refunded it meanwhile).
+        try:
+            await service.claim_delivery(job.id)
+        except DeliveryRefused as refused:
+            await _edit(status, str(refused))
+            return
+        # 5. Settle: charged once Telegram took the image, or may have; refunded only if it certainly did not.
         try:
             await send_result(bot, final.result, where)
         except TelegramError as exc:
-            log.warning("could not send the images of %s: %s", job.id, exc)
-            refund = await service.delivery_failed(job.id, "Telegram did not accept the image")
-            await _edit(status, str(refund) if refund else SOMETHING_WENT_WRONG)
-            return
+            if not telegram_refused(exc):
+                log.warning(
+                    "Telegram may have taken the images of %s (%r); charged as delivered", job.id, exc
+                )
+            else:
+                log.warning("Telegram did not take the images of %s: %r", job.id, exc)
+                refund = await service.delivery_failed(job.id, "Telegram did not accept the image")
+                await _edit(status, str(refund) if refund else SOMETHING_WENT_WRONG)
+                return
         await service.delivered(job.id)
         with contextlib.suppress(TelegramError):
             await status.delete()
@@ -501,17 +607,24 @@ async def send_result(bot: Bot, result: JobResult, where: Where) -> list[Message
     keyboard = result_keyboard(result.job_id)
     names = [f"imagine-{seed}.png" for seed in result.seeds]
     names += [f"imagine-{i + 1}.png" for i in range(len(names), len(images))]
-    common: dict[str, Any] = {"reply_parameters": where.reply(), "message_thread_id": where.thread_id}
+    common: dict[str, Any] = {
+        "reply_parameters": where.reply(),
+        "message_thread_id": where.thread_id,
+        "read_timeout": RESULT_READ_TIMEOUT,
+    }
     if len(images) == 1:
+        upload = InputFile(images[0], filename=names[0])
         if as_photos:
-            photo = InputFile(images[0], filename=names[0])
-            sent = await bot.send_photo(
-                where.chat_id, photo, caption=caption, reply_markup=keyboard, **common
+            sent = await _until_sent(
+                lambda: bot.send_photo(
+                    where.chat_id, upload, caption=caption, reply_markup=keyboard, **common
+                )
             )
         else:
-            document = InputFile(images[0], filename=names[0])
-            sent = await bot.send_document(
-                where.chat_id, document, caption=caption, reply_markup=keyboard, **common
+            sent = await _until_sent(
+                lambda: bot.send_document(
+                    where.chat_id, upload, caption=caption, reply_markup=keyboard, **common
+                )
             )
         return [sent]
     media: list[InputMediaPhoto] | list[InputMediaDocument]
@@ -525,7 +638,7 @@ async def send_result(bot: Bot, result: JobResult, where: Where) -> list[Message
             InputMediaDocument(png, caption=caption if i == len(images) - 1 else None, filename=names[i])
             for i, png in enumerate(images)
         ]
-    album = list(await bot.send_media_group(where.chat_id, media, **common))
+    album = list(await _until_sent(lambda: bot.send_media_group(where.chat_id, media, **common)))
     if keyboard is not None:
         try:  # the images are delivered: a lost keyboard must not refund them
             follow_up = await bot.send_message(
@@ -539,6 +652,46 @@ async def send_result(bot: Bot, result: JobResult, where: Where) -> list[Message
         except TelegramError as exc:
             log.warning("could not send the buttons under the album of %s: %s", result.job_id, exc)
     return album
+
+
+async def _until_sent(send: Callable[[], Awaitable[_Sent]]) -> _Sent:
+    """One result send, tried again (a bounded number of times) only while its request never left.
+
+    A request that may have reached Telegram is not repeated: the photo would show twice. Flood
+    waits are the rate limiter's to retry, not this loop's.
+    """
+    pause = SEND_RETRY_PAUSE
+    for attempt in range(1, SEND_ATTEMPTS):
+        try:
+            return await send()
+        except NetworkError as exc:
+            if not never_sent(exc):
+                raise
+            log.info("Telegram could not be reached (try %d of %d): %r", attempt, SEND_ATTEMPTS, exc)
+        await asyncio.sleep(pause)
+        pause *= 2
+    return await send()
+
+
+def never_sent(error: TelegramError) -> bool:
+    """True when the request never left this process: no connection, or none free in the pool.
+
+    python-telegram-bot raises these from httpx's own exceptions; a test that takes the fake Telegram
+    off the network fails loudly if it stops doing so.
+    """
+    return isinstance(error.__cause__, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+
+
+def telegram_refused(error: TelegramError) -> bool:
+    """True when Telegram certainly did not post the message, so a refund gives nothing away free.
+
+    Telegram answering with a refusal (400 Bad Request, 403 Forbidden, a flood wait we did not wait
+    out) or the request never leaving is certain; a timeout, a dropped connection or a 5xx after the
+    upload went out is not: Telegram may have posted it.
+    """
+    if isinstance(error, BadRequest) or not isinstance(error, NetworkError):
+        return True
+    return never_sent(error)
 
 
 def png_size(png: bytes) -> tuple[int, int] | None:
@@ -633,7 +786,7 @@ def build_application(
         # CPU on the pool than on the requests under a burst, and Telegram's rates need far fewer.
         .connection_pool_size(CONNECTIONS)
         .pool_timeout(POOL_TIMEOUT)
-        .rate_limiter(rate_limiter or AnswersFirstRateLimiter(max_retries=RATE_LIMIT_RETRIES))
+        .rate_limiter(TelegramLimits(rate_limiter or AnswersFirstRateLimiter(max_retries=RATE_LIMIT_RETRIES)))
         .context_types(ContextTypes(bot_data=BotState))
         .job_queue(None)
         .build()
@@ -664,8 +817,16 @@ def build_application(
 
 
 async def register_commands(bot: Bot, settings: Settings) -> None:
-    """The command list clients show; admins also see the admin commands in their private chat."""
-    await bot.set_my_commands(PUBLIC_COMMANDS)
+    """The command list clients show; admins also see the admin commands in their private chat.
+
+    Only cosmetic: a failure is logged once and the bot runs on (users can still type the commands),
+    rather than taking down the process and every other front ``imagine run`` serves with it.
+    """
+    try:
+        await bot.set_my_commands(PUBLIC_COMMANDS)
+    except TelegramError as exc:
+        log.warning("could not register the command list with Telegram; running without it: %r", exc)
+        return
     for admin in sorted(settings.admins):
         platform, _, ident = admin.partition(":")
         if platform != PLATFORM or not ident.lstrip("-").isdigit():

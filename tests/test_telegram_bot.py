@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import signal
 import sys
@@ -23,6 +24,7 @@ from PIL import Image
 from bots import telegram_bot
 from bots.telegram_bot import TelegramFront, fits_photo_rules, png_size
 from gateway import (
+    DeliveryRefused,
     ImageRequest,
     ImagineService,
     InvalidRequest,
@@ -32,10 +34,13 @@ from gateway import (
     parse_prompt,
 )
 from gateway.backend import GenerationResult, ProgressCallback
+from gateway.errors import BackendError
 from gateway.fake_backend import FakeBackend, solid_png
 from gateway.messages import HELP, utc_day
 from storage import Database
+from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.telegram_server import Call, ChatMessage, FakeTelegram, free_port
+from tests.test_run import DISCORD_TEST_TOKEN, imagine_command
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN, ALICE, BOB = 1001, 1002, 1003
@@ -45,12 +50,19 @@ GROUP = -100_500
 class World:
     """The fake Telegram, the gateway over a temp SQLite file, and the bot between them."""
 
-    def __init__(self, fake: FakeTelegram, settings: Settings, db: Database, backend: FakeBackend) -> None:
+    def __init__(
+        self,
+        fake: FakeTelegram,
+        settings: Settings,
+        db: Database,
+        backend: FakeBackend,
+        service_class: type[ImagineService] = ImagineService,
+    ) -> None:
         self.fake = fake
         self.settings = settings
         self.db = db
         self.backend = backend
-        self.service = ImagineService(settings, db, backend)
+        self.service = service_class(settings, db, backend)
         self.front: TelegramFront | None = None
         self._sent_at: dict[int, float] = {}
 
@@ -127,10 +139,13 @@ def bot_settings(settings: Settings, fake: FakeTelegram) -> Settings:
 
 
 async def make_world(
-    fake: FakeTelegram, settings: Settings, backend: FakeBackend | None = None
+    fake: FakeTelegram,
+    settings: Settings,
+    backend: FakeBackend | None = None,
+    service_class: type[ImagineService] = ImagineService,
 ) -> AsyncIterator[World]:
     db = await Database.open(settings.db_path)
-    world = World(fake, settings, db, backend or FakeBackend())
+    world = World(fake, settings, db, backend or FakeBackend(), service_class)
     await world.service.start()
     try:
         yield world
@@ -364,7 +379,7 @@ async def test_flood_control_on_send_photo_is_waited_out(world: World, fake: Fak
     assert time.monotonic() - started >= 1.0
     assert [c.status for c in fake.calls("sendPhoto")] == [429, 200]
     assert image_of(delivered).size == (512, 512)
-    assert await world.settled(f"telegram:{update['update_id']}") == "succeeded"
+    assert await charged(world, update) == ("succeeded", 1, 0)
     assert await world.used(ALICE) == 1
 
 
@@ -531,3 +546,199 @@ async def test_rate_limiter_serves_new_messages_then_images_then_the_rest() -> N
     assert 0.25 <= time.monotonic() - started < 2
     stuck.cancel()
     await asyncio.gather(stuck, return_exceptions=True)
+
+
+# --- delivery: the fence, and Telegram's faults during the send -----------------------------------
+
+
+async def charged(world: World, update: dict[str, Any]) -> tuple[str, int, int]:
+    """The job's end as the ledger has it: status, credits spent, credits refunded."""
+    job_id = f"telegram:{update['update_id']}"
+    await world.settled(job_id)
+    job = await world.db.get_job(job_id)
+    assert job is not None
+    return job.status, job.spent, job.refunded
+
+
+def shown_texts(fake: FakeTelegram, chat_id: int) -> list[str]:
+    """Every text the bot sent or edited in the chat, including those since replaced or deleted."""
+    calls = fake.calls("sendMessage", chat_id=chat_id) + fake.calls("editMessageText", chat_id=chat_id)
+    return [str(call.params.get("text")) for call in calls]
+
+
+class RefundedMeanwhile(ImagineService):
+    """Another process refunds each job just before this one claims its delivery: the race the fence stops."""
+
+    refusal = ""
+
+    async def claim_delivery(self, job_id: str) -> None:
+        await self.delivery_failed(job_id, "Imagine restarted elsewhere")
+        try:
+            await super().claim_delivery(job_id)
+        except DeliveryRefused as refused:
+            type(self).refusal = str(refused)
+            raise
+
+
+async def test_a_job_refunded_before_its_delivery_is_not_posted(
+    fake: FakeTelegram, bot_settings: Settings
+) -> None:
+    async for world in make_world(fake, bot_settings, service_class=RefundedMeanwhile):
+        await world.start_bot(stop_grace=1.0)
+        update = world.says(ALICE, "/imagine a fox the fence keeps")
+        status = await world.reply_to(update)
+        assert await charged(world, update) == ("failed", 0, 1)
+        await world.text_of(ALICE, status.result["message_id"], RefundedMeanwhile.refusal or "?")
+        assert RefundedMeanwhile.refusal
+        assert not fake.calls("sendPhoto") and [m.photo for m in fake.chat_view(ALICE) if m.photo] == []
+        assert await world.used(ALICE) == 0
+
+
+async def test_a_photo_telegram_took_but_answered_late_is_charged_once(
+    world: World, fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(telegram_bot, "RESULT_READ_TIMEOUT", 0.5)
+    fake.stall_next("sendPhoto", 1.5)  # posted at once, answered after the client gave up
+    update = world.says(ALICE, "/imagine a fox on a slow line")
+    status = await world.reply_to(update)
+    await fake.wait_for_call("deleteMessage", lambda c: c.params["message_id"] == status.result["message_id"])
+    assert await charged(world, update) == ("succeeded", 1, 0)
+    await asyncio.sleep(1.2)  # past the stall: nothing else is sent
+    assert len(fake.calls("sendPhoto")) == 1
+    assert len([m for m in fake.chat_view(ALICE) if m.photo is not None]) == 1
+    assert not [text for text in shown_texts(fake, ALICE) if "refunded" in text]
+    assert await world.used(ALICE) == 1
+
+
+async def test_telegram_refusing_the_photo_refunds_and_says_so(world: World, fake: FakeTelegram) -> None:
+    fake.fail_next("sendPhoto", description="Bad Request: chat not found", error_code=400)
+    update = world.says(ALICE, "/imagine a fox nobody sees")
+    status = await world.reply_to(update)
+    text = await world.text_of(ALICE, status.result["message_id"], "refunded")
+    assert text == "Telegram did not accept the image; your 1 credit was refunded."
+    assert await charged(world, update) == ("failed", 0, 1)
+    assert [c.status for c in fake.calls("sendPhoto")] == [400]  # a refusal is not tried again
+    assert await world.used(ALICE) == 0
+
+
+async def test_a_flood_wait_longer_than_the_cap_is_refunded_not_slept_through(
+    world: World, fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(telegram_bot, "MAX_FLOOD_WAIT", 1.0)
+    fake.flood("sendPhoto", retry_after=30)
+    started = time.monotonic()
+    update = world.says(ALICE, "/imagine a fox in a traffic jam")
+    status = await world.reply_to(update)
+    await world.text_of(ALICE, status.result["message_id"], "refunded")
+    assert time.monotonic() - started < 10
+    assert await charged(world, update) == ("failed", 0, 1)
+    assert [c.status for c in fake.calls("sendPhoto")] == [429]
+
+
+async def test_a_send_that_never_reached_telegram_is_tried_again(
+    fake: FakeTelegram, bot_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(telegram_bot, "SEND_RETRY_PAUSE", 0.8)
+
+    class OutageAtTheEnd(FakeBackend):
+        """Telegram goes away just as the image is ready: the first upload finds no server to connect to."""
+
+        async def generate(
+            self, job_id: str, request: ImageRequest, progress: ProgressCallback
+        ) -> GenerationResult:
+            result = await super().generate(job_id, request, progress)
+            await fake.go_down(0.3)
+            return result
+
+    async for world in make_world(fake, bot_settings, OutageAtTheEnd()):
+        await world.start_bot(stop_grace=1.0)
+        update = world.says(ALICE, "/imagine a fox behind a flaky router")
+        photo = await fake.wait_for_call("sendPhoto", timeout=10)
+        assert photo.ok and len(fake.calls("sendPhoto")) == 1  # the refused try never reached Telegram
+        assert await charged(world, update) == ("succeeded", 1, 0)
+
+
+@pytest.mark.parametrize("status", [500, 400])
+async def test_a_failing_set_my_commands_is_logged_and_the_bot_runs(
+    fake: FakeTelegram, bot_settings: Settings, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    fake.fail_next("setMyCommands", error_code=status, description=f"injected failure ({status})")
+    async for world in make_world(fake, bot_settings):
+        with caplog.at_level(logging.WARNING, logger="imagine.telegram"):
+            assert (await world.start_bot(stop_grace=1.0)).startswith("Telegram as @imaginebot")
+        warnings = [
+            r for r in caplog.records if r.name == "imagine.telegram" and r.levelno >= logging.WARNING
+        ]
+        assert len(warnings) == 1 and "command list" in warnings[0].getMessage()
+        update = world.says(ALICE, "/imagine a fox without a menu")
+        await fake.wait_for_call("sendPhoto", timeout=10)
+        assert await charged(world, update) == ("succeeded", 1, 0)
+
+
+@pytest.mark.slow
+async def test_imagine_run_keeps_both_fronts_when_set_my_commands_fails(
+    fake: FakeTelegram, bot_settings: Settings, tmp_path: Path
+) -> None:
+    """`imagine run` with both tokens: Telegram's failing command list takes down neither front."""
+    discord_fake = FakeDiscord(token=DISCORD_TEST_TOKEN)
+    await discord_fake.start()
+    fake.fail_next("setMyCommands", error_code=500, description="Internal Server Error")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "TELEGRAM_", "DISCORD_"))}
+    env |= {
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+        "IMAGINE_DB": str(bot_settings.db_path),
+        "IMAGINE_BACKEND": "fake",
+        "IMAGINE_WEB_HOST": "127.0.0.1",
+        "IMAGINE_WEB_PORT": "0",
+        "DISCORD_TOKEN": DISCORD_TEST_TOKEN,
+        "DISCORD_API_BASE_URL": discord_fake.api_base_url,
+        "DISCORD_GATEWAY_URL": discord_fake.gateway_url,
+        "TELEGRAM_TOKEN": fake.token,
+        "TELEGRAM_API_BASE_URL": fake.base_url,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        *imagine_command(), "run", cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while not any(line.startswith("imagine: backend fake") for line in lines):
+                line = (await proc.stdout.readline()).decode()
+                assert line, "imagine run exited before it was on:\n" + "".join(lines)
+                lines.append(line)
+        assert {line.split()[1] for line in lines if " is on: " in line} == {"web", "discord", "telegram"}
+        assert [c.status for c in fake.calls("setMyCommands")][:1] == [500]
+        update = fake.send_message(ALICE, "/imagine a fox --steps 4")
+        assert (await fake.wait_for_call("sendPhoto", timeout=20)).ok
+        await discord_fake.wait_until_ready(timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(60):
+            rest = (await proc.stdout.read()).decode()
+            assert await proc.wait() == 0, rest
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await discord_fake.close()
+    output = "".join(lines) + rest
+    assert output.count("could not register the command list") == 1, output
+    db = await Database.open(bot_settings.db_path)
+    try:
+        job = await db.get_job(f"telegram:{update['update_id']}")
+        assert job is not None and (job.status, job.spent) == ("succeeded", 1)
+        assert await db.check_ledger() == []
+    finally:
+        await db.close()
+
+
+async def test_a_sentence_longer_than_telegram_allows_is_clipped(world: World, fake: FakeTelegram) -> None:
+    world.backend.fail_with = BackendError("the worker said: " + "out of memory " * 400)
+    update = world.says(ALICE, "/imagine a fox that breaks the worker")
+    status = await world.reply_to(update)
+    text = await world.text_of(ALICE, status.result["message_id"], "The image generator failed")
+    assert telegram_bot.TEXT_LIMIT - 10 < len(text) <= telegram_bot.TEXT_LIMIT and text.endswith("…")
+    assert await charged(world, update) == ("failed", 0, 1)
+    assert not [call for call in fake.calls() if "too long" in (call.description or "")]

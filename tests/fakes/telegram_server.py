@@ -362,6 +362,13 @@ class _Failure:
 
 
 @dataclass
+class _Stall:
+    method: str
+    remaining: int
+    seconds: float
+
+
+@dataclass
 class _CallbackQuery:
     query_id: str
     created_at: float
@@ -419,6 +426,9 @@ class FakeTelegram:
         self._commands: dict[tuple[str, str], list[JSON]] = {}
         self._webhook: _Webhook | None = None
         self._failures: list[_Failure] = []
+        self._stalls: list[_Stall] = []
+        self._site: web.SockSite | None = None
+        self._reopening: asyncio.Task[None] | None = None
         self._calls: list[Call] = []
         self.webhook_deliveries: list[WebhookDelivery] = []
         self._tick = asyncio.Event()
@@ -438,15 +448,23 @@ class FakeTelegram:
         # handler_cancellation: a long poll whose client went away (PTB cancels it at stop) ends at once.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
+        await self._listen(0)
+
+    async def _listen(self, port: int) -> None:
+        assert self._runner is not None
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", port))
         self._port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
+        self._site = web.SockSite(self._runner, sock)
+        await self._site.start()
 
     async def close(self) -> None:
         self._closing = True
         self._notify()
+        if self._reopening is not None:
+            self._reopening.cancel()
+            await asyncio.gather(self._reopening, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -595,6 +613,28 @@ class FakeTelegram:
             retry_after=retry_after,
             chat_id=chat_id,
         )
+
+    def stall_next(self, method: str, seconds: float, *, times: int = 1) -> None:
+        """Do the next `times` calls of `method` (post the photo, ...) but answer only `seconds` later:
+        a client whose read timeout is shorter cannot tell whether Telegram took the request. The call
+        is recorded as answered at once, as what Telegram did."""
+        self._stalls.append(_Stall(method.lower(), times, seconds))
+
+    async def go_down(self, seconds: float) -> None:
+        """Refuse connections for `seconds`: the port is closed and open connections are cut (a request
+        in flight gets no answer), then it listens again on the same port. Returns once it is down."""
+        assert self._runner is not None and self._site is not None and self._reopening is None
+        await self._site.stop()
+        self._site = None
+        for connection in self._runner.server.connections if self._runner.server else []:
+            connection.force_close()
+
+        async def reopen() -> None:
+            await asyncio.sleep(seconds)
+            await self._listen(self.port)
+            self._reopening = None
+
+        self._reopening = asyncio.create_task(reopen())
 
     # ------------------------------------------------------------------------------------ what users do
 
@@ -797,6 +837,8 @@ class FakeTelegram:
             status, body = error.status, error.body()
         call.status, call.response = status, body
         self._notify()
+        if (stall := self._take_stall(canonical)) is not None:
+            await asyncio.sleep(stall)
         return web.json_response(body, status=status)
 
     async def _handle_file(self, request: web.Request) -> web.Response:
@@ -818,6 +860,15 @@ class FakeTelegram:
             if failure.remaining <= 0:
                 self._failures.remove(failure)
             return _ApiError(failure.status, failure.description, retry_after=failure.retry_after)
+        return None
+
+    def _take_stall(self, method: str) -> float | None:
+        for stall in self._stalls:
+            if stall.method == method.lower():
+                stall.remaining -= 1
+                if stall.remaining <= 0:
+                    self._stalls.remove(stall)
+                return stall.seconds
         return None
 
     def _notify(self) -> None:
