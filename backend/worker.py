@@ -23,6 +23,7 @@ import contextlib
 import enum
 import functools
 import hmac
+import ipaddress
 import json
 import logging
 import math
@@ -52,7 +53,7 @@ from gateway.request import (
     MAX_SEED,
     ImageRequest,
 )
-from gateway.settings import Settings
+from gateway.settings import Settings, SettingsError
 
 log = logging.getLogger("imagine.worker")
 
@@ -746,6 +747,10 @@ async def _predict(worker: Worker, request: Request, path_id: str | None) -> JSO
     return JSONResponse(prediction.response)
 
 
+def _quote(value: str, limit: int = 40) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
 def _error(status: int, detail: str, *, retry_after: float | None = None) -> JSONResponse:
     headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
@@ -792,8 +797,40 @@ def pipeline_loader(settings: Settings, device: str | None = None) -> Loader:
     return load
 
 
-def serve(settings: Settings, *, host: str = "0.0.0.0", port: int = 8001) -> None:
-    """Run the worker until SIGTERM/SIGINT (blocking); ``imagine worker`` calls this."""
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable only from this machine: ``localhost`` or a loopback address."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_host(settings: Settings, host: str | None) -> str:
+    """Where to listen: anywhere (0.0.0.0 by default) with a key, loopback only without one.
+
+    Without ``IMAGINE_BACKEND_API_KEY`` every route is open, so anyone who could reach the port
+    could spend the GPU; an open worker is never one the network can reach.
+    """
+    if settings.backend_api_key:
+        return host or "0.0.0.0"
+    if host is None:
+        return "127.0.0.1"
+    if not is_loopback(host):
+        raise SettingsError(
+            f"The worker will not listen on {_quote(host)} without IMAGINE_BACKEND_API_KEY; set "
+            "IMAGINE_BACKEND_API_KEY to a long random secret, or listen on 127.0.0.1."
+        )
+    return host
+
+
+def serve(settings: Settings, *, host: str | None = None, port: int = 8001) -> None:
+    """Run the worker until SIGTERM/SIGINT (blocking); ``imagine worker`` calls this.
+
+    :class:`SettingsError` (before anything loads) for a non-loopback ``host`` without a key.
+    """
+    host = bind_host(settings, host)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
