@@ -4,7 +4,8 @@ It loads once and serves many (Cog's ``setup()``/``predict()`` split): the serve
 ``GET /health-check`` at once with ``STARTING`` while a thread imports torch, loads the
 weights, moves them to the device, compiles if asked and makes one warm-up image; then
 ``READY``. ``POST /predictions`` and the idempotent ``PUT /predictions/{id}`` take
-``{"input": {...}}`` with the field names of Replicate's Stable Diffusion models.
+``{"input": {...}}`` with the field names of Replicate's Stable Diffusion models. Finished
+predictions are kept for retries within a byte budget and a few minutes (:mod:`backend.finished`).
 
 Concurrent predictions that share size, steps, guidance and scheduler are batched into one
 pipeline call (up to ``IMAGINE_MAX_BATCH`` images, waiting at most ``IMAGINE_BATCH_WAIT_MS``
@@ -31,7 +32,6 @@ import os
 import random
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,10 +39,11 @@ from typing import Any, Protocol
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from backend.finished import DEFAULT_KEEP_BYTES, DEFAULT_KEEP_SECONDS, Finished, FinishedPredictions
 from gateway.backend import GenerationResult
 from gateway.cog import INPUT_FIELDS, is_prediction_id, png_data_uri, request_from_input, safe_reason
 from gateway.errors import InvalidRequest
@@ -59,8 +60,6 @@ log = logging.getLogger("imagine.worker")
 
 #: A prediction request is a prompt and a few numbers; 64 KiB is far more than any needs.
 MAX_BODY_BYTES = 64 * 1024
-#: Finished predictions kept for idempotent retries of the same id.
-KEEP_FINISHED = 1000
 WARMUP_REQUEST = ImageRequest(
     prompt="a lighthouse at dusk", width=512, height=512, steps=2, seed=0, scheduler=DEFAULT_SCHEDULER
 )
@@ -167,7 +166,9 @@ class Prediction:
     queued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     completed_at: float | None = None
-    response: dict[str, Any] | None = None
+    #: The final response as the JSON bytes it is served as: encoded once, counted by the byte budget.
+    body: bytes | None = None
+    status: str = "starting"
     done: asyncio.Event = field(default_factory=asyncio.Event)
     canceled: bool = False
 
@@ -176,11 +177,15 @@ class Prediction:
         r = self.request
         return (r.width, r.height, r.steps, r.guidance, r.scheduler)
 
-    def finish(self, response: dict[str, Any]) -> None:
-        if self.response is None:
-            self.completed_at = time.time()
-            self.response = response
-            self.done.set()
+    def finish(self, response: dict[str, Any]) -> bool:
+        """Record the final response; False if it already had one (the first answer stands)."""
+        if self.body is not None:
+            return False
+        self.completed_at = time.time()
+        self.status = response["status"]
+        self.body = encode_json(response)
+        self.done.set()
+        return True
 
 
 class WorkerFull(Exception):
@@ -199,6 +204,8 @@ class Worker:
         *,
         capacity: int | None = None,
         warmup: ImageRequest | None = WARMUP_REQUEST,
+        keep_bytes: int = DEFAULT_KEEP_BYTES,
+        keep_seconds: float = DEFAULT_KEEP_SECONDS,
     ) -> None:
         self.settings = settings
         self.loader = loader
@@ -218,7 +225,9 @@ class Worker:
         self.runner: BatchRunner | None = None
         self.pending: list[Prediction] = []
         self.running: list[Prediction] = []
-        self.predictions: OrderedDict[str, Prediction] = OrderedDict()
+        #: Queued or running, by id (at most ``capacity``); finished ones move to ``finished``.
+        self.active: dict[str, Prediction] = {}
+        self.finished = FinishedPredictions(keep_bytes, keep_seconds)
         self.batches = 0
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -236,13 +245,16 @@ class Worker:
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._setup(), name="imagine-worker-setup"))
         self._tasks.append(asyncio.create_task(self._batch_loop(), name="imagine-worker-batches"))
+        self._tasks.append(asyncio.create_task(self._forget_loop(), name="imagine-worker-forget"))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for prediction in [*self.pending, *self.running]:
-            prediction.finish(self._failed(prediction, "the worker shut down before the image was made"))
+            self._finish(
+                prediction, self._failed(prediction, "the worker shut down before the image was made")
+            )
         self.pending.clear()
         self._gpu_thread.shutdown(wait=False, cancel_futures=True)
 
@@ -271,8 +283,8 @@ class Worker:
             self.phase = "setup failed"
             self.setup_completed_at = time.time()
             for prediction in self.pending:
-                prediction.finish(
-                    self._failed(prediction, f"the worker could not start ({self.setup_error})")
+                self._finish(
+                    prediction, self._failed(prediction, f"the worker could not start ({self.setup_error})")
                 )
             self.pending.clear()
             return
@@ -319,6 +331,12 @@ class Worker:
             "batch_wait_ms": self.settings.batch_wait_ms,
             "device": self.device,
             "model": self.model,
+            "kept": {
+                "predictions": len(self.finished),
+                "bytes": self.finished.bytes,
+                "max_bytes": self.finished.max_bytes,
+                "max_age_s": self.finished.max_age,
+            },
         }
 
     def retry_after(self) -> int:
@@ -328,11 +346,18 @@ class Worker:
 
     # --- predictions -----------------------------------------------------------------------
 
+    def find(self, prediction_id: str) -> Prediction | Finished | None:
+        return self.active.get(prediction_id) or self.finished.get(prediction_id)
+
     def submit(
         self, prediction_id: str | None, request: ImageRequest, raw_input: dict[str, Any]
-    ) -> Prediction:
-        """Queue a prediction; an id seen before gives the first one back (nothing made twice)."""
-        if prediction_id is not None and (known := self.predictions.get(prediction_id)) is not None:
+    ) -> Prediction | Finished:
+        """Queue a prediction; an id in flight or kept gives that one back (nothing made twice).
+
+        An id finished and forgotten (past the byte budget or the age) runs again, as Cog runs
+        again every id it no longer has in flight.
+        """
+        if prediction_id is not None and (known := self.find(prediction_id)) is not None:
             if known.input != raw_input:
                 raise InvalidRequest(
                     f"Prediction {prediction_id} already exists with a different input; use a new id."
@@ -343,30 +368,41 @@ class Worker:
         if request.seed is None:
             request = request.with_seed(random.randrange(0, MAX_SEED - request.num_images + 1))
         prediction = Prediction(id=prediction_id or uuid.uuid4().hex, request=request, input=raw_input)
-        self.predictions[prediction.id] = prediction
-        self._forget_old()
+        self.active[prediction.id] = prediction
         self.pending.append(prediction)
         self._wakeup.set()
         return prediction
 
-    def cancel(self, prediction_id: str) -> Prediction | None:
-        prediction = self.predictions.get(prediction_id)
+    def cancel(self, prediction_id: str) -> Prediction | Finished | None:
+        """Cancel a queued or running prediction; a finished one (or None) is given back unchanged."""
+        prediction = self.active.get(prediction_id)
         if prediction is None:
-            return None
+            return self.finished.get(prediction_id)
+        prediction.canceled = True
         if prediction in self.pending:
             self.pending.remove(prediction)
-            prediction.canceled = True
-            prediction.finish(self._response(prediction, status="canceled"))
-        elif prediction.response is None:
-            prediction.canceled = True  # in a running batch: its images are dropped
+            self._finish(prediction, self._response(prediction, status="canceled"))
+        # else in a running batch: it finishes as canceled and its images are dropped
         return prediction
 
-    def _forget_old(self) -> None:
-        while len(self.predictions) > KEEP_FINISHED:
-            oldest_id, oldest = next(iter(self.predictions.items()))
-            if oldest.response is None:
-                break
-            del self.predictions[oldest_id]
+    def _finish(self, prediction: Prediction, response: dict[str, Any]) -> None:
+        """Answer whoever waits, and move the prediction from in flight to the kept finished ones."""
+        if not prediction.finish(response):
+            return
+        if self.active.get(prediction.id) is prediction:
+            del self.active[prediction.id]
+        assert prediction.body is not None
+        self.finished.add(
+            Finished(
+                prediction.id, prediction.input, prediction.status, prediction.body, self.finished.clock()
+            )
+        )
+
+    async def _forget_loop(self) -> None:
+        """Drop expired results while idle too, so an idle worker gives their memory back."""
+        while True:
+            await asyncio.sleep(min(30.0, max(1.0, self.finished.max_age / 2)))
+            self.finished.prune()
 
     async def _batch_loop(self) -> None:
         while True:
@@ -460,11 +496,11 @@ class Worker:
                 "batch_images": float(images),
             }
             if prediction.canceled:
-                prediction.finish(self._response(prediction, status="canceled", metrics=metrics))
+                self._finish(prediction, self._response(prediction, status="canceled", metrics=metrics))
             elif isinstance(result, BaseException):
-                prediction.finish(self._failed(prediction, _failure_reason(result), metrics))
+                self._finish(prediction, self._failed(prediction, _failure_reason(result), metrics))
             else:
-                prediction.finish(self._succeeded(prediction, result, metrics))
+                self._finish(prediction, self._succeeded(prediction, result, metrics))
 
     # --- responses -------------------------------------------------------------------------
 
@@ -502,7 +538,7 @@ class Worker:
             "model": (result.model if result is not None else "") or self.model,
             "created_at": _iso(prediction.created_at),
             "started_at": _iso(prediction.started_at),
-            "completed_at": _iso(time.time()),
+            "completed_at": _iso(time.time()) if status in TERMINAL else None,
         }
 
     def _succeeded(
@@ -520,6 +556,16 @@ class Worker:
         self, prediction: Prediction, reason: str, metrics: dict[str, float] | None = None
     ) -> dict[str, Any]:
         return self._response(prediction, status="failed", error=reason, metrics=metrics)
+
+
+TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+
+
+def encode_json(content: Any) -> bytes:
+    """JSON as Starlette's ``JSONResponse`` writes it, so a kept body is served byte for byte."""
+    return json.dumps(
+        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode()
 
 
 def _failure_reason(exc: BaseException) -> str:
@@ -610,6 +656,8 @@ def create_app(
     loader: Loader | None = None,
     capacity: int | None = None,
     warmup: ImageRequest | None = WARMUP_REQUEST,
+    keep_bytes: int = DEFAULT_KEEP_BYTES,
+    keep_seconds: float = DEFAULT_KEEP_SECONDS,
 ) -> FastAPI:
     """The worker app. Give ``runner`` (tests) or ``loader``; by default the real pipeline is loaded."""
     if loader is None:
@@ -620,7 +668,9 @@ def create_app(
                 return Loaded(given, device="injected", model=settings.model)
         else:
             loader = pipeline_loader(settings)
-    worker = Worker(settings, loader, capacity=capacity, warmup=warmup)
+    worker = Worker(
+        settings, loader, capacity=capacity, warmup=warmup, keep_bytes=keep_bytes, keep_seconds=keep_seconds
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -661,7 +711,7 @@ def create_app(
             "requestBody": {"required": True, "content": {"application/json": {"schema": _request_schema()}}}
         },
     )
-    async def create_prediction(request: Request) -> JSONResponse:
+    async def create_prediction(request: Request) -> Response:
         return await _predict(worker, request, None)
 
     @app.put(
@@ -673,7 +723,7 @@ def create_app(
             "requestBody": {"required": True, "content": {"application/json": {"schema": _request_schema()}}}
         },
     )
-    async def put_prediction(prediction_id: str, request: Request) -> JSONResponse:
+    async def put_prediction(prediction_id: str, request: Request) -> Response:
         return await _predict(worker, request, prediction_id)
 
     @app.post(
@@ -685,12 +735,13 @@ def create_app(
         prediction = worker.cancel(prediction_id)
         if prediction is None:
             return JSONResponse({"detail": f"No prediction {prediction_id}."}, status_code=404)
-        return JSONResponse({"id": prediction.id, "status": "canceled" if prediction.canceled else "done"})
+        status = "canceled" if isinstance(prediction, Prediction) else "done"
+        return JSONResponse({"id": prediction.id, "status": status})
 
     return app
 
 
-async def _predict(worker: Worker, request: Request, path_id: str | None) -> JSONResponse:
+async def _predict(worker: Worker, request: Request, path_id: str | None) -> Response:
     # 1. Read the body, bounded, before any parsing.
     try:
         raw = await read_body(request)
@@ -724,7 +775,7 @@ async def _predict(worker: Worker, request: Request, path_id: str | None) -> JSO
         image_request = request_from_input(body["input"])
     except InvalidRequest as exc:
         return _error(422, str(exc))
-    # 3. Queue it, unless the worker cannot take it now.
+    # 3. Queue it (or find the one with this id), unless the worker cannot take it now.
     if worker.health is Health.STARTING:
         return _error(503, f"The worker is starting ({worker.phase}); try again shortly.", retry_after=10)
     if worker.health is Health.SETUP_FAILED:
@@ -742,9 +793,15 @@ async def _predict(worker: Worker, request: Request, path_id: str | None) -> JSO
     except InvalidRequest as exc:
         return _error(422, str(exc))
     # 4. Wait for its batch. A client that goes away leaves the result for a retry of the same id.
+    if isinstance(prediction, Finished):
+        return _json_body(prediction.body, 200)
     await prediction.done.wait()
-    assert prediction.response is not None
-    return JSONResponse(prediction.response)
+    assert prediction.body is not None
+    return _json_body(prediction.body, 200)
+
+
+def _json_body(body: bytes, status: int) -> Response:
+    return Response(body, status_code=status, media_type="application/json")
 
 
 def _quote(value: str, limit: int = 40) -> str:

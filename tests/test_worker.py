@@ -371,6 +371,55 @@ async def test_cancel_a_queued_prediction(runner: FakeRunner) -> None:
         assert (await client.post("/predictions/nope/cancel", headers=AUTH)).status_code == 404
 
 
+# --- finished predictions: kept within a byte budget --------------------------------------------------
+
+
+async def test_kept_results_stay_within_the_byte_budget_oldest_dropped_first(runner: FakeRunner) -> None:
+    """Each response here is 4 to 20 KB; a budget of 40 KB keeps the last few, never more bytes."""
+    budget = 40_000
+    app = create_app(worker_settings(IMAGINE_BATCH_WAIT_MS="0"), runner, warmup=None, keep_bytes=budget)
+    async with served(app) as client:
+        await wait_status(client, "READY")
+        sizes = []
+        for i in range(12):
+            body = {
+                "input": {"prompt": "a fox", "width": 256 + 64 * (i % 3), "num_outputs": 1 + i % 4, "seed": i}
+            }
+            response = await client.put(f"/predictions/p{i}", json=body, headers=AUTH)
+            assert response.json()["status"] == "succeeded"
+            sizes.append(len(response.content))
+            kept = (await client.get("/health-check")).json()["kept"]
+            assert kept["max_bytes"] == budget and kept["max_age_s"] == 300
+            assert 0 < kept["bytes"] <= budget
+        assert max(sizes) < budget < sum(sizes)
+        assert kept["predictions"] < 12
+        # The newest is answered from memory; the oldest was dropped, so its id runs again, as in Cog.
+        calls = len(runner.calls)
+        newest = {"input": {"prompt": "a fox", "width": 256 + 64 * 2, "num_outputs": 4, "seed": 11}}
+        assert len((await client.put("/predictions/p11", json=newest, headers=AUTH)).content) == sizes[11]
+        assert len(runner.calls) == calls
+        oldest = {"input": {"prompt": "a fox", "width": 256, "num_outputs": 1, "seed": 0}}
+        assert (await client.put("/predictions/p0", json=oldest, headers=AUTH)).json()[
+            "status"
+        ] == "succeeded"
+        assert len(runner.calls) == calls + 1
+        assert (await client.get("/health-check")).json()["kept"]["bytes"] <= budget
+
+
+async def test_a_result_larger_than_the_budget_is_answered_but_not_kept(runner: FakeRunner) -> None:
+    app = create_app(worker_settings(), runner, warmup=None, keep_bytes=100)
+    async with served(app) as client:
+        await wait_status(client, "READY")
+        response = await predict(client, {"prompt": "a fox", "width": 256})
+        assert response.json()["status"] == "succeeded"
+        assert (await client.get("/health-check")).json()["kept"] == {
+            "predictions": 0,
+            "bytes": 0,
+            "max_bytes": 100,
+            "max_age_s": 300,
+        }
+
+
 # --- batching -------------------------------------------------------------------------------------
 
 
