@@ -4,8 +4,10 @@ It loads once and serves many (Cog's ``setup()``/``predict()`` split): the serve
 ``GET /health-check`` at once with ``STARTING`` while a thread imports torch, loads the
 weights, moves them to the device, compiles if asked and makes one warm-up image; then
 ``READY``. ``POST /predictions`` and the idempotent ``PUT /predictions/{id}`` take
-``{"input": {...}}`` with the field names of Replicate's Stable Diffusion models. Finished
-predictions are kept for retries within a byte budget and a few minutes (:mod:`backend.finished`).
+``{"input": {...}}`` with the field names of Replicate's Stable Diffusion models; with
+``Prefer: respond-async`` they answer 202 at once and a later PUT of the same id gives the state
+or the result. ``GET /`` is Cog's discovery document. Finished predictions are kept for retries
+within a byte budget and a few minutes (:mod:`backend.finished`).
 
 Concurrent predictions that share size, steps, guidance and scheduler are batched into one
 pipeline call (up to ``IMAGINE_MAX_BATCH`` images, waiting at most ``IMAGINE_BATCH_WAIT_MS``
@@ -123,7 +125,9 @@ class PredictionRequest(BaseModel):
 
 class PredictionResponse(BaseModel):
     id: str
-    status: str = Field(description="succeeded, failed or canceled")
+    status: str = Field(
+        description="succeeded, failed or canceled; starting or processing in a 202 (Prefer: respond-async)"
+    )
     input: dict[str, Any]
     output: list[str] | None = Field(description="PNG images as data URIs")
     error: str | None
@@ -384,6 +388,11 @@ class Worker:
             self._finish(prediction, self._response(prediction, status="canceled"))
         # else in a running batch: it finishes as canceled and its images are dropped
         return prediction
+
+    def snapshot(self, prediction: Prediction) -> dict[str, Any]:
+        """A prediction in flight as Cog shows it: ``starting`` while queued, then ``processing``."""
+        status = "processing" if prediction.started_at is not None else "starting"
+        return self._response(prediction, status=status)
 
     def _finish(self, prediction: Prediction, response: dict[str, Any]) -> None:
         """Answer whoever waits, and move the prediction from in flight to the kept finished ones."""
@@ -698,6 +707,19 @@ def create_app(
         503: {"model": ErrorResponse, "description": "starting or setup failed; retry after Retry-After"},
     }
 
+    @app.get("/", summary="Cog's discovery document: where each route is")
+    async def discovery() -> dict[str, str]:
+        # Cog's keys, less shutdown_url (no /shutdown here: SIGTERM stops the worker) and
+        # cog_version (this is not Cog).
+        return {
+            "docs_url": "/docs",
+            "openapi_url": "/openapi.json",
+            "healthcheck_url": "/health-check",
+            "predictions_url": "/predictions",
+            "predictions_idempotent_url": "/predictions/{prediction_id}",
+            "predictions_cancel_url": "/predictions/{prediction_id}/cancel",
+        }
+
     @app.get("/health-check", summary="STARTING, READY, BUSY or SETUP_FAILED (always 200)")
     async def health_check() -> dict[str, Any]:
         return worker.health_json()
@@ -728,15 +750,17 @@ def create_app(
 
     @app.post(
         "/predictions/{prediction_id}/cancel",
-        summary="Cancel a queued or running prediction",
+        summary="Cancel a queued or running prediction (404, as in Cog, when it is finished or unknown)",
         responses={404: {"model": ErrorResponse}},
     )
     async def cancel_prediction(prediction_id: str) -> JSONResponse:
         prediction = worker.cancel(prediction_id)
+        shown = _quote(prediction_id)
         if prediction is None:
-            return JSONResponse({"detail": f"No prediction {prediction_id}."}, status_code=404)
-        status = "canceled" if isinstance(prediction, Prediction) else "done"
-        return JSONResponse({"id": prediction.id, "status": status})
+            return _error(404, f"No prediction {shown} is queued, running or recently finished here.")
+        if isinstance(prediction, Finished):
+            return _error(404, f"Prediction {shown} already {prediction.status}; there is nothing to cancel.")
+        return JSONResponse({"id": prediction.id, "status": "canceled"})
 
     return app
 
@@ -792,12 +816,21 @@ async def _predict(worker: Worker, request: Request, path_id: str | None) -> Res
         )
     except InvalidRequest as exc:
         return _error(422, str(exc))
-    # 4. Wait for its batch. A client that goes away leaves the result for a retry of the same id.
+    # 4. Answer at once (Prefer: respond-async, as Cog does: 202 with its state), or wait for its
+    #    batch. A client that goes away leaves the result for a retry of the same id.
+    respond_async = _prefers_async(request.headers.get("prefer", ""))
     if isinstance(prediction, Finished):
-        return _json_body(prediction.body, 200)
+        return _json_body(prediction.body, 202 if respond_async else 200)
+    if respond_async:
+        return JSONResponse(worker.snapshot(prediction), status_code=202)
     await prediction.done.wait()
     assert prediction.body is not None
     return _json_body(prediction.body, 200)
+
+
+def _prefers_async(prefer: str) -> bool:
+    """``Prefer: respond-async`` (RFC 7240: a list of preferences, each with optional parameters)."""
+    return any(part.split(";")[0].strip().lower() == "respond-async" for part in prefer.split(","))
 
 
 def _json_body(body: bytes, status: int) -> Response:
