@@ -314,6 +314,7 @@ class Worker:
         return Health.BUSY if self.in_flight >= self.capacity else Health.READY
 
     def health_json(self) -> dict[str, Any]:
+        self.finished.prune()
         setup_status = {
             Health.STARTING: "starting",
             Health.SETUP_FAILED: "failed",
@@ -364,7 +365,7 @@ class Worker:
         if prediction_id is not None and (known := self.find(prediction_id)) is not None:
             if known.input != raw_input:
                 raise InvalidRequest(
-                    f"Prediction {prediction_id} already exists with a different input; use a new id."
+                    f"Prediction {_quote(prediction_id)} already exists with a different input; use a new id."
                 )
             return known
         if self.in_flight >= self.capacity:

@@ -255,7 +255,8 @@ async def test_put_is_idempotent(client: httpx.AsyncClient, runner: FakeRunner) 
     other = await client.put(
         "/predictions/job-1", json={"input": {"prompt": "a blue fox", "width": 256, "seed": 3}}, headers=AUTH
     )
-    assert other.status_code == 422 and "already exists with a different input" in other.json()["detail"]
+    assert other.status_code == 422
+    assert other.json()["detail"] == "Prediction 'job-1' already exists with a different input; use a new id."
     mismatch = await client.put("/predictions/job-2", json={**body, "id": "job-3"}, headers=AUTH)
     assert mismatch.status_code == 422
 
