@@ -5,6 +5,8 @@
 #   docker build --build-arg IMAGINE_MODEL=tiny -t imagine-worker .   # the offline test model, no download
 #   docker run --gpus all -p 8001:8001 -e IMAGINE_BACKEND_API_KEY=s3cret imagine-worker
 #
+# The key is required: without IMAGINE_BACKEND_API_KEY the worker listens on loopback only and
+# refuses the CMD's 0.0.0.0 (exit 2), since an open worker lets anyone spend the GPU.
 # At run time nothing is fetched (HF_HUB_OFFLINE=1): the container starts, loads the baked weights
 # straight onto the GPU and says READY on /health-check. It listens on $PORT (default 8001).
 # The project commands below (`imagine download-model`, `python -m backend.healthcheck`, the CMD)

@@ -311,7 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_parser(name, help=f"the {name} front alone").set_defaults(run=_run_fronts([name]))
 
     p = sub.add_parser("worker", help="the GPU worker HTTP service (Cog prediction protocol)")
-    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument(
+        "--host",
+        help="address to listen on: 0.0.0.0 by default with IMAGINE_BACKEND_API_KEY set; "
+        "without the key 127.0.0.1, and only loopback is allowed",
+    )
     p.add_argument("--port", type=int, default=8001)
     p.set_defaults(sync=cmd_worker)
 

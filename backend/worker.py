@@ -4,7 +4,10 @@ It loads once and serves many (Cog's ``setup()``/``predict()`` split): the serve
 ``GET /health-check`` at once with ``STARTING`` while a thread imports torch, loads the
 weights, moves them to the device, compiles if asked and makes one warm-up image; then
 ``READY``. ``POST /predictions`` and the idempotent ``PUT /predictions/{id}`` take
-``{"input": {...}}`` with the field names of Replicate's Stable Diffusion models.
+``{"input": {...}}`` with the field names of Replicate's Stable Diffusion models; with
+``Prefer: respond-async`` they answer 202 at once and a later PUT of the same id gives the state
+or the result. ``GET /`` is Cog's discovery document. Finished predictions are kept for retries
+within a byte budget and a few minutes (:mod:`backend.finished`).
 
 Concurrent predictions that share size, steps, guidance and scheduler are batched into one
 pipeline call (up to ``IMAGINE_MAX_BATCH`` images, waiting at most ``IMAGINE_BATCH_WAIT_MS``
@@ -23,6 +26,7 @@ import contextlib
 import enum
 import functools
 import hmac
+import ipaddress
 import json
 import logging
 import math
@@ -30,7 +34,6 @@ import os
 import random
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,10 +41,11 @@ from typing import Any, Protocol
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from backend.finished import DEFAULT_KEEP_BYTES, DEFAULT_KEEP_SECONDS, Finished, FinishedPredictions
 from gateway.backend import GenerationResult
 from gateway.cog import INPUT_FIELDS, is_prediction_id, png_data_uri, request_from_input, safe_reason
 from gateway.errors import InvalidRequest
@@ -52,14 +56,12 @@ from gateway.request import (
     MAX_SEED,
     ImageRequest,
 )
-from gateway.settings import Settings
+from gateway.settings import Settings, SettingsError
 
 log = logging.getLogger("imagine.worker")
 
 #: A prediction request is a prompt and a few numbers; 64 KiB is far more than any needs.
 MAX_BODY_BYTES = 64 * 1024
-#: Finished predictions kept for idempotent retries of the same id.
-KEEP_FINISHED = 1000
 WARMUP_REQUEST = ImageRequest(
     prompt="a lighthouse at dusk", width=512, height=512, steps=2, seed=0, scheduler=DEFAULT_SCHEDULER
 )
@@ -123,7 +125,9 @@ class PredictionRequest(BaseModel):
 
 class PredictionResponse(BaseModel):
     id: str
-    status: str = Field(description="succeeded, failed or canceled")
+    status: str = Field(
+        description="succeeded, failed or canceled; starting or processing in a 202 (Prefer: respond-async)"
+    )
     input: dict[str, Any]
     output: list[str] | None = Field(description="PNG images as data URIs")
     error: str | None
@@ -166,7 +170,9 @@ class Prediction:
     queued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     completed_at: float | None = None
-    response: dict[str, Any] | None = None
+    #: The final response as the JSON bytes it is served as: encoded once, counted by the byte budget.
+    body: bytes | None = None
+    status: str = "starting"
     done: asyncio.Event = field(default_factory=asyncio.Event)
     canceled: bool = False
 
@@ -175,11 +181,15 @@ class Prediction:
         r = self.request
         return (r.width, r.height, r.steps, r.guidance, r.scheduler)
 
-    def finish(self, response: dict[str, Any]) -> None:
-        if self.response is None:
-            self.completed_at = time.time()
-            self.response = response
-            self.done.set()
+    def finish(self, response: dict[str, Any]) -> bool:
+        """Record the final response; False if it already had one (the first answer stands)."""
+        if self.body is not None:
+            return False
+        self.completed_at = time.time()
+        self.status = response["status"]
+        self.body = encode_json(response)
+        self.done.set()
+        return True
 
 
 class WorkerFull(Exception):
@@ -198,6 +208,8 @@ class Worker:
         *,
         capacity: int | None = None,
         warmup: ImageRequest | None = WARMUP_REQUEST,
+        keep_bytes: int = DEFAULT_KEEP_BYTES,
+        keep_seconds: float = DEFAULT_KEEP_SECONDS,
     ) -> None:
         self.settings = settings
         self.loader = loader
@@ -217,7 +229,9 @@ class Worker:
         self.runner: BatchRunner | None = None
         self.pending: list[Prediction] = []
         self.running: list[Prediction] = []
-        self.predictions: OrderedDict[str, Prediction] = OrderedDict()
+        #: Queued or running, by id (at most ``capacity``); finished ones move to ``finished``.
+        self.active: dict[str, Prediction] = {}
+        self.finished = FinishedPredictions(keep_bytes, keep_seconds)
         self.batches = 0
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -235,13 +249,16 @@ class Worker:
     async def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._setup(), name="imagine-worker-setup"))
         self._tasks.append(asyncio.create_task(self._batch_loop(), name="imagine-worker-batches"))
+        self._tasks.append(asyncio.create_task(self._forget_loop(), name="imagine-worker-forget"))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for prediction in [*self.pending, *self.running]:
-            prediction.finish(self._failed(prediction, "the worker shut down before the image was made"))
+            self._finish(
+                prediction, self._failed(prediction, "the worker shut down before the image was made")
+            )
         self.pending.clear()
         self._gpu_thread.shutdown(wait=False, cancel_futures=True)
 
@@ -270,8 +287,8 @@ class Worker:
             self.phase = "setup failed"
             self.setup_completed_at = time.time()
             for prediction in self.pending:
-                prediction.finish(
-                    self._failed(prediction, f"the worker could not start ({self.setup_error})")
+                self._finish(
+                    prediction, self._failed(prediction, f"the worker could not start ({self.setup_error})")
                 )
             self.pending.clear()
             return
@@ -297,6 +314,7 @@ class Worker:
         return Health.BUSY if self.in_flight >= self.capacity else Health.READY
 
     def health_json(self) -> dict[str, Any]:
+        self.finished.prune()
         setup_status = {
             Health.STARTING: "starting",
             Health.SETUP_FAILED: "failed",
@@ -318,6 +336,12 @@ class Worker:
             "batch_wait_ms": self.settings.batch_wait_ms,
             "device": self.device,
             "model": self.model,
+            "kept": {
+                "predictions": len(self.finished),
+                "bytes": self.finished.bytes,
+                "max_bytes": self.finished.max_bytes,
+                "max_age_s": self.finished.max_age,
+            },
         }
 
     def retry_after(self) -> int:
@@ -327,14 +351,21 @@ class Worker:
 
     # --- predictions -----------------------------------------------------------------------
 
+    def find(self, prediction_id: str) -> Prediction | Finished | None:
+        return self.active.get(prediction_id) or self.finished.get(prediction_id)
+
     def submit(
         self, prediction_id: str | None, request: ImageRequest, raw_input: dict[str, Any]
-    ) -> Prediction:
-        """Queue a prediction; an id seen before gives the first one back (nothing made twice)."""
-        if prediction_id is not None and (known := self.predictions.get(prediction_id)) is not None:
+    ) -> Prediction | Finished:
+        """Queue a prediction; an id in flight or kept gives that one back (nothing made twice).
+
+        An id finished and forgotten (past the byte budget or the age) runs again, as Cog runs
+        again every id it no longer has in flight.
+        """
+        if prediction_id is not None and (known := self.find(prediction_id)) is not None:
             if known.input != raw_input:
                 raise InvalidRequest(
-                    f"Prediction {prediction_id} already exists with a different input; use a new id."
+                    f"Prediction {_quote(prediction_id)} already exists with a different input; use a new id."
                 )
             return known
         if self.in_flight >= self.capacity:
@@ -342,30 +373,46 @@ class Worker:
         if request.seed is None:
             request = request.with_seed(random.randrange(0, MAX_SEED - request.num_images + 1))
         prediction = Prediction(id=prediction_id or uuid.uuid4().hex, request=request, input=raw_input)
-        self.predictions[prediction.id] = prediction
-        self._forget_old()
+        self.active[prediction.id] = prediction
         self.pending.append(prediction)
         self._wakeup.set()
         return prediction
 
-    def cancel(self, prediction_id: str) -> Prediction | None:
-        prediction = self.predictions.get(prediction_id)
+    def cancel(self, prediction_id: str) -> Prediction | Finished | None:
+        """Cancel a queued or running prediction; a finished one (or None) is given back unchanged."""
+        prediction = self.active.get(prediction_id)
         if prediction is None:
-            return None
+            return self.finished.get(prediction_id)
+        prediction.canceled = True
         if prediction in self.pending:
             self.pending.remove(prediction)
-            prediction.canceled = True
-            prediction.finish(self._response(prediction, status="canceled"))
-        elif prediction.response is None:
-            prediction.canceled = True  # in a running batch: its images are dropped
+            self._finish(prediction, self._response(prediction, status="canceled"))
+        # else in a running batch: it finishes as canceled and its images are dropped
         return prediction
 
-    def _forget_old(self) -> None:
-        while len(self.predictions) > KEEP_FINISHED:
-            oldest_id, oldest = next(iter(self.predictions.items()))
-            if oldest.response is None:
-                break
-            del self.predictions[oldest_id]
+    def snapshot(self, prediction: Prediction) -> dict[str, Any]:
+        """A prediction in flight as Cog shows it: ``starting`` while queued, then ``processing``."""
+        status = "processing" if prediction.started_at is not None else "starting"
+        return self._response(prediction, status=status)
+
+    def _finish(self, prediction: Prediction, response: dict[str, Any]) -> None:
+        """Answer whoever waits, and move the prediction from in flight to the kept finished ones."""
+        if not prediction.finish(response):
+            return
+        if self.active.get(prediction.id) is prediction:
+            del self.active[prediction.id]
+        assert prediction.body is not None
+        self.finished.add(
+            Finished(
+                prediction.id, prediction.input, prediction.status, prediction.body, self.finished.clock()
+            )
+        )
+
+    async def _forget_loop(self) -> None:
+        """Drop expired results while idle too, so an idle worker gives their memory back."""
+        while True:
+            await asyncio.sleep(min(30.0, max(1.0, self.finished.max_age / 2)))
+            self.finished.prune()
 
     async def _batch_loop(self) -> None:
         while True:
@@ -459,11 +506,11 @@ class Worker:
                 "batch_images": float(images),
             }
             if prediction.canceled:
-                prediction.finish(self._response(prediction, status="canceled", metrics=metrics))
+                self._finish(prediction, self._response(prediction, status="canceled", metrics=metrics))
             elif isinstance(result, BaseException):
-                prediction.finish(self._failed(prediction, _failure_reason(result), metrics))
+                self._finish(prediction, self._failed(prediction, _failure_reason(result), metrics))
             else:
-                prediction.finish(self._succeeded(prediction, result, metrics))
+                self._finish(prediction, self._succeeded(prediction, result, metrics))
 
     # --- responses -------------------------------------------------------------------------
 
@@ -501,7 +548,7 @@ class Worker:
             "model": (result.model if result is not None else "") or self.model,
             "created_at": _iso(prediction.created_at),
             "started_at": _iso(prediction.started_at),
-            "completed_at": _iso(time.time()),
+            "completed_at": _iso(time.time()) if status in TERMINAL else None,
         }
 
     def _succeeded(
@@ -519,6 +566,16 @@ class Worker:
         self, prediction: Prediction, reason: str, metrics: dict[str, float] | None = None
     ) -> dict[str, Any]:
         return self._response(prediction, status="failed", error=reason, metrics=metrics)
+
+
+TERMINAL = frozenset({"succeeded", "failed", "canceled"})
+
+
+def encode_json(content: Any) -> bytes:
+    """JSON as Starlette's ``JSONResponse`` writes it, so a kept body is served byte for byte."""
+    return json.dumps(
+        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode()
 
 
 def _failure_reason(exc: BaseException) -> str:
@@ -609,6 +666,8 @@ def create_app(
     loader: Loader | None = None,
     capacity: int | None = None,
     warmup: ImageRequest | None = WARMUP_REQUEST,
+    keep_bytes: int = DEFAULT_KEEP_BYTES,
+    keep_seconds: float = DEFAULT_KEEP_SECONDS,
 ) -> FastAPI:
     """The worker app. Give ``runner`` (tests) or ``loader``; by default the real pipeline is loaded."""
     if loader is None:
@@ -619,7 +678,9 @@ def create_app(
                 return Loaded(given, device="injected", model=settings.model)
         else:
             loader = pipeline_loader(settings)
-    worker = Worker(settings, loader, capacity=capacity, warmup=warmup)
+    worker = Worker(
+        settings, loader, capacity=capacity, warmup=warmup, keep_bytes=keep_bytes, keep_seconds=keep_seconds
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -647,6 +708,19 @@ def create_app(
         503: {"model": ErrorResponse, "description": "starting or setup failed; retry after Retry-After"},
     }
 
+    @app.get("/", summary="Cog's discovery document: where each route is")
+    async def discovery() -> dict[str, str]:
+        # Cog's keys, less shutdown_url (no /shutdown here: SIGTERM stops the worker) and
+        # cog_version (this is not Cog).
+        return {
+            "docs_url": "/docs",
+            "openapi_url": "/openapi.json",
+            "healthcheck_url": "/health-check",
+            "predictions_url": "/predictions",
+            "predictions_idempotent_url": "/predictions/{prediction_id}",
+            "predictions_cancel_url": "/predictions/{prediction_id}/cancel",
+        }
+
     @app.get("/health-check", summary="STARTING, READY, BUSY or SETUP_FAILED (always 200)")
     async def health_check() -> dict[str, Any]:
         return worker.health_json()
@@ -660,7 +734,7 @@ def create_app(
             "requestBody": {"required": True, "content": {"application/json": {"schema": _request_schema()}}}
         },
     )
-    async def create_prediction(request: Request) -> JSONResponse:
+    async def create_prediction(request: Request) -> Response:
         return await _predict(worker, request, None)
 
     @app.put(
@@ -672,24 +746,27 @@ def create_app(
             "requestBody": {"required": True, "content": {"application/json": {"schema": _request_schema()}}}
         },
     )
-    async def put_prediction(prediction_id: str, request: Request) -> JSONResponse:
+    async def put_prediction(prediction_id: str, request: Request) -> Response:
         return await _predict(worker, request, prediction_id)
 
     @app.post(
         "/predictions/{prediction_id}/cancel",
-        summary="Cancel a queued or running prediction",
+        summary="Cancel a queued or running prediction (404, as in Cog, when it is finished or unknown)",
         responses={404: {"model": ErrorResponse}},
     )
     async def cancel_prediction(prediction_id: str) -> JSONResponse:
         prediction = worker.cancel(prediction_id)
+        shown = _quote(prediction_id)
         if prediction is None:
-            return JSONResponse({"detail": f"No prediction {prediction_id}."}, status_code=404)
-        return JSONResponse({"id": prediction.id, "status": "canceled" if prediction.canceled else "done"})
+            return _error(404, f"No prediction {shown} is queued, running or recently finished here.")
+        if isinstance(prediction, Finished):
+            return _error(404, f"Prediction {shown} already {prediction.status}; there is nothing to cancel.")
+        return JSONResponse({"id": prediction.id, "status": "canceled"})
 
     return app
 
 
-async def _predict(worker: Worker, request: Request, path_id: str | None) -> JSONResponse:
+async def _predict(worker: Worker, request: Request, path_id: str | None) -> Response:
     # 1. Read the body, bounded, before any parsing.
     try:
         raw = await read_body(request)
@@ -723,7 +800,7 @@ async def _predict(worker: Worker, request: Request, path_id: str | None) -> JSO
         image_request = request_from_input(body["input"])
     except InvalidRequest as exc:
         return _error(422, str(exc))
-    # 3. Queue it, unless the worker cannot take it now.
+    # 3. Queue it (or find the one with this id), unless the worker cannot take it now.
     if worker.health is Health.STARTING:
         return _error(503, f"The worker is starting ({worker.phase}); try again shortly.", retry_after=10)
     if worker.health is Health.SETUP_FAILED:
@@ -740,10 +817,29 @@ async def _predict(worker: Worker, request: Request, path_id: str | None) -> JSO
         )
     except InvalidRequest as exc:
         return _error(422, str(exc))
-    # 4. Wait for its batch. A client that goes away leaves the result for a retry of the same id.
+    # 4. Answer at once (Prefer: respond-async, as Cog does: 202 with its state), or wait for its
+    #    batch. A client that goes away leaves the result for a retry of the same id.
+    respond_async = _prefers_async(request.headers.get("prefer", ""))
+    if isinstance(prediction, Finished):
+        return _json_body(prediction.body, 202 if respond_async else 200)
+    if respond_async:
+        return JSONResponse(worker.snapshot(prediction), status_code=202)
     await prediction.done.wait()
-    assert prediction.response is not None
-    return JSONResponse(prediction.response)
+    assert prediction.body is not None
+    return _json_body(prediction.body, 200)
+
+
+def _prefers_async(prefer: str) -> bool:
+    """``Prefer: respond-async`` (RFC 7240: a list of preferences, each with optional parameters)."""
+    return any(part.split(";")[0].strip().lower() == "respond-async" for part in prefer.split(","))
+
+
+def _json_body(body: bytes, status: int) -> Response:
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def _quote(value: str, limit: int = 40) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
 def _error(status: int, detail: str, *, retry_after: float | None = None) -> JSONResponse:
@@ -792,8 +888,40 @@ def pipeline_loader(settings: Settings, device: str | None = None) -> Loader:
     return load
 
 
-def serve(settings: Settings, *, host: str = "0.0.0.0", port: int = 8001) -> None:
-    """Run the worker until SIGTERM/SIGINT (blocking); ``imagine worker`` calls this."""
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable only from this machine: ``localhost`` or a loopback address."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_host(settings: Settings, host: str | None) -> str:
+    """Where to listen: anywhere (0.0.0.0 by default) with a key, loopback only without one.
+
+    Without ``IMAGINE_BACKEND_API_KEY`` every route is open, so anyone who could reach the port
+    could spend the GPU; an open worker is never one the network can reach.
+    """
+    if settings.backend_api_key:
+        return host or "0.0.0.0"
+    if host is None:
+        return "127.0.0.1"
+    if not is_loopback(host):
+        raise SettingsError(
+            f"The worker will not listen on {_quote(host)} without IMAGINE_BACKEND_API_KEY; set "
+            "IMAGINE_BACKEND_API_KEY to a long random secret, or listen on 127.0.0.1."
+        )
+    return host
+
+
+def serve(settings: Settings, *, host: str | None = None, port: int = 8001) -> None:
+    """Run the worker until SIGTERM/SIGINT (blocking); ``imagine worker`` calls this.
+
+    :class:`SettingsError` (before anything loads) for a non-loopback ``host`` without a key.
+    """
+    host = bind_host(settings, host)
     app = create_app(settings)
     config = uvicorn.Config(
         app,

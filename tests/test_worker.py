@@ -255,7 +255,8 @@ async def test_put_is_idempotent(client: httpx.AsyncClient, runner: FakeRunner) 
     other = await client.put(
         "/predictions/job-1", json={"input": {"prompt": "a blue fox", "width": 256, "seed": 3}}, headers=AUTH
     )
-    assert other.status_code == 422 and "already exists with a different input" in other.json()["detail"]
+    assert other.status_code == 422
+    assert other.json()["detail"] == "Prediction 'job-1' already exists with a different input; use a new id."
     mismatch = await client.put("/predictions/job-2", json={**body, "id": "job-3"}, headers=AUTH)
     assert mismatch.status_code == 422
 
@@ -369,6 +370,173 @@ async def test_cancel_a_queued_prediction(runner: FakeRunner) -> None:
         assert (await first).json()["status"] == "succeeded"
         assert len(runner.calls) == 1
         assert (await client.post("/predictions/nope/cancel", headers=AUTH)).status_code == 404
+
+
+async def test_cancel_of_a_finished_or_unknown_prediction_is_a_404_as_in_cog(
+    client: httpx.AsyncClient,
+) -> None:
+    done = await client.put(
+        "/predictions/done-1", json={"input": {"prompt": "a fox", "width": 256}}, headers=AUTH
+    )
+    assert done.json()["status"] == "succeeded"
+    finished = await client.post("/predictions/done-1/cancel", headers=AUTH)
+    assert finished.status_code == 404
+    assert finished.json()["detail"] == "Prediction 'done-1' already succeeded; there is nothing to cancel."
+    unknown = await client.post(f"/predictions/{'x' * 100}/cancel", headers=AUTH)
+    assert unknown.status_code == 404
+    assert (
+        unknown.json()["detail"]
+        == f"No prediction '{'x' * 40}...' is queued, running or recently finished here."
+    )
+    # The finished one is untouched: its result is still there for a retry.
+    again = await client.put(
+        "/predictions/done-1", json={"input": {"prompt": "a fox", "width": 256}}, headers=AUTH
+    )
+    assert again.json() == done.json()
+
+
+async def test_cancel_a_running_prediction(client: httpx.AsyncClient, runner: FakeRunner) -> None:
+    runner.gate.clear()
+    body = {"input": {"prompt": "a fox", "width": 256}}
+    started = await client.put("/predictions/run-1", json=body, headers={**AUTH, "Prefer": "respond-async"})
+    assert started.status_code == 202
+    await asyncio.to_thread(runner.entered.wait, 10)
+    cancel = await client.post("/predictions/run-1/cancel", headers=AUTH)
+    assert cancel.status_code == 200 and cancel.json() == {"id": "run-1", "status": "canceled"}
+    runner.gate.set()
+    final = await client.put("/predictions/run-1", json=body, headers=AUTH)
+    assert (
+        final.status_code == 200 and final.json()["status"] == "canceled" and final.json()["output"] is None
+    )
+
+
+# --- Cog's asynchronous predictions and discovery ----------------------------------------------------
+
+ASYNC = {**AUTH, "Prefer": "respond-async"}
+
+
+async def test_respond_async_answers_202_starting_at_once_and_a_put_gives_state_then_result(
+    client: httpx.AsyncClient, runner: FakeRunner
+) -> None:
+    runner.gate.clear()
+    body = {"input": {"prompt": "a red fox", "width": 256, "seed": 5, "num_outputs": 2}}
+    accepted = await client.put("/predictions/late-1", json=body, headers=ASYNC)
+    assert accepted.status_code == 202
+    data = accepted.json()
+    assert (data["id"], data["status"], data["output"], data["completed_at"]) == (
+        "late-1",
+        "starting",
+        None,
+        None,
+    )
+    await asyncio.to_thread(runner.entered.wait, 10)
+    running = await client.put("/predictions/late-1", json=body, headers=ASYNC)
+    assert running.status_code == 202 and running.json()["status"] == "processing"
+    assert len(runner.calls) == 1
+    runner.gate.set()
+    result = await client.put("/predictions/late-1", json=body, headers=AUTH)  # a synchronous PUT waits
+    assert result.status_code == 200 and result.json()["status"] == "succeeded"
+    assert len(result.json()["output"]) == 2 and result.json()["seeds"] == [5, 6]
+    polled = await client.put("/predictions/late-1", json=body, headers=ASYNC)
+    assert polled.status_code == 202 and polled.json() == result.json()
+    assert len(runner.calls) == 1
+
+
+async def test_respond_async_post_gives_an_id_to_put_later(
+    client: httpx.AsyncClient, runner: FakeRunner
+) -> None:
+    body = {"input": {"prompt": "a red fox", "width": 256, "seed": 5}}
+    accepted = await client.post(
+        "/predictions", json=body, headers={**AUTH, "Prefer": "wait=5, respond-async"}
+    )
+    assert accepted.status_code == 202 and accepted.json()["status"] == "starting"
+    prediction_id = accepted.json()["id"]
+    result = await client.put(f"/predictions/{prediction_id}", json=body, headers=AUTH)
+    assert result.status_code == 200 and result.json()["status"] == "succeeded"
+    assert len(runner.calls) == 1
+
+
+async def test_respond_async_still_checks_the_input_and_the_capacity(runner: FakeRunner) -> None:
+    settings = worker_settings(IMAGINE_MAX_BATCH="1", IMAGINE_BATCH_WAIT_MS="0")
+    async with served(create_app(settings, runner, capacity=1, warmup=None)) as client:
+        await wait_status(client, "READY")
+        bad = await client.post("/predictions", json={"input": {"prompt": ""}}, headers=ASYNC)
+        assert bad.status_code == 422
+        runner.gate.clear()
+        body = {"input": {"prompt": "a fox", "width": 256}}
+        assert (await client.put("/predictions/a", json=body, headers=ASYNC)).status_code == 202
+        full = await client.put("/predictions/b", json=body, headers=ASYNC)
+        assert full.status_code == 409 and "retry-after" in full.headers
+        runner.gate.set()
+
+
+async def test_the_root_is_cogs_discovery_document(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/")).status_code == 401
+    discovery = await client.get("/", headers=AUTH)
+    assert discovery.status_code == 200
+    assert discovery.json() == {
+        "docs_url": "/docs",
+        "openapi_url": "/openapi.json",
+        "healthcheck_url": "/health-check",
+        "predictions_url": "/predictions",
+        "predictions_idempotent_url": "/predictions/{prediction_id}",
+        "predictions_cancel_url": "/predictions/{prediction_id}/cancel",
+    }
+    paths = (await client.get("/openapi.json", headers=AUTH)).json()["paths"]
+    for key, url in discovery.json().items():
+        if key.startswith("predictions"):
+            assert url in paths, key
+        else:
+            assert (await client.get(url, headers=AUTH)).status_code == 200, key
+
+
+# --- finished predictions: kept within a byte budget --------------------------------------------------
+
+
+async def test_kept_results_stay_within_the_byte_budget_oldest_dropped_first(runner: FakeRunner) -> None:
+    """Each response here is 4 to 20 KB; a budget of 40 KB keeps the last few, never more bytes."""
+    budget = 40_000
+    app = create_app(worker_settings(IMAGINE_BATCH_WAIT_MS="0"), runner, warmup=None, keep_bytes=budget)
+    async with served(app) as client:
+        await wait_status(client, "READY")
+        sizes = []
+        for i in range(12):
+            body = {
+                "input": {"prompt": "a fox", "width": 256 + 64 * (i % 3), "num_outputs": 1 + i % 4, "seed": i}
+            }
+            response = await client.put(f"/predictions/p{i}", json=body, headers=AUTH)
+            assert response.json()["status"] == "succeeded"
+            sizes.append(len(response.content))
+            kept = (await client.get("/health-check")).json()["kept"]
+            assert kept["max_bytes"] == budget and kept["max_age_s"] == 300
+            assert 0 < kept["bytes"] <= budget
+        assert max(sizes) < budget < sum(sizes)
+        assert kept["predictions"] < 12
+        # The newest is answered from memory; the oldest was dropped, so its id runs again, as in Cog.
+        calls = len(runner.calls)
+        newest = {"input": {"prompt": "a fox", "width": 256 + 64 * 2, "num_outputs": 4, "seed": 11}}
+        assert len((await client.put("/predictions/p11", json=newest, headers=AUTH)).content) == sizes[11]
+        assert len(runner.calls) == calls
+        oldest = {"input": {"prompt": "a fox", "width": 256, "num_outputs": 1, "seed": 0}}
+        assert (await client.put("/predictions/p0", json=oldest, headers=AUTH)).json()[
+            "status"
+        ] == "succeeded"
+        assert len(runner.calls) == calls + 1
+        assert (await client.get("/health-check")).json()["kept"]["bytes"] <= budget
+
+
+async def test_a_result_larger_than_the_budget_is_answered_but_not_kept(runner: FakeRunner) -> None:
+    app = create_app(worker_settings(), runner, warmup=None, keep_bytes=100)
+    async with served(app) as client:
+        await wait_status(client, "READY")
+        response = await predict(client, {"prompt": "a fox", "width": 256})
+        assert response.json()["status"] == "succeeded"
+        assert (await client.get("/health-check")).json()["kept"] == {
+            "predictions": 0,
+            "bytes": 0,
+            "max_bytes": 100,
+            "max_age_s": 300,
+        }
 
 
 # --- batching -------------------------------------------------------------------------------------
