@@ -335,7 +335,8 @@ async def test_credentials_in_replicate_base_url_are_never_logged_or_shown(
 ) -> None:
     password = "pa55-in-the-url"
     fake.basic_auth = f"proxy:{password}"
-    with caplog.at_level(logging.DEBUG):  # every logger, httpx's request lines included
+    # Every logger, httpx's request lines included (an in-process CLI test may have quieted httpx).
+    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="httpx"):
         svc = await service(REPLICATE_BASE_URL=fake.base_url.replace("http://", f"http://proxy:{password}@"))
         assert (await (await svc.submit(USER, "a fox --seed 1", job_id="discord:40")).wait()).images
         fake.outcome = ("failed", "out of memory")

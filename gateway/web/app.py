@@ -746,10 +746,10 @@ def create_app(
         assert isinstance(exc, StarletteHTTPException)
         headers = dict(exc.headers or {})
         if exc.status_code == 404:
-            return error_response(404, f"There is nothing at {quoted(request.url.path)}.", "not_found")
+            return error_response(404, f"There is nothing at {elided(request.url.path)}.", "not_found")
         if exc.status_code == 405:
             allowed = headers.get("Allow", headers.get("allow", ""))
-            message = f"{request.method} is not allowed on {quoted(request.url.path)}; use {allowed}."
+            message = f"{request.method} is not allowed on {elided(request.url.path)}; use {allowed}."
             return error_response(405, message, "method_not_allowed", headers=headers)
         return error_response(exc.status_code, str(exc.detail), "http", headers=headers)
 
