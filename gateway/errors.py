@@ -100,6 +100,11 @@ class DeliveryRefused(JobFailed):
     kind = "fenced"
 
 
+class AmbiguousDelivery(Exception):
+    """Raised by a front inside :meth:`Conversation.delivery` when the platform may have taken the
+    images despite the error (a timeout after the upload, a 5xx): they are charged, never refunded."""
+
+
 class BackendError(Exception):
     """Raised by a backend; the service turns it into :class:`BackendFailed` with a refund.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from gateway.errors import credits_word
-from gateway.jobs import JobResult
+from gateway.jobs import JobResult, JobStatus, JobUpdate
 from gateway.request import KNOWN_FLAGS
 
 RESTARTING = "Imagine is restarting and could not finish your image"
@@ -62,6 +62,13 @@ def queue_text(position: int) -> str:
     if position <= 0:
         return "Starting…"
     return f"In the queue: {position} ahead of you."
+
+
+def status_text(update: JobUpdate) -> str:
+    """What a front shows while a job waits or runs: its place in the queue, then its progress."""
+    if update.status is JobStatus.QUEUED:
+        return queue_text(update.position)
+    return progress_text(update.step, update.total_steps)
 
 
 def progress_text(step: int, total: int) -> str:

@@ -57,6 +57,14 @@ class ImageRequest:
     def with_seed(self, seed: int | None) -> ImageRequest:
         return replace(self, seed=seed)
 
+    def reroll(self) -> ImageRequest:
+        """The same request with a new (random) seed: the re-roll button."""
+        return replace(self, seed=None)
+
+    def variations(self) -> ImageRequest:
+        """The same prompt, as many images as a request may ask, each with a new seed."""
+        return replace(self, seed=None, num_images=MAX_IMAGES)
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("extra")
