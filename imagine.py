@@ -8,15 +8,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import getpass
 import json
 import logging
 import signal
 import sys
-import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from gateway import (
     Backend,
@@ -30,27 +27,14 @@ from gateway import (
     parse_prompt,
     parse_user,
 )
-from gateway.errors import credits_word, quoted
+from gateway.errors import quoted
+from gateway.fronts import FRONTS, Front, secret_values
 from gateway.request import whole_number
 from storage import Database
 
 log = logging.getLogger("imagine")
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_REFUSED, EXIT_FAILED = 0, 1, 2, 3, 4
-
-
-class Front(Protocol):
-    """A front the main job runs: the web page, the Discord bot, the Telegram bot."""
-
-    name: str
-
-    async def start(self) -> str:
-        """Start serving; return where (a URL, a bot name) for the start-up line."""
-        ...
-
-    async def stop(self) -> None:
-        """Stop taking work (the service then finishes or refunds what is in flight)."""
-        ...
 
 
 class SecretFilter(logging.Filter):
@@ -73,18 +57,7 @@ class SecretFilter(logging.Filter):
 def setup_logging(settings: Settings, *, verbose: bool = False) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    secrets = [
-        s.get()
-        for s in (
-            settings.discord_token,
-            settings.telegram_token,
-            settings.backend_api_key,
-            settings.replicate_api_token,
-            settings.telegram_webhook_secret,
-        )
-        if s
-    ]
-    handler.addFilter(SecretFilter(secrets))
+    handler.addFilter(SecretFilter(secret_values(settings)))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -132,44 +105,14 @@ async def open_database(settings: Settings) -> AsyncIterator[ImagineService]:
 
 
 async def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
+    from bots.terminal import TerminalFront
+
     request = parse_prompt(args.prompt)  # bad input fails here, before any model is loaded
-    user = f"cli:{getpass.getuser()}"
     async with open_service(settings) as service:
-        job = await service.submit(user, request, job_id=f"cli:{uuid.uuid4().hex}")
-        last_line = ""
-        async for update in job.updates():
-            if update.status.value == "running" and sys.stderr.isatty():
-                line = f"\r{update.step}/{update.total_steps} steps"
-                if line != last_line:
-                    print(line, end="", file=sys.stderr, flush=True)
-                    last_line = line
-        if last_line:
-            print(file=sys.stderr)
-        result = await job.wait()
-    paths = _output_paths(args.output, result.seeds)
-    for path, png in zip(paths, result.images, strict=False):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(png)
-    left = "unlimited" if result.credits_left is None else credits_word(result.credits_left)
-    seeds = ", ".join(str(s) for s in result.seeds)
-    print(
-        f"Saved {', '.join(str(p) for p in paths[: len(result.images)])} · "
-        f"{result.request.width}x{result.request.height} · seed {seeds} · "
-        f"{result.elapsed:.1f} s · {left} left"
-    )
-    for note in result.notes:
-        print(note)
+        front = TerminalFront(service)
+        paths, result = await front.generate(request, args.output)
+    print(front.summary(paths, result))
     return EXIT_OK
-
-
-def _output_paths(output: str | None, seeds: list[int]) -> list[Path]:
-    if output is None:
-        return [Path(f"imagine-{seed}.png") for seed in seeds]
-    path = Path(output)
-    if len(seeds) == 1:
-        return [path]
-    suffix = path.suffix or ".png"
-    return [path.with_name(f"{path.stem}-{i + 1}{suffix}") for i in range(len(seeds))]
 
 
 async def cmd_quota(settings: Settings, args: argparse.Namespace) -> int:
@@ -231,24 +174,6 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _fronts(settings: Settings, service: ImagineService, which: Sequence[str]) -> list[Front]:
-    fronts: list[Front] = []
-    for name in which:
-        if name == "web":
-            from gateway.web.app import WebFront
-
-            fronts.append(WebFront(settings, service))
-        elif name == "discord":
-            from bots.discord_bot import DiscordFront
-
-            fronts.append(DiscordFront(settings, service))
-        elif name == "telegram":
-            from bots.telegram_bot import TelegramFront
-
-            fronts.append(TelegramFront(settings, service))
-    return fronts
-
-
 async def serve_fronts(settings: Settings, which: Sequence[str], *, announce_off: bool = False) -> int:
     """Run fronts until SIGTERM/SIGINT, then stop taking work, finish or refund, exit 0."""
     stop = asyncio.Event()
@@ -257,14 +182,14 @@ async def serve_fronts(settings: Settings, which: Sequence[str], *, announce_off
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     async with open_service(settings) as service:
-        fronts = _fronts(settings, service, which)
+        fronts = [FRONTS[name].build(settings, service) for name in which]
         started: list[Front] = []
         try:
             for front in fronts:
                 where = await front.start()
                 started.append(front)
                 print(f"imagine: {front.name} is on: {where}", flush=True)
-            off = [n for n in ("discord", "telegram") if n not in which]
+            off = [name for name in FRONTS if name not in which]
             if off and announce_off:
                 print(f"imagine: off: {', '.join(off)} (set its token to turn it on)", flush=True)
             print(f"imagine: backend {settings.backend}, model {settings.model}", flush=True)
@@ -280,18 +205,11 @@ async def serve_fronts(settings: Settings, which: Sequence[str], *, announce_off
 
 def _run_fronts(which: Sequence[str]) -> Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]:
     async def command(settings: Settings, args: argparse.Namespace) -> int:
-        wanted = list(which)
-        run_all = wanted == ["all"]
-        if run_all:
-            wanted = ["web"]
-            if settings.discord_token:
-                wanted.append("discord")
-            if settings.telegram_token:
-                wanted.append("telegram")
-        if "discord" in wanted and not settings.discord_token:
-            raise SettingsError("The Discord bot needs DISCORD_TOKEN; set it in the environment or .env.")
-        if "telegram" in wanted and not settings.telegram_token:
-            raise SettingsError("The Telegram bot needs TELEGRAM_TOKEN; set it in the environment or .env.")
+        run_all = list(which) == ["all"]
+        wanted = [spec.name for spec in FRONTS.values() if spec.enabled(settings)] if run_all else list(which)
+        for name in wanted:
+            if not FRONTS[name].enabled(settings):
+                raise SettingsError(FRONTS[name].missing())
         return await serve_fronts(settings, wanted, announce_off=run_all)
 
     return command
@@ -307,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="every configured front in one process (the main job)").set_defaults(
         run=_run_fronts(["all"])
     )
-    for name in ("web", "discord", "telegram"):
-        sub.add_parser(name, help=f"the {name} front alone").set_defaults(run=_run_fronts([name]))
+    for name, spec in FRONTS.items():
+        sub.add_parser(name, help=f"{spec.title} alone").set_defaults(run=_run_fronts([name]))
 
     p = sub.add_parser("worker", help="the GPU worker HTTP service (Cog prediction protocol)")
     p.add_argument(
