@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 import aiohttp
 import discord
 
+from gateway.errors import AmbiguousDelivery
+
 log = logging.getLogger("imagine.discord")
 
 TOKEN_LIFETIME = 15 * 60.0
@@ -39,7 +41,7 @@ T = TypeVar("T")
 SEND_ERRORS = (discord.HTTPException, aiohttp.ClientError, OSError)
 
 
-class AmbiguousSend(Exception):
+class AmbiguousSend(AmbiguousDelivery):
     """Every route failed, but one failed after Discord may have taken the message (a timeout,
     a 5xx answer): the image may be out, so it is charged, never refunded."""
 

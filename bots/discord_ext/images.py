@@ -11,36 +11,25 @@ import contextlib
 import io
 import logging
 import re
-import time
-from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bots.discord_ext.delivery import (
-    MESSAGE_LIMIT,
-    SEND_ERRORS,
-    AmbiguousSend,
-    Reply,
-    fit_images,
-    fit_message,
-    image_name,
-)
+from bots.discord_ext.delivery import MESSAGE_LIMIT, Reply, fit_images, fit_message, image_name
 from gateway import ImageRequest, ImagineError, ImagineService, Job, JobResult, JobStatus, parse_prompt
-from gateway.messages import RESTARTING, progress_text, queue_text, result_caption
+from gateway.conversation import Conversation
+from gateway.messages import RESTARTING, result_caption, status_text
 from gateway.request import MAX_IMAGES, MAX_NEGATIVE_CHARS, MAX_PROMPT_CHARS, MAX_SEED, size_for_aspect_ratio
+from storage import JobRecord
 
 if TYPE_CHECKING:
     from bots.discord_bot import ImagineBot
 
 log = logging.getLogger("imagine.discord")
 
-RECOVERY_POLL = 10.0  # the gateway finds dead processes' jobs on its heartbeat too
-SEEN_EVENTS = 10_000
-VARIATIONS = MAX_IMAGES
 # Room for "<@user id> " when a result goes to the channel instead of the interaction.
 CAPTION_LIMIT = MESSAGE_LIMIT - 32
 
@@ -70,18 +59,14 @@ class ImageCommands(commands.Cog):
     def __init__(self, bot: ImagineBot) -> None:
         self.bot = bot
         self.service: ImagineService = bot.service
+        self.conversation = Conversation(bot.service, "discord")
         self.in_flight: dict[str, Flight] = {}
-        self._seen: OrderedDict[int, None] = OrderedDict()
-        self._recovery: asyncio.Task[None] | None = None
 
     async def cog_load(self) -> None:
-        self._recovery = asyncio.create_task(self._tell_recovered(), name="imagine-discord-recovered")
+        self.conversation.on_recovered(self._tell_recovered)
 
     async def cog_unload(self) -> None:
-        if self._recovery is not None:
-            self._recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recovery
+        await self.conversation.close()
 
     # --- /imagine ---------------------------------------------------------------------------
 
@@ -107,7 +92,7 @@ class ImageCommands(commands.Cog):
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         count: app_commands.Range[int, 1, MAX_IMAGES] | None = None,
     ) -> None:
-        if not self._first_sighting(interaction):
+        if not self.conversation.first_time(str(interaction.id)):
             return
         options: dict[str, Any] = {}
         if negative is not None:
@@ -131,7 +116,7 @@ class ImageCommands(commands.Cog):
     # --- buttons ------------------------------------------------------------------------------
 
     async def on_button(self, interaction: discord.Interaction[Any], action: str, source_id: str) -> None:
-        if not self._first_sighting(interaction):
+        if not self.conversation.first_time(str(interaction.id)):
             return
         if action == "delete":
             await self._delete(interaction, source_id)
@@ -142,9 +127,7 @@ class ImageCommands(commands.Cog):
         if source is None:
             await Reply.from_interaction(self.bot, interaction).tell(UNKNOWN_IMAGE)
             return
-        request = source.request.with_seed(None)
-        if action == "vary":
-            request = replace(request, num_images=VARIATIONS)
+        request = source.request.variations() if action == "vary" else source.request.reroll()
         await self.run_job(interaction, request, job_id=f"discord:{interaction.id}")
 
     async def _delete(self, interaction: discord.Interaction[Any], source_id: str) -> None:
@@ -202,32 +185,12 @@ class ImageCommands(commands.Cog):
         await self._deliver(job, job.result, reply)
 
     async def _show_progress(self, job: Job, reply: Reply) -> None:
-        """Queue position, then progress; at most one edit per interval, always the newest state.
-
-        The interval never holds back the end: the wait stops as soon as the job finishes.
-        """
-        interval = self.bot.progress_interval
-        finished = asyncio.create_task(_until_finished(job))
+        """Queue position, then progress: at most one edit per interval, the end at once."""
         shown = ""
-        last_edit = -interval
-        try:
-            async for _ in job.updates():
-                wait = last_edit + interval - time.monotonic()
-                if wait > 0:
-                    await asyncio.wait({finished}, timeout=wait)
-                update = job.snapshot()  # updates() coalesces: after the wait, show what is true now
-                if update.status.finished:
-                    return
-                if update.status is JobStatus.QUEUED:
-                    text = queue_text(update.position)
-                else:
-                    text = progress_text(update.step, update.total_steps)
-                if text != shown:
-                    shown = text
-                    last_edit = time.monotonic()
-                    await reply.edit(text)
-        finally:
-            finished.cancel()
+        async for update in self.conversation.follow(job, every=self.bot.progress_interval):
+            if not update.status.finished and (text := status_text(update)) != shown:
+                shown = text
+                await reply.edit(text)
 
     async def _deliver(self, job: Job, result: JobResult, reply: Reply) -> None:
         images = fit_images(result.images, reply.upload_limit)
@@ -237,40 +200,24 @@ class ImageCommands(commands.Cog):
             return [discord.File(io.BytesIO(d), filename=n) for d, n in zip(images, names, strict=True)]
 
         try:
-            await self.service.claim_delivery(job.id)  # the fence: refunded meanwhile -> post nothing
-        except ImagineError as refused:
-            await reply.tell(str(refused))
-            return
-        try:
-            await reply.send(
-                result_caption(result, limit=CAPTION_LIMIT), files=files, view=result_view(job.id)
-            )
-        except AmbiguousSend as exc:
-            log.warning("discord may have taken the images of %s (%s): charged, not refunded", job.id, exc)
-        except SEND_ERRORS as exc:
-            log.warning("discord did not take the images of %s: %r", job.id, exc)
-            error = await self.service.delivery_failed(job.id, DELIVERY_FAILED)
-            if error is not None:
-                await reply.tell(str(error))
-            return
-        await self.service.delivered(job.id)
+            async with self.conversation.delivery(job, failed=DELIVERY_FAILED):
+                await reply.send(
+                    result_caption(result, limit=CAPTION_LIMIT), files=files, view=result_view(job.id)
+                )
+        except ImagineError as error:  # refunded meanwhile, or Discord certainly did not take it
+            await reply.tell(str(error))
 
     # --- restart and stop ----------------------------------------------------------------------
 
-    async def _tell_recovered(self) -> None:
-        """Tell each user whose job a killed process left open that their credits came back."""
+    async def _tell_recovered(self, record: JobRecord) -> None:
+        """Tell a user whose job a stopped process left open that their credits came back."""
         await self.bot.wait_until_ready()
-        while True:
-            for record in await self.service.take_recovered("discord:"):
-                if not record.reply or not record.error:
-                    continue
-                try:
-                    await Reply.from_json(self.bot, record.reply).tell(record.error)
-                except (KeyError, TypeError, ValueError):
-                    log.warning("job %s has no usable discord reply data", record.id)
-                except Exception:
-                    log.exception("could not tell the user of job %s about its refund", record.id)
-            await asyncio.sleep(RECOVERY_POLL)
+        if not record.reply or not record.error:
+            return
+        try:
+            await Reply.from_json(self.bot, record.reply).tell(record.error)
+        except (KeyError, TypeError, ValueError):
+            log.warning("job %s has no usable discord reply data", record.id)
 
     async def drain(self, grace: float) -> None:
         """Let jobs in flight finish for ``grace`` s; cancel the rest, which tells their users."""
@@ -283,15 +230,6 @@ class ImageCommands(commands.Cog):
         tasks = {flight.task for flight in self.in_flight.values()}
         if tasks:
             await asyncio.wait(tasks, timeout=5.0)
-
-    def _first_sighting(self, interaction: discord.Interaction[Any]) -> bool:
-        """False for an interaction already seen: Discord may deliver an event twice."""
-        if interaction.id in self._seen:
-            return False
-        self._seen[interaction.id] = None
-        if len(self._seen) > SEEN_EVENTS:
-            self._seen.popitem(last=False)
-        return True
 
 
 class ResultButton(
@@ -336,12 +274,6 @@ def result_view(job_id: str) -> discord.ui.View:
     for action in ResultButton.LOOKS:
         view.add_item(ResultButton(action, job_id))
     return view
-
-
-async def _until_finished(job: Job) -> None:
-    async for update in job.updates():
-        if update.status.finished:
-            return
 
 
 async def _defer(interaction: discord.Interaction[Any], *, thinking: bool) -> bool:
