@@ -29,7 +29,6 @@ from gateway import (
 )
 from gateway.errors import quoted
 from gateway.fronts import FRONTS, Front, secret_values
-from gateway.request import whole_number
 from storage import Database
 
 log = logging.getLogger("imagine")
@@ -116,38 +115,25 @@ async def cmd_generate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_quota(settings: Settings, args: argparse.Namespace) -> int:
-    user = parse_user(args.user, "cli")
-    async with open_database(settings) as service:
-        if args.action == "show":
-            print(service.quota_text(await service.quota(user)))
-        elif args.action == "set":
-            value = None if args.n.lower() == "default" else _int_arg(args.n, "N")
-            print(await service.set_allowance(None, user, value))
-        else:
-            print(await service.grant(None, user, _int_arg(args.n, "N")))
-    return EXIT_OK
-
-
-def _int_arg(raw: str, name: str) -> int:
-    """A whole number argument; past 20 digits it stands as a number out of range, which the service
-    then refuses with its range sentence (int() of a huge string is slow, and refused past 4,300 digits)."""
-    value = whole_number(raw)
-    if value is None:
-        raise InvalidRequest(f"{name} must be a whole number; got {quoted(raw)}.")
-    return value
+    return await _admin(settings, {"show": "show", "set": "setquota", "grant": "grant"}[args.action], args)
 
 
 async def cmd_ban(settings: Settings, args: argparse.Namespace) -> int:
-    user = parse_user(args.user, "cli")
-    async with open_database(settings) as service:
-        print(await service.ban(None, user, " ".join(args.reason)))
-    return EXIT_OK
+    return await _admin(settings, "ban", args)
 
 
 async def cmd_unban(settings: Settings, args: argparse.Namespace) -> int:
+    return await _admin(settings, "unban", args)
+
+
+async def _admin(settings: Settings, command: str, args: argparse.Namespace) -> int:
+    from gateway.admin import run_admin
+
     user = parse_user(args.user, "cli")
+    rest = [args.n] if getattr(args, "n", None) is not None else list(getattr(args, "reason", []))
+    usage = f"N must be a whole number; got {quoted(rest[0])}." if rest else ""
     async with open_database(settings) as service:
-        print(await service.unban(None, user))
+        print(await run_admin(service, None, command, user, rest, usage=usage))
     return EXIT_OK
 
 
