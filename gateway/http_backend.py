@@ -264,6 +264,8 @@ class HttpBackend:
         worker: Worker | None = None
         sticky: Worker | None = None  # after a dropped connection, ask the same worker again
         progress(0, request.steps)
+        # Hand-written, not tenacity: each attempt picks its worker (the same one after a dropped
+        # connection), keeps that worker's breaker and load, and each failure kind has its own budget.
         while True:
             attempt += 1
             worker = sticky or self._pick(tried)

@@ -1,63 +1,67 @@
-"""Counters and histograms for ``GET /metrics`` in the Prometheus text format.
+"""Counters and histograms for ``GET /metrics``, kept by ``prometheus_client``.
 
-Small on purpose: a handful of series, updated on the event loop, rendered on demand.
+Each :class:`Metrics` owns its own :class:`~prometheus_client.CollectorRegistry` (never the
+library's global one): one process may hold several services (the tests do), and each one's
+``/metrics`` shows only its own figures.
 """
 
 from __future__ import annotations
 
-import bisect
-from collections import Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 GENERATION_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
 
-class Histogram:
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.total = 0.0
-        self.n = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.total += value
-        self.n += 1
-
-    def render(self, name: str) -> list[str]:
-        lines, running = [], 0
-        for bound, count in zip(self.buckets, self.counts, strict=False):
-            running += count
-            lines.append(f'{name}_bucket{{le="{bound:g}"}} {running}')
-        lines.append(f'{name}_bucket{{le="+Inf"}} {self.n}')
-        lines.append(f"{name}_sum {self.total:.6f}")
-        lines.append(f"{name}_count {self.n}")
-        return lines
-
-
 class Metrics:
     def __init__(self) -> None:
-        self.jobs = Counter[str]()
-        self.rejections = Counter[str]()
-        self.backend_errors = Counter[str]()
-        self.http_requests = Counter[tuple[str, int]]()
-        self.accepted_total = 0
-        self.queue_length = 0
-        self.credits_spent = 0
-        self.credits_refunded = 0
-        self.gpu_seconds = 0.0
-        self.cost = 0.0
-        self.images = 0
-        self.generation = Histogram(GENERATION_BUCKETS)
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.jobs = Counter("imagine_jobs", "Jobs by outcome.", ["outcome"], registry=r)
+        self.accepted_jobs = Counter("imagine_jobs_accepted", "Jobs accepted (credits reserved).", registry=r)
+        self.rejections = Counter(
+            "imagine_rejections", "Requests refused before any charge, by reason.", ["reason"], registry=r
+        )
+        self.backend_errors = Counter(
+            "imagine_backend_errors", "Backend failures by kind.", ["kind"], registry=r
+        )
+        self.queue_length = Gauge(
+            "imagine_queue_length", "Jobs queued or running in this process.", registry=r
+        )
+        self.credits_spent = Counter(
+            "imagine_credits_spent", "Credits charged for delivered images.", registry=r
+        )
+        self.credits_refunded = Counter("imagine_credits_refunded", "Credits given back.", registry=r)
+        self.gpu_seconds = Counter("imagine_gpu_seconds", "Seconds of backend generation time.", registry=r)
+        self.cost_per_image = Gauge(
+            "imagine_estimated_cost_per_image", "Estimated GPU cost of one delivered image.", registry=r
+        )
+        self.generation = Histogram(
+            "imagine_generation_seconds",
+            "Backend generation time per job.",
+            buckets=GENERATION_BUCKETS,
+            registry=r,
+        )
+        self.http_requests = Counter(
+            "imagine_http_requests",
+            "Web front requests by route and status.",
+            ["route", "status"],
+            registry=r,
+        )
+        self._cost = 0.0
+        self._images = 0
 
     def accepted(self, queue_length: int) -> None:
-        self.accepted_total += 1
-        self.queue_length = queue_length
+        self.accepted_jobs.inc()
+        self.queue_length.set(queue_length)
 
     def rejected(self, reason: str) -> None:
-        self.rejections[reason] += 1
+        self.rejections.labels(reason=reason).inc()
 
     def backend_error(self, kind: str) -> None:
-        self.backend_errors[kind] += 1
+        self.backend_errors.labels(kind=kind).inc()
+
+    def http_request(self, route: str, status: int) -> None:
+        self.http_requests.labels(route=route, status=str(status)).inc()
 
     def job_finished(
         self,
@@ -68,65 +72,18 @@ class Metrics:
         seconds: float = 0.0,
         cost_per_second: float = 0.0,
     ) -> None:
-        self.jobs[outcome] += 1
-        self.credits_spent += spent
-        self.credits_refunded += refunded
-        self.images += spent
+        self.jobs.labels(outcome=outcome).inc()
+        self.credits_spent.inc(spent)
+        self.credits_refunded.inc(refunded)
+        self._images += spent
         if seconds:
             self.generation.observe(seconds)
-            self.gpu_seconds += seconds
-            self.cost += seconds * cost_per_second
+            self.gpu_seconds.inc(seconds)
+            self._cost += seconds * cost_per_second
+        self.cost_per_image.set(self._cost / self._images if self._images else 0.0)
 
     def render(self, *, queue_length: int | None = None) -> str:
+        """The Prometheus text format (0.0.4) of this service's registry."""
         if queue_length is not None:
-            self.queue_length = queue_length
-        out = [
-            "# HELP imagine_jobs_total Jobs by outcome.",
-            "# TYPE imagine_jobs_total counter",
-        ]
-        out += [f'imagine_jobs_total{{outcome="{k}"}} {v}' for k, v in sorted(self.jobs.items())]
-        out += [
-            "# HELP imagine_jobs_accepted_total Jobs accepted (credits reserved).",
-            "# TYPE imagine_jobs_accepted_total counter",
-            f"imagine_jobs_accepted_total {self.accepted_total}",
-            "# HELP imagine_rejections_total Requests refused before any charge, by reason.",
-            "# TYPE imagine_rejections_total counter",
-        ]
-        out += [f'imagine_rejections_total{{reason="{k}"}} {v}' for k, v in sorted(self.rejections.items())]
-        out += [
-            "# HELP imagine_backend_errors_total Backend failures by kind.",
-            "# TYPE imagine_backend_errors_total counter",
-        ]
-        out += [
-            f'imagine_backend_errors_total{{kind="{k}"}} {v}' for k, v in sorted(self.backend_errors.items())
-        ]
-        out += [
-            "# HELP imagine_queue_length Jobs queued or running in this process.",
-            "# TYPE imagine_queue_length gauge",
-            f"imagine_queue_length {self.queue_length}",
-            "# HELP imagine_credits_spent_total Credits charged for delivered images.",
-            "# TYPE imagine_credits_spent_total counter",
-            f"imagine_credits_spent_total {self.credits_spent}",
-            "# HELP imagine_credits_refunded_total Credits given back.",
-            "# TYPE imagine_credits_refunded_total counter",
-            f"imagine_credits_refunded_total {self.credits_refunded}",
-            "# HELP imagine_gpu_seconds_total Seconds of backend generation time.",
-            "# TYPE imagine_gpu_seconds_total counter",
-            f"imagine_gpu_seconds_total {self.gpu_seconds:.6f}",
-            "# HELP imagine_estimated_cost_per_image Estimated GPU cost of one delivered image.",
-            "# TYPE imagine_estimated_cost_per_image gauge",
-            f"imagine_estimated_cost_per_image {self.cost / self.images if self.images else 0.0:.6f}",
-            "# HELP imagine_generation_seconds Backend generation time per job.",
-            "# TYPE imagine_generation_seconds histogram",
-        ]
-        out += self.generation.render("imagine_generation_seconds")
-        if self.http_requests:
-            out += [
-                "# HELP imagine_http_requests_total Web front requests by route and status.",
-                "# TYPE imagine_http_requests_total counter",
-            ]
-            out += [
-                f'imagine_http_requests_total{{route="{route}",status="{status}"}} {n}'
-                for (route, status), n in sorted(self.http_requests.items())
-            ]
-        return "\n".join(out) + "\n"
+            self.queue_length.set(queue_length)
+        return generate_latest(self.registry).decode("utf-8")

@@ -28,6 +28,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+    wait_incrementing,
+)
 
 from gateway.backend import GenerationResult, ProgressCallback
 from gateway.cog import PNG_SIGNATURE, png_from_data_uri, request_to_input, safe_reason
@@ -185,55 +193,58 @@ class ReplicateBackend:
     async def _create(self, payload: dict[str, Any]) -> str:
         from replicate.exceptions import ReplicateError
 
-        for attempt in range(4):
+        # A 429 (too many predictions starting at once) is tried again, 0.5, 1 and 2 s later.
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(4),
+            retry=retry_if_exception(_rate_limited),
+            wait=wait_exponential(multiplier=0.5, max=10.0),
+            reraise=True,
+        )
+        try:
+            return await retrying(self._create_once, payload)
+        except ReplicateError as exc:
+            raise BackendError(_replicate_reason(exc)) from None
+        except httpx.HTTPError as exc:
+            raise BackendError(f"could not reach Replicate ({type(exc).__name__})") from None
+
+    async def _create_once(self, payload: dict[str, Any]) -> str:
+        from replicate.exceptions import ReplicateError
+
+        if self.version is None:
             try:
-                if self.version is None:
-                    try:
-                        prediction = await self.client.predictions.async_create(
-                            model=self.model_ref, input=payload
-                        )
-                    except ReplicateError as exc:
-                        if exc.status != 404:
-                            raise
-                        # Not an "official" model: run its latest version instead.
-                        model = await self.client.models.async_get(self.model_ref)
-                        if model.latest_version is None:
-                            raise BackendError(f"Replicate has no version of {self.model_ref}") from None
-                        self.version = model.latest_version.id
-                        continue
-                else:
-                    prediction = await self.client.predictions.async_create(
-                        version=self.version, input=payload
-                    )
+                prediction = await self.client.predictions.async_create(model=self.model_ref, input=payload)
                 return str(prediction.id)
             except ReplicateError as exc:
-                if exc.status == 429 and attempt < 3:
-                    await asyncio.sleep(min(10.0, 0.5 * 2**attempt))
-                    continue
-                raise BackendError(_replicate_reason(exc)) from None
-            except httpx.HTTPError as exc:
-                raise BackendError(f"could not reach Replicate ({type(exc).__name__})") from None
-        raise BackendError("Replicate kept refusing new predictions (rate limit)")
+                if exc.status != 404:
+                    raise
+            # Not an "official" model: run its latest version instead.
+            model = await self.client.models.async_get(self.model_ref)
+            if model.latest_version is None:
+                raise BackendError(f"Replicate has no version of {self.model_ref}")
+            self.version = model.latest_version.id
+        prediction = await self.client.predictions.async_create(version=self.version, input=payload)
+        return str(prediction.id)
 
     async def _wait(
         self, prediction_id: str, request: ImageRequest, progress: ProgressCallback
     ) -> dict[str, Any]:
         from replicate.exceptions import ReplicateError
 
+        # A poll is a GET, safe to repeat: up to five tries in a row, waiting a little longer each time.
+        poll = AsyncRetrying(
+            stop=stop_after_attempt(5),
+            retry=retry_if_exception_type(httpx.HTTPError),
+            wait=wait_incrementing(start=self.poll_interval, increment=self.poll_interval),
+            reraise=True,
+        )
         last_step = -1
-        errors = 0
         while True:
             try:
-                data = await self._get(prediction_id)
-                errors = 0
+                data: dict[str, Any] = await poll(self._get, prediction_id)
             except ReplicateError as exc:
                 raise BackendError(_replicate_reason(exc)) from None
             except httpx.HTTPError as exc:
-                errors += 1  # a poll is a GET: safe to repeat, a few times
-                if errors >= 5:
-                    raise BackendError(f"lost contact with Replicate ({type(exc).__name__})") from None
-                await asyncio.sleep(self.poll_interval * errors)
-                continue
+                raise BackendError(f"lost contact with Replicate ({type(exc).__name__})") from None
             if data.get("status") in FINISHED:
                 return data
             step = _progress_from_logs(data.get("logs"))
@@ -410,6 +421,12 @@ def _shown(url: str) -> str:
         return safe_reason(str(parsed.copy_with(userinfo=b"", query=None, fragment=None)), 120)
     except (httpx.InvalidURL, TypeError):
         return "(an invalid URL)"
+
+
+def _rate_limited(exc: BaseException) -> bool:
+    from replicate.exceptions import ReplicateError
+
+    return isinstance(exc, ReplicateError) and exc.status == 429
 
 
 def _replicate_reason(exc: Exception) -> str:

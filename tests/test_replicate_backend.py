@@ -190,6 +190,16 @@ async def test_a_community_model_runs_its_latest_version(
     assert isinstance(svc.backend, ReplicateBackend) and svc.backend.version == VERSION
 
 
+async def test_a_rate_limited_create_is_tried_again(service: ServiceFactory, fake: FakeReplicate) -> None:
+    fake.rate_limited_creates = 2  # answered after 0.5 s and 1 s
+    svc = await service()
+    job = await svc.submit(USER, "a fox --seed 1", job_id="discord:8")
+    await job.wait()
+    creates = [p for m, p, _ in fake.requests if m == "POST"]
+    assert creates == ["/v1/models/stability-ai/stable-diffusion/predictions"] * 3
+    assert len(fake.predictions) == 1
+
+
 async def test_a_pinned_version_is_used_as_given(service: ServiceFactory, fake: FakeReplicate) -> None:
     svc = await service(IMAGINE_REPLICATE_MODEL=f"stability-ai/stable-diffusion:{VERSION}")
     job = await svc.submit(USER, "a fox --seed 1", job_id="discord:7")

@@ -7,7 +7,6 @@ An interaction token lives 15 minutes; uploads are capped per interaction; any r
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 import time
@@ -17,6 +16,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 import discord
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from gateway.errors import AmbiguousDelivery
 
@@ -59,16 +59,37 @@ async def with_retries(call: Callable[[], Awaitable[T]], *, attempts: int = RETR
     discord.py retries most 429s itself, but raises the ones without a ``Via`` header (it reads those as
     Cloudflare's) and gives up after its own attempts; a result must not be lost to either.
     """
-    for attempt in range(attempts):
-        try:
+    # `async for` rather than `await retrying(call)`: tenacity calls a plain callable without awaiting
+    # what it returns, and `call` is usually a lambda that returns a coroutine.
+    async for attempt in AsyncRetrying(
+        stop=stop_after_attempt(attempts),
+        retry=retry_if_exception(_retryable),
+        wait=_discord_wait,
+        before_sleep=_log_retry,
+        reraise=True,
+    ):
+        with attempt:
             return await call()
-        except discord.HTTPException as exc:
-            if attempt == attempts - 1 or not (exc.status == 429 or exc.status >= 500):
-                raise
-            delay = retry_after(exc) if exc.status == 429 else 1.0 + 2 * attempt
-            log.warning("Discord answered %s; retrying in %.2f s", exc.status, delay)
-            await asyncio.sleep(min(delay, MAX_RETRY_WAIT))
-    raise AssertionError("unreachable")
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, discord.HTTPException) and (exc.status == 429 or exc.status >= 500)
+
+
+def _discord_wait(state: RetryCallState) -> float:
+    """What a 429 asks for, else 1, 3, 5... seconds after a 5xx; never more than ``MAX_RETRY_WAIT``."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    assert isinstance(exc, discord.HTTPException), "only Discord's answers are retried"
+    delay = retry_after(exc) if exc.status == 429 else 1.0 + 2 * (state.attempt_number - 1)
+    return min(delay, MAX_RETRY_WAIT)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    status = getattr(exc, "status", "?")
+    wait = state.next_action.sleep if state.next_action is not None else 0.0
+    log.warning("Discord answered %s; retrying in %.2f s", status, wait)
 
 
 def retry_after(exc: discord.HTTPException) -> float:

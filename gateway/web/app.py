@@ -659,7 +659,7 @@ class ClientMiddleware:
             else:
                 await self.app(scope, receive, send_counted)
         finally:
-            self.web.service.metrics.http_requests[(route_label(scope["path"]), status)] += 1
+            self.web.service.metrics.http_request(route_label(scope["path"]), status)
 
 
 # --- the app -------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ It speaks the routes the ``replicate`` backend uses, with Replicate's JSON shape
   :attr:`FakeReplicate.output_url` to hand out other URLs, ``"data"`` for sync mode's ``data:`` URIs
 - ``GET /redirect/{name}``: a 302 to :attr:`FakeReplicate.redirect_to`
 
+The next :attr:`FakeReplicate.rate_limited_creates` prediction creates answer 429.
+
 Outcomes: ``"succeeded"``, ``("failed", error)``, ``"canceled"``, ``"aborted"``, ``"hang"`` (processing
 for ever).
 """
@@ -79,6 +81,8 @@ class FakeReplicate:
     image_format: str = "PNG"
     polls_before_done: int = 3
     versioned_only: set[str] = field(default_factory=set)
+    #: How many of the next prediction creates answer 429 (too many predictions starting at once).
+    rate_limited_creates: int = 0
     #: Template of each output; ``{base}`` is this server, ``{name}`` the file. Or ``"data"``.
     output_url: str = "https://replicate.delivery/files/{name}"
     redirect_to: str = "https://replicate.delivery/files/{name}"
@@ -159,6 +163,9 @@ class FakeReplicate:
         return self._new("stability-ai/stable-diffusion", body["version"], body["input"])
 
     def _new(self, model: str, version: str, inp: dict[str, Any]) -> Response:
+        if self.rate_limited_creates > 0:
+            self.rate_limited_creates -= 1
+            return JSONResponse({"title": "Too many requests", "detail": "Request was throttled."}, 429)
         prediction = Prediction(id=f"pred{next(self._ids):04d}", model=model, version=version, input=inp)
         self.predictions[prediction.id] = prediction
         return JSONResponse(prediction.json(self.base_url), 201)
