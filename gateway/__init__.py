@@ -21,7 +21,7 @@ from gateway.jobs import Job, JobResult, JobStatus, JobUpdate
 from gateway.request import ImageRequest, parse_prompt, validate
 from gateway.service import ImagineService, parse_user
 from gateway.settings import Secret, Settings, SettingsError
-from storage import QuotaState
+from storage import JobRecord, QuotaState
 
 __all__ = [
     "Backend",
@@ -39,6 +39,7 @@ __all__ = [
     "InvalidRequest",
     "Job",
     "JobFailed",
+    "JobRecord",
     "JobResult",
     "JobStatus",
     "JobUpdate",

@@ -19,11 +19,19 @@ from discord import app_commands
 from discord.ext import commands
 
 from bots.discord_ext.delivery import MESSAGE_LIMIT, Reply, fit_images, fit_message, image_name
-from gateway import ImageRequest, ImagineError, ImagineService, Job, JobResult, JobStatus, parse_prompt
+from gateway import (
+    ImageRequest,
+    ImagineError,
+    ImagineService,
+    Job,
+    JobRecord,
+    JobResult,
+    JobStatus,
+    parse_prompt,
+)
 from gateway.conversation import Conversation
 from gateway.messages import RESTARTING, result_caption, status_text
 from gateway.request import MAX_IMAGES, MAX_NEGATIVE_CHARS, MAX_PROMPT_CHARS, MAX_SEED, size_for_aspect_ratio
-from storage import JobRecord
 
 if TYPE_CHECKING:
     from bots.discord_bot import ImagineBot
