@@ -10,8 +10,6 @@ import asyncio
 import contextlib
 import io
 import json
-import struct
-import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -27,6 +25,7 @@ from tests.fakes.discord_server import (
     RecordedRequest,
     discord_py_pointed_at,
 )
+from tests.helpers.png import png_bytes
 
 TOKEN = "MTA1NzY0NjQ4OTQ0NTYzNzI0OA.GfakeX.bot-token-for-tests"
 FOLLOWUP = "/webhooks/{application_id}/{token}"
@@ -35,22 +34,6 @@ CALLBACK = "/interactions/{interaction_id}/{token}/callback"
 RETRY_AFTER = 0.2
 
 Behaviour = Callable[[discord.Interaction, dict[str, Any]], Awaitable[None]]
-
-
-def png_bytes(width: int = 3, height: int = 2) -> bytes:
-    """A real, tiny RGB PNG."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    rows = b"".join(b"\x00" + bytes([200, 100, 50]) * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
 
 
 PNG = png_bytes()

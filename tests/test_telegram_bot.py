@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from bots import telegram_bot
-from bots.telegram_bot import TelegramFront, fits_photo_rules, png_size
+from bots.telegram_bot import TelegramFront, fits_photo_rules
 from gateway import (
     DeliveryRefused,
     ImageRequest,
@@ -40,6 +40,7 @@ from gateway.messages import HELP, utc_day
 from storage import Database
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.telegram_server import Call, ChatMessage, FakeTelegram, free_port
+from tests.helpers.png import png_size
 from tests.test_run import DISCORD_TEST_TOKEN, imagine_command
 
 ROOT = Path(__file__).resolve().parent.parent

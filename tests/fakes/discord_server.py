@@ -52,7 +52,6 @@ import math
 import mimetypes
 import re
 import secrets
-import struct
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -64,6 +63,8 @@ from typing import Any, TypeVar
 from urllib.parse import quote, unquote
 
 from aiohttp import BodyPartReader, WSMsgType, hdrs, web
+
+from tests.helpers.png import png_dimensions
 
 __all__ = [
     "ADMINISTRATOR",
@@ -125,8 +126,6 @@ MEMBER_PERMISSIONS = sum(1 << bit for bit in _PERMISSION_BITS)
 BOT_PERMISSIONS = MEMBER_PERMISSIONS | (1 << 13)  # + MANAGE_MESSAGES
 ADMINISTRATOR = 1 << 3
 MANAGE_GUILD = 1 << 5  # "Manage Server" in the Discord app
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # Mentions in message content, as Discord parses them.
 _USER_MENTION = re.compile(r"<@!?([0-9]+)>")
@@ -381,10 +380,7 @@ class FakeAttachment:
 
     @property
     def dimensions(self) -> tuple[int, int] | None:
-        if self.data[:8] == _PNG_SIGNATURE and len(self.data) >= 24:
-            width, height = struct.unpack(">II", self.data[16:24])
-            return int(width), int(height)
-        return None
+        return png_dimensions(self.data)
 
     def to_payload(self) -> JSON:
         payload: JSON = {
