@@ -7,7 +7,6 @@ The real python-telegram-bot client talks to it over HTTP as it would to api.tel
             ApplicationBuilder()
             .token(fake.token)
             .base_url(fake.base_url)
-            .base_file_url(fake.base_file_url)
             .build()
         )
         ...
@@ -18,8 +17,8 @@ The real python-telegram-bot client talks to it over HTTP as it would to api.tel
 It keeps what Telegram keeps (updates until the bot confirms them, chats, messages, uploaded files, callback
 queries, commands, the webhook), answers with the objects and the error descriptions Telegram answers with,
 and enforces the limits that cheaply show bugs: photo size and dimensions, text and caption length, callback
-data length, HTML and MarkdownV2 markup (ports of tdlib's parsers, so an unescaped prompt fails here as it
-fails in production), "message is not modified", unknown chats and messages. Every call is recorded.
+data length, "message is not modified", unknown chats and messages. It carries only the methods the bots
+call, and refuses any parse_mode: the bots send plain text. Every call is recorded.
 """
 
 from __future__ import annotations
@@ -51,7 +50,6 @@ MAX_PHOTO_BYTES: Final = 10 * 1024 * 1024
 MAX_PHOTO_SIDES_SUM: Final = 10000
 MAX_PHOTO_RATIO: Final = 20
 MAX_DOCUMENT_BYTES: Final = 50 * 1024 * 1024
-MAX_DOWNLOAD_BYTES: Final = 20 * 1024 * 1024
 MAX_CALLBACK_DATA_BYTES: Final = 64
 
 # Telegram keeps photos at these longest sides: a thumbnail per step below the original, the original last.
@@ -382,8 +380,6 @@ class _Webhook:
     allowed_updates: list[str] | None
     max_connections: int
     drop_pending_updates: bool
-    last_error_date: int | None = None
-    last_error_message: str | None = None
 
 
 MethodHandler = Callable[[dict[str, Any], list[UploadedFile]], Any]
@@ -444,7 +440,6 @@ class FakeTelegram:
     async def start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/bot{token}/{method}", self._handle_method)
-        app.router.add_get("/file/bot{token}/{path:.+}", self._handle_file)
         # handler_cancellation: a long poll whose client went away (PTB cancels it at stop) ends at once.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -489,10 +484,6 @@ class FakeTelegram:
     def base_url(self) -> str:
         """python-telegram-bot's `base_url` form: the token is appended (TELEGRAM_API_BASE_URL)."""
         return f"{self.root_url}/bot"
-
-    @property
-    def base_file_url(self) -> str:
-        return f"{self.root_url}/file/bot"
 
     def method_url(self, method: str) -> str:
         return f"{self.base_url}{self.token}/{method}"
@@ -798,9 +789,8 @@ class FakeTelegram:
 
     async def deliver_webhook_updates(self) -> list[int]:
         """Push every pending update to the registered webhook, in order, as Telegram does; those answered
-        2xx are done, the others stay pending (getWebhookInfo shows the last error). Returns the statuses."""
-        hook = self._webhook
-        if hook is None:
+        2xx are done, the others stay pending. Returns the statuses."""
+        if self._webhook is None:
             raise LookupError("no webhook is set")
         statuses = []
         for queued in list(self._updates):
@@ -808,9 +798,6 @@ class FakeTelegram:
             statuses.append(status)
             if 200 <= status < 300:
                 self._updates.remove(queued)
-            else:
-                hook.last_error_date = int(time.time())
-                hook.last_error_message = f"Wrong response from the webhook: {status}"
         return statuses
 
     # ------------------------------------------------------------------------------------------ HTTP
@@ -841,15 +828,6 @@ class FakeTelegram:
             await asyncio.sleep(stall)
         return web.json_response(body, status=status)
 
-    async def _handle_file(self, request: web.Request) -> web.Response:
-        if request.match_info["token"] != self.token:
-            return web.json_response(_ApiError(401, "Unauthorized").body(), status=401)
-        path = request.match_info["path"]
-        for stored in self._files.values():
-            if stored.file_path == path:
-                return web.Response(body=stored.data, content_type=stored.content_type)
-        return web.json_response(_ApiError(404, "Not Found").body(), status=404)
-
     def _take_failure(self, method: str, params: dict[str, Any]) -> _ApiError | None:
         for failure in self._failures:
             if failure.method != method.lower():
@@ -878,9 +856,6 @@ class FakeTelegram:
     # --------------------------------------------------------------------------------------- methods
 
     def _method_table(self) -> dict[str, MethodHandler]:
-        def true(params: dict[str, Any], files: list[UploadedFile]) -> bool:
-            return True
-
         return {
             "getMe": lambda params, files: {
                 **self.bot_user,
@@ -888,32 +863,18 @@ class FakeTelegram:
                 "can_read_all_group_messages": False,
                 "supports_inline_queries": False,
             },
-            "logOut": true,
-            "close": true,
             "getUpdates": self._get_updates,
             "setWebhook": self._set_webhook,
             "deleteWebhook": self._delete_webhook,
-            "getWebhookInfo": self._get_webhook_info,
             "setMyCommands": self._set_my_commands,
-            "getMyCommands": self._get_my_commands,
-            "deleteMyCommands": self._delete_my_commands,
-            "setMyDescription": true,
-            "setMyShortDescription": true,
-            "setMyName": true,
-            "setChatMenuButton": true,
             "sendMessage": self._send_message,
             "editMessageText": self._edit_message_text,
-            "editMessageCaption": self._edit_message_caption,
-            "editMessageReplyMarkup": self._edit_message_reply_markup,
             "deleteMessage": self._delete_message,
-            "deleteMessages": self._delete_messages,
             "sendChatAction": self._send_chat_action,
             "sendPhoto": self._send_photo,
             "sendDocument": self._send_document,
             "sendMediaGroup": self._send_media_group,
             "answerCallbackQuery": self._answer_callback_query,
-            "getChat": self._get_chat,
-            "getFile": self._get_file,
         }
 
     async def _get_updates(self, params: dict[str, Any], files: list[UploadedFile]) -> list[JSON]:
@@ -1004,22 +965,6 @@ class FakeTelegram:
             self._updates.clear()
         return True
 
-    def _get_webhook_info(self, params: dict[str, Any], files: list[UploadedFile]) -> JSON:
-        hook = self._webhook
-        info: JSON = {
-            "url": hook.url if hook else "",
-            "has_custom_certificate": False,
-            "pending_update_count": len(self._updates),
-        }
-        if hook is not None:
-            info["max_connections"] = hook.max_connections
-            if hook.allowed_updates is not None:
-                info["allowed_updates"] = hook.allowed_updates
-            if hook.last_error_date is not None:
-                info["last_error_date"] = hook.last_error_date
-                info["last_error_message"] = hook.last_error_message
-        return info
-
     def _set_my_commands(self, params: dict[str, Any], files: list[UploadedFile]) -> bool:
         commands = params.get("commands")
         if not isinstance(commands, list) or len(commands) > 100:
@@ -1031,13 +976,6 @@ class FakeTelegram:
             if not 1 <= len(command.get("description", "")) <= 256:
                 raise _bad_request("BOT_COMMAND_DESCRIPTION_INVALID")
         self._commands[(_scope_key(params.get("scope")), params.get("language_code", ""))] = commands
-        return True
-
-    def _get_my_commands(self, params: dict[str, Any], files: list[UploadedFile]) -> list[JSON]:
-        return self.commands(scope=params.get("scope"), language_code=params.get("language_code", ""))
-
-    def _delete_my_commands(self, params: dict[str, Any], files: list[UploadedFile]) -> bool:
-        self._commands.pop((_scope_key(params.get("scope")), params.get("language_code", "")), None)
         return True
 
     def _send_message(self, params: dict[str, Any], files: list[UploadedFile]) -> JSON:
@@ -1069,30 +1007,6 @@ class FakeTelegram:
         stored.content_key = key
         return self._finish_edit(stored, markup)
 
-    def _edit_message_caption(self, params: dict[str, Any], files: list[UploadedFile]) -> JSON:
-        stored = self._editable(params)
-        if stored.photo is None and stored.document is None:
-            raise _bad_request("there is no caption in the message to edit")
-        caption, key = _render(params.get("caption") or "", params, "caption")
-        if len(caption) > MAX_CAPTION_LENGTH:
-            raise _bad_request("message caption is too long")
-        markup = _inline_markup(params.get("reply_markup"))
-        if key == stored.content_key and markup == stored.data.get("reply_markup"):
-            raise _ApiError(400, NOT_MODIFIED)
-        if caption:
-            stored.data["caption"] = caption
-        else:
-            stored.data.pop("caption", None)
-        stored.content_key = key
-        return self._finish_edit(stored, markup)
-
-    def _edit_message_reply_markup(self, params: dict[str, Any], files: list[UploadedFile]) -> JSON:
-        stored = self._editable(params)
-        markup = _inline_markup(params.get("reply_markup"))
-        if markup == stored.data.get("reply_markup"):
-            raise _ApiError(400, NOT_MODIFIED)
-        return self._finish_edit(stored, markup)
-
     def _editable(self, params: dict[str, Any]) -> _StoredMessage:
         if "inline_message_id" in params:
             raise _bad_request("MESSAGE_ID_INVALID")
@@ -1115,14 +1029,6 @@ class FakeTelegram:
     def _delete_message(self, params: dict[str, Any], files: list[UploadedFile]) -> bool:
         chat = self._chat(params)
         self._stored(chat["id"], params.get("message_id"), "message to delete not found").deleted = True
-        return True
-
-    def _delete_messages(self, params: dict[str, Any], files: list[UploadedFile]) -> bool:
-        chat = self._chat(params)
-        for message_id in params.get("message_ids") or []:
-            stored = self._messages.get(chat["id"], {}).get(message_id)
-            if stored is not None:
-                stored.deleted = True
         return True
 
     def _send_chat_action(self, params: dict[str, Any], files: list[UploadedFile]) -> bool:
@@ -1204,34 +1110,6 @@ class FakeTelegram:
             raise _ApiError(400, QUERY_TOO_OLD)
         query.answer = dict(params)
         return True
-
-    def _get_chat(self, params: dict[str, Any], files: list[UploadedFile]) -> JSON:
-        chat = self._chat(params)
-        return {
-            **chat,
-            "accent_color_id": 0,
-            "max_reaction_count": 11,
-            "accepted_gift_types": {
-                "unlimited_gifts": False,
-                "limited_gifts": False,
-                "unique_gifts": False,
-                "premium_subscription": False,
-                "gifts_from_channels": False,
-            },
-        }
-
-    def _get_file(self, params: dict[str, Any], files: list[UploadedFile]) -> JSON:
-        stored = self._files.get(str(params.get("file_id")))
-        if stored is None:
-            raise _bad_request("invalid file_id")
-        if len(stored.data) > MAX_DOWNLOAD_BYTES:
-            raise _bad_request("file is too big")
-        return {
-            "file_id": stored.file_id,
-            "file_unique_id": stored.file_unique_id,
-            "file_size": len(stored.data),
-            "file_path": stored.file_path,
-        }
 
     # ---------------------------------------------------------------------------------------- helpers
 
@@ -1540,404 +1418,21 @@ def _document_object(stored: _StoredFile) -> JSON:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Text: parse_mode handling, ported from tdlib's parsers (td/telegram/MessageEntity.cpp) so the same input
-# fails with the same description. Only the plain text is kept; entities are not built.
+# Text
 
 
 def _render(text: Any, params: dict[str, Any], field_name: str) -> tuple[str, tuple[Any, ...]]:
-    """The text as shown, and a key that changes whenever text or formatting does."""
+    """The text as shown, and a key that changes whenever text or entities do ("not modified" check).
+
+    The bots send plain text and never a parse mode (DESIGN's safety rules: a prompt is shown as typed),
+    so this fake refuses any parse_mode instead of parsing Markdown or HTML.
+    """
     if text is None:
         raise _bad_request(f"message {field_name} is empty" if field_name == "text" else "caption is empty")
-    text = str(text)
-    mode = str(params.get("parse_mode") or "")
+    if params.get("parse_mode"):
+        raise _bad_request("this fake takes no parse_mode: the bots send plain text")
     explicit = params.get("entities" if field_name == "text" else "caption_entities")
-    try:
-        if not mode:
-            shown = text
-        elif mode.lower() == "html":
-            shown = _parse_html(text)
-        elif mode.lower() == "markdownv2":
-            shown = _parse_markdown_v2(text)
-        elif mode.lower() == "markdown":
-            shown = _parse_markdown(text)
-        else:
-            raise _bad_request("unsupported parse_mode")
-    except _MarkupError as error:
-        raise _bad_request(f"can't parse entities: {error}") from None
-    return shown, (shown, text if mode else None, mode.lower(), json.dumps(explicit))
-
-
-class _MarkupError(Exception):
-    pass
-
-
-_HTML_TAGS: Final = frozenset(
-    {"a", "b", "strong", "i", "em", "s", "strike", "del", "u", "ins", "tg-spoiler", "tg-emoji", "span", "pre"}
-    | {"code", "blockquote"}
-)
-
-
-def _is_space(byte: int) -> bool:
-    return byte in (0x20, 0x09, 0x0A, 0x0D, 0x0B, 0x00)
-
-
-def _at(src: bytes, index: int) -> int:
-    return src[index] if index < len(src) else 0
-
-
-def _decode_html_entity(src: bytes, pos: int) -> tuple[int, int]:
-    """(code point, position after the entity), or (0, pos) when `&` starts no entity Telegram knows."""
-    end = pos + 1
-    code = 0
-    if _at(src, pos + 1) == ord("#"):
-        end += 1
-        if _at(src, pos + 2) == ord("x"):
-            end += 1
-            while _at(src, end) and chr(src[end]) in "0123456789abcdefABCDEF":
-                code = code * 16 + int(chr(src[end]), 16)
-                end += 1
-        else:
-            while chr(_at(src, end)).isdigit() and _at(src, end) < 128 and _at(src, end):
-                code = code * 10 + src[end] - ord("0")
-                end += 1
-        if code == 0 or code >= 0x10FFFF or end - pos >= 10:
-            return 0, pos
-    else:
-        while _at(src, end) < 128 and chr(_at(src, end)).isalpha():
-            end += 1
-        code = {b"lt": 0x3C, b"gt": 0x3E, b"amp": 0x26, b"quot": 0x22}.get(src[pos + 1 : end], 0)
-        if code == 0:
-            return 0, pos
-    if _at(src, end) == ord(";"):
-        end += 1
-    return code, end
-
-
-def _parse_html(text: str) -> str:
-    src = text.encode()
-    out = bytearray()
-    stack: list[tuple[str, str]] = []
-    i = 0
-    while i < len(src):
-        byte = src[i]
-        if byte == ord("&"):
-            code, end = _decode_html_entity(src, i)
-            if code:
-                out += chr(code).encode("utf-8", "surrogatepass")
-                i = end
-                continue
-        if byte != ord("<"):
-            out.append(byte)
-            i += 1
-            continue
-        begin = i
-        i += 1
-        if _at(src, i) != ord("/"):
-            while not _is_space(_at(src, i)) and _at(src, i) != ord(">"):
-                i += 1
-            if _at(src, i) == 0:
-                raise _MarkupError(f"Unclosed start tag at byte offset {begin}")
-            tag = src[begin + 1 : i].decode(errors="replace").lower()
-            if tag not in _HTML_TAGS:
-                raise _MarkupError(f'Unsupported start tag "{tag}" at byte offset {begin}')
-            argument = ""
-            while _at(src, i) != ord(">"):
-                while _at(src, i) and _is_space(_at(src, i)):
-                    i += 1
-                if _at(src, i) == ord(">"):
-                    break
-                name_begin = i
-                while not _is_space(_at(src, i)) and _at(src, i) not in b"=>/\"'":
-                    i += 1
-                name = src[name_begin:i]
-                if not name:
-                    raise _MarkupError(f'Empty attribute name in the tag "{tag}" at byte offset {begin}')
-                while _at(src, i) and _is_space(_at(src, i)):
-                    i += 1
-                if _at(src, i) != ord("="):
-                    if _at(src, i) == 0:
-                        raise _MarkupError(f'Unclosed start tag "{tag}" at byte offset {begin}')
-                    if tag == "blockquote" and name == b"expandable":
-                        argument = "1"
-                    continue
-                i += 1
-                while _at(src, i) and _is_space(_at(src, i)):
-                    i += 1
-                if _at(src, i) == 0:
-                    raise _MarkupError(f'Unclosed start tag "{tag}" at byte offset {begin}')
-                if _at(src, i) not in (ord("'"), ord('"')):
-                    token_begin = i
-                    while _at(src, i) and (
-                        (_at(src, i) < 128 and chr(_at(src, i)).isalnum()) or _at(src, i) in b".-"
-                    ):
-                        i += 1
-                    value = src[token_begin:i].decode().lower()
-                    if not _is_space(_at(src, i)) and _at(src, i) != ord(">"):
-                        raise _MarkupError(f"Unexpected end of name token at byte offset {token_begin}")
-                else:
-                    quote = src[i]
-                    i += 1
-                    buffer = bytearray()
-                    while _at(src, i) != quote and _at(src, i) != 0:
-                        if src[i] == ord("&"):
-                            code, end = _decode_html_entity(src, i)
-                            if code:
-                                buffer += chr(code).encode("utf-8", "surrogatepass")
-                                i = end
-                                continue
-                        buffer.append(src[i])
-                        i += 1
-                    if _at(src, i) == quote:
-                        i += 1
-                    value = buffer.decode(errors="replace")
-                if _at(src, i) == 0:
-                    raise _MarkupError(f"Unclosed start tag at byte offset {begin}")
-                if (tag == "a" and name == b"href") or (tag == "tg-emoji" and name == b"emoji-id"):
-                    argument = value
-                elif tag == "code" and name == b"class" and value.startswith("language-"):
-                    argument = value.removeprefix("language-")
-                elif tag == "span" and name == b"class" and value.startswith("tg-"):
-                    argument = value.removeprefix("tg-")
-                elif tag == "blockquote" and name == b"expandable":
-                    argument = "1"
-            if tag == "span" and argument != "spoiler":
-                raise _MarkupError(f'Tag "span" must have class "tg-spoiler" at byte offset {begin}')
-            stack.append((tag, argument))
-            i += 1
-        else:
-            if not stack:
-                raise _MarkupError(f"Unexpected end tag at byte offset {begin}")
-            while not _is_space(_at(src, i)) and _at(src, i) != ord(">"):
-                i += 1
-            end_tag = src[begin + 2 : i].decode(errors="replace").lower()
-            while _at(src, i) and _is_space(_at(src, i)):
-                i += 1
-            if _at(src, i) != ord(">"):
-                raise _MarkupError(f"Unclosed end tag at byte offset {begin}")
-            tag = stack[-1][0]
-            if end_tag and end_tag != tag:
-                raise _MarkupError(
-                    f'Unmatched end tag at byte offset {begin}, expected "</{tag}>", found "</{end_tag}>"'
-                )
-            stack.pop()
-            i += 1
-    if stack:
-        raise _MarkupError(f'Can\'t find end tag corresponding to start tag "{stack[-1][0]}"')
-    try:
-        return out.decode()
-    except UnicodeDecodeError:
-        raise _MarkupError(
-            "Text contains invalid Unicode characters after decoding HTML entities, "
-            "check for unmatched surrogate code units"
-        ) from None
-
-
-def _parse_markdown_v2(text: str) -> str:
-    src = text.encode()
-    size = len(src)
-    out = bytearray()
-    stack: list[tuple[str, int]] = []  # (tdlib entity type name, byte offset where it began)
-    have_blockquote = False
-    can_start_blockquote = True
-    i = 0
-
-    def reserved_error(char: int) -> _MarkupError:
-        return _MarkupError(
-            f"Character '{chr(char)}' is reserved and must be escaped with the preceding '\\'"
-        )
-
-    def unfinished(entity: tuple[str, int]) -> _MarkupError:
-        return _MarkupError(f"Can't find end of {entity[0]} entity at byte offset {entity[1]}")
-
-    def read_url(start: int) -> tuple[int, bool]:
-        position = start
-        while position < size and src[position] != ord(")"):
-            position += 2 if src[position] == ord("\\") and 0 < _at(src, position + 1) <= 126 else 1
-        return position, position < size
-
-    while i < size:
-        byte = src[i]
-        if byte == ord("\\") and 0 < _at(src, i + 1) <= 126:
-            i += 1
-            out.append(src[i])
-            if src[i] != ord("\r"):
-                can_start_blockquote = src[i] == ord("\n")
-            i += 1
-            continue
-        in_code = bool(stack) and stack[-1][0] in ("Code", "Pre", "PreCode")
-        reserved = b"`" if in_code else b"_*[]()~`>#+-=|{}.!\n"
-        if byte not in reserved:
-            if (byte & 0xC0) != 0x80 and byte != ord("\r"):
-                can_start_blockquote = False
-            out.append(byte)
-            i += 1
-            continue
-        nxt, nxt2 = _at(src, i + 1), _at(src, i + 2)
-        is_end = False
-        if stack:
-            top = stack[-1][0]
-            if have_blockquote and byte == ord("\n") and (i + 1 == size or nxt != ord(">")):
-                is_end = True
-            else:
-                is_end = {
-                    "Bold": byte == ord("*"),
-                    "Italic": byte == ord("_") and nxt != ord("_"),
-                    "Code": byte == ord("`"),
-                    "Pre": byte == ord("`") and nxt == ord("`") and nxt2 == ord("`"),
-                    "PreCode": byte == ord("`") and nxt == ord("`") and nxt2 == ord("`"),
-                    "TextUrl": byte == ord("]"),
-                    "Underline": byte == ord("_") and nxt == ord("_"),
-                    "Strikethrough": byte == ord("~"),
-                    "Spoiler": byte == ord("|") and nxt == ord("|"),
-                    "CustomEmoji": byte == ord("]"),
-                }.get(top, False)
-        if not is_end:
-            begin = i
-            if byte == ord("_"):
-                kind = "Underline" if nxt == ord("_") else "Italic"
-                i += 1 if kind == "Underline" else 0
-            elif byte == ord("*"):
-                kind = "Bold"
-            elif byte == ord("~"):
-                kind = "Strikethrough"
-            elif byte == ord("|"):
-                if nxt != ord("|"):
-                    raise reserved_error(byte)
-                kind = "Spoiler"
-                i += 1
-            elif byte == ord("["):
-                kind = "TextUrl"
-            elif byte == ord("`"):
-                if nxt == ord("`") and nxt2 == ord("`"):
-                    i += 3
-                    kind = "Pre"
-                    language_end = i
-                    while not _is_space(_at(src, language_end)) and _at(src, language_end) != ord("`"):
-                        language_end += 1
-                    if i != language_end and language_end < size and src[language_end] != ord("`"):
-                        kind = "PreCode"
-                        i = language_end
-                    if _at(src, i) in (ord("\n"), ord("\r")):
-                        pair = _at(src, i + 1) in (ord("\n"), ord("\r")) and _at(src, i) != _at(src, i + 1)
-                        i += 2 if pair else 1
-                    i -= 1
-                else:
-                    kind = "Code"
-            elif byte == ord("!"):
-                if nxt != ord("["):
-                    raise reserved_error(byte)
-                kind = "CustomEmoji"
-                i += 1
-            elif byte == ord("\n"):
-                out.append(byte)
-                can_start_blockquote = True
-                i += 1
-                continue
-            elif byte == ord(">"):
-                if not can_start_blockquote:
-                    raise reserved_error(byte)
-                if have_blockquote:
-                    i += 1
-                    continue
-                kind = "BlockQuote"
-                have_blockquote = True
-            else:
-                raise reserved_error(byte)
-            stack.append((kind, begin))
-            i += 1
-            continue
-        kind = stack[-1][0]
-        if byte == ord("\n") and kind != "BlockQuote":
-            spoiler_begin = stack[-1][1]
-            closes_expandable = kind == "Spoiler" and (
-                spoiler_begin == i - 2 or (spoiler_begin == i - 3 and out[-1:] == b"\r")
-            )
-            if not closes_expandable:
-                raise unfinished(stack[-1])
-            stack.pop()
-            if stack[-1][0] != "BlockQuote":
-                raise unfinished(stack[-1])
-            kind = "BlockQuote"
-        if kind in ("Underline", "Spoiler"):
-            i += 1
-        elif kind in ("Pre", "PreCode"):
-            i += 2
-        elif kind == "TextUrl" and nxt == ord("("):
-            end, found = read_url(i + 2)
-            if not found:
-                raise _MarkupError(f"Can't find end of a URL at byte offset {i + 2}")
-            i = end
-        elif kind == "CustomEmoji":
-            if nxt != ord("("):
-                raise _MarkupError("Custom emoji entity must contain a tg://emoji URL")
-            end, found = read_url(i + 2)
-            if not found:
-                raise _MarkupError(f"Can't find end of a custom emoji URL at byte offset {i + 2}")
-            i = end
-        elif kind == "BlockQuote":
-            have_blockquote = False
-            out.append(byte)
-            can_start_blockquote = True
-        stack.pop()
-        i += 1
-    if have_blockquote:
-        if stack[-1][0] == "Spoiler" and stack[-1][1] == size - 2:
-            stack.pop()
-        if stack[-1][0] == "BlockQuote":
-            stack.pop()
-    if stack:
-        raise unfinished(stack[-1])
-    return out.decode(errors="replace")
-
-
-def _parse_markdown(text: str) -> str:
-    """Legacy Markdown: `_`, `*`, backtick and `[` start an entity that must be closed."""
-    src = text.encode()
-    size = len(src)
-    out = bytearray()
-    i = 0
-    while i < size:
-        byte = src[i]
-        if byte == ord("\\") and _at(src, i + 1) in b"_*`[" and _at(src, i + 1):
-            out.append(src[i + 1])
-            i += 2
-            continue
-        if byte not in b"_*`[":
-            out.append(byte)
-            i += 1
-            continue
-        begin = i
-        end_char = ord("]") if byte == ord("[") else byte
-        is_pre = False
-        i += 1
-        if byte == ord("`") and _at(src, i) == ord("`") and _at(src, i + 1) == ord("`"):
-            i += 2
-            is_pre = True
-            language_end = i
-            while not _is_space(_at(src, language_end)) and _at(src, language_end) != ord("`"):
-                language_end += 1
-            if i != language_end and language_end < size and src[language_end] != ord("`"):
-                i = language_end
-            if _at(src, i) in (ord("\n"), ord("\r")):
-                pair = _at(src, i + 1) in (ord("\n"), ord("\r")) and _at(src, i) != _at(src, i + 1)
-                i += 2 if pair else 1
-        entity_start = len(out)
-        while i < size and (
-            src[i] != end_char
-            or (is_pre and not (_at(src, i + 1) == ord("`") and _at(src, i + 2) == ord("`")))
-        ):
-            out.append(src[i])
-            i += 1
-        if i == size:
-            raise _MarkupError(f"Can't find end of the entity starting at byte offset {begin}")
-        if byte == ord("[") and len(out) != entity_start and _at(src, i + 1) == ord("("):
-            i += 2
-            while i < size and src[i] != ord(")"):
-                i += 1
-        if is_pre:
-            i += 2
-        i += 1
-    return out.decode(errors="replace")
+    return str(text), (str(text), json.dumps(explicit))
 
 
 def free_port() -> int:
