@@ -5,7 +5,8 @@ server instead: discord.py logs in over REST, connects to the gateway WebSocket,
 commands, and answers interactions that the test dispatches, exactly as it would against Discord. The fake
 keeps what a user of the Discord app would see (the original response after its edits, the follow-ups,
 channel messages and DMs), records every REST request, and can misbehave on purpose (429s with Discord's
-headers, 5xx, delays, expired interaction tokens, gateway reconnects).
+headers, 5xx, delays, expired interaction tokens). It serves only the routes and gateway opcodes the bots
+use: no RESUME, no member chunks, no guild or user lookups, no CDN.
 
 Pointing discord.py at it (what the bot does with ``DISCORD_API_BASE_URL`` and ``DISCORD_GATEWAY_URL``)::
 
@@ -60,7 +61,7 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from types import EllipsisType
 from typing import Any, TypeVar
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
 from aiohttp import BodyPartReader, WSMsgType, hdrs, web
 
@@ -268,7 +269,7 @@ class RecordedRequest:
     json: Any  # the JSON body, or the payload_json part of a multipart body; None without one
     files: list[UploadedFile]
     time: float  # time.monotonic() when it arrived
-    headers: dict[str, str]  # Authorization, X-Audit-Log-Reason, Content-Type, User-Agent when present
+    headers: dict[str, str]  # Authorization, Content-Type, User-Agent when present
     interaction_id: int | None = None
     status: int = 0
     response: Any = None
@@ -276,11 +277,6 @@ class RecordedRequest:
     @property
     def authorized(self) -> bool:
         return "Authorization" in self.headers
-
-    @property
-    def audit_log_reason(self) -> str | None:
-        reason = self.headers.get("X-Audit-Log-Reason")
-        return None if reason is None else unquote(reason)
 
     @property
     def answered(self) -> bool:
@@ -514,8 +510,6 @@ class FakeInteraction:
     original: FakeMessage | None = None
     followups: list[FakeMessage] = field(default_factory=list)
     source_message: FakeMessage | None = None  # the message whose component was used
-    autocomplete_choices: list[JSON] | None = None
-    modal: JSON | None = None
     token_expired: bool = False
 
     @property
@@ -572,17 +566,15 @@ class InjectedFault:
 
 @dataclass
 class GatewaySession:
-    """One IDENTIFYed gateway session (one per shard), kept across RESUMEs."""
+    """One IDENTIFYed gateway session (one per shard)."""
 
     session_id: str
     shard: tuple[int, int]
     intents: int
     identify: JSON
     sequence: int = 0
-    events: list[JSON] = field(default_factory=list)
     connection: _GatewayConnection | None = None
     ready: bool = False
-    resumes: int = 0
 
 
 class _GatewayConnection:
@@ -1072,12 +1064,6 @@ class FakeDiscord:
         self.faults.append(fault)
         return fault
 
-    def inject_delay(self, method: str, path: str, seconds: float, *, count: int = 1) -> InjectedFault:
-        """Hold the next ``count`` matching requests for ``seconds``, then answer them normally."""
-        fault = InjectedFault(method.upper(), path, count, delay=seconds)
-        self.faults.append(fault)
-        return fault
-
     def expire_interaction(self, interaction: FakeInteraction) -> None:
         """Make the token dead as after 15 minutes: webhooks answer 401 ``Invalid Webhook Token`` (50027)."""
         interaction.token_expired = True
@@ -1103,45 +1089,11 @@ class FakeDiscord:
                 return session
         raise RuntimeError(f"no gateway session for shard {shard_id} of {shard_count}")
 
-    async def dispatch_event(
-        self, event: str, data: JSON, *, guild_id: int | None = None, shard_id: int | None = None
-    ) -> None:
-        """Send a DISPATCH to the session of ``shard_id``, or of the shard that owns ``guild_id``."""
-        session = self._session_for(guild_id) if shard_id is None else self._live_session(shard_id)
-        await self._dispatch(session, event, data)
-
     async def _dispatch(self, session: GatewaySession, event: str, data: JSON) -> None:
         session.sequence += 1
         payload = {"op": Op.DISPATCH, "t": event, "s": session.sequence, "d": data}
-        session.events.append(payload)
         if session.connection is not None:
             await session.connection.send(payload)
-
-    async def reconnect(self, shard_id: int = 0) -> None:
-        """Send op 7 RECONNECT: the client closes and RESUMEs."""
-        await self._connection_of(shard_id).send({"op": Op.RECONNECT, "d": None, "s": None, "t": None})
-
-    async def invalidate_session(self, shard_id: int = 0, *, resumable: bool = False) -> None:
-        """Send op 9 INVALID_SESSION: the client IDENTIFYs again (or RESUMEs when ``resumable``)."""
-        await self._connection_of(shard_id).send(
-            {"op": Op.INVALID_SESSION, "d": resumable, "s": None, "t": None}
-        )
-
-    async def drop_connection(self, shard_id: int = 0, *, code: int = 4000) -> None:
-        """Close the shard's socket with ``code`` (4000 and most 4xxx are resumable in discord.py)."""
-        connection = self._connection_of(shard_id)
-        await connection.ws.close(code=code, message=b"dropped by the fake")
-
-    def _live_session(self, shard_id: int) -> GatewaySession:
-        for session in reversed(list(self.sessions.values())):
-            if session.shard[0] == shard_id and session.connection is not None:
-                return session
-        raise RuntimeError(f"no live gateway connection for shard {shard_id}")
-
-    def _connection_of(self, shard_id: int) -> _GatewayConnection:
-        connection = self._live_session(shard_id).connection
-        assert connection is not None
-        return connection
 
     # ---- interactions ------------------------------------------------------------------------------
 
@@ -1279,7 +1231,6 @@ class FakeDiscord:
         options: Mapping[str, Any] | Sequence[JSON] | None,
         subcommand: str | None,
         guild_id: int | None,
-        focused: str | None = None,
     ) -> tuple[JSON | None, list[JSON], JSON]:
         """The synced command (if any), the typed option tree, and ``resolved`` data for it."""
         command = None
@@ -1316,8 +1267,6 @@ class FakeDiscord:
                     "type": int(option_type),
                     "value": self._option_value(int(option_type), value, resolved, guild_id),
                 }
-                if key == focused:
-                    option["focused"] = True
                 leaf.append(option)
         else:
             leaf = [dict(option) for option in options]
@@ -1431,34 +1380,6 @@ class FakeDiscord:
         )
         return await self._deliver(interaction)
 
-    async def dispatch_autocomplete(
-        self,
-        name: str,
-        options: Mapping[str, Any],
-        focused: str,
-        *,
-        subcommand: str | None = None,
-        user_id: int | None = None,
-        guild_id: int | EllipsisType | None = ...,
-    ) -> FakeInteraction:
-        """Send an APPLICATION_COMMAND_AUTOCOMPLETE interaction with ``focused`` being typed."""
-        gid = self.guild_id if guild_id is ... else guild_id
-        command, tree, _ = self._command_options(name, options, subcommand, gid, focused=focused)
-        data: JSON = {"id": command["id"] if command else str(self.snowflake()), "name": name, "type": 1}
-        data["options"] = tree
-        interaction = self._interaction_envelope(
-            InteractionType.APPLICATION_COMMAND_AUTOCOMPLETE,
-            data,
-            user_id=user_id,
-            guild_id=gid,
-            channel_id=None,
-            permissions=MEMBER_PERMISSIONS,
-            app_permissions=BOT_PERMISSIONS,
-            attachment_size_limit=None,
-            locale="en-US",
-        )
-        return await self._deliver(interaction)
-
     async def dispatch_component(
         self,
         custom_id: str,
@@ -1495,51 +1416,9 @@ class FakeDiscord:
         )
         return await self._deliver(interaction)
 
-    async def dispatch_modal_submit(
-        self,
-        custom_id: str,
-        values: Mapping[str, str],
-        *,
-        user_id: int | None = None,
-        guild_id: int | EllipsisType | None = ...,
-    ) -> FakeInteraction:
-        """Submit a modal with text inputs ``values`` (custom_id -> text)."""
-        rows = [
-            {"type": 1, "components": [{"type": 4, "custom_id": k, "value": v}]} for k, v in values.items()
-        ]
-        interaction = self._interaction_envelope(
-            InteractionType.MODAL_SUBMIT,
-            {"custom_id": custom_id, "components": rows},
-            user_id=user_id,
-            guild_id=guild_id,
-            channel_id=None,
-            permissions=MEMBER_PERMISSIONS,
-            app_permissions=BOT_PERMISSIONS,
-            attachment_size_limit=None,
-            locale="en-US",
-        )
-        return await self._deliver(interaction)
-
     async def redispatch(self, interaction: FakeInteraction) -> FakeInteraction:
         """Deliver the very same INTERACTION_CREATE payload (same id and token) again."""
         return await self._deliver(interaction)
-
-    async def send_user_message(
-        self, content: str, *, user_id: int | None = None, channel_id: int | None = None
-    ) -> FakeMessage:
-        """A user posts ``content`` in a channel: stored, and sent to the bot as MESSAGE_CREATE."""
-        channel = self.channels[channel_id or self.channel_id]
-        message = FakeMessage(
-            self.snowflake(),
-            channel.id,
-            channel.guild_id,
-            self._user(user_id or self.default_user_id),
-            self.timestamp(),
-        )
-        message.content = content
-        self._store_message(message)
-        await self._echo("MESSAGE_CREATE", message)
-        return message
 
     # ---- messages ----------------------------------------------------------------------------------
 
@@ -1708,38 +1587,14 @@ class FakeDiscord:
         routes: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
             ("GET", "/users/@me", self._get_current_user),
             ("POST", "/users/@me/channels", self._open_dm),
-            ("GET", "/users/{user_id}", self._get_user),
-            ("GET", "/gateway", self._get_gateway),
             ("GET", "/gateway/bot", self._get_gateway_bot),
             ("GET", "/oauth2/applications/@me", self._get_application),
             ("GET", "/applications/@me", self._get_application),
-            ("GET", "/applications/{application_id}/commands", self._list_commands),
             ("PUT", "/applications/{application_id}/commands", self._bulk_overwrite_commands),
-            ("POST", "/applications/{application_id}/commands", self._upsert_command),
-            ("GET", "/applications/{application_id}/commands/{command_id}", self._get_command),
-            ("PATCH", "/applications/{application_id}/commands/{command_id}", self._edit_command),
-            ("DELETE", "/applications/{application_id}/commands/{command_id}", self._delete_command),
-            ("GET", "/applications/{application_id}/guilds/{guild_id}/commands", self._list_commands),
             (
                 "PUT",
                 "/applications/{application_id}/guilds/{guild_id}/commands",
                 self._bulk_overwrite_commands,
-            ),
-            ("POST", "/applications/{application_id}/guilds/{guild_id}/commands", self._upsert_command),
-            (
-                "GET",
-                "/applications/{application_id}/guilds/{guild_id}/commands/{command_id}",
-                self._get_command,
-            ),
-            (
-                "PATCH",
-                "/applications/{application_id}/guilds/{guild_id}/commands/{command_id}",
-                self._edit_command,
-            ),
-            (
-                "DELETE",
-                "/applications/{application_id}/guilds/{guild_id}/commands/{command_id}",
-                self._delete_command,
             ),
             ("POST", "/interactions/{interaction_id}/{token}/callback", self._interaction_callback),
             ("POST", webhook, self._execute_webhook),
@@ -1749,21 +1604,14 @@ class FakeDiscord:
             ("GET", webhook + "/messages/{message_id}", self._webhook_message),
             ("PATCH", webhook + "/messages/{message_id}", self._webhook_message),
             ("DELETE", webhook + "/messages/{message_id}", self._webhook_message),
-            ("GET", "/channels/{channel_id}", self._get_channel),
-            ("GET", "/channels/{channel_id}/messages", self._list_channel_messages),
             ("POST", "/channels/{channel_id}/messages", self._create_channel_message),
             ("GET", "/channels/{channel_id}/messages/{message_id}", self._channel_message),
             ("PATCH", "/channels/{channel_id}/messages/{message_id}", self._channel_message),
             ("DELETE", "/channels/{channel_id}/messages/{message_id}", self._channel_message),
-            ("POST", "/channels/{channel_id}/typing", self._typing),
-            ("GET", "/guilds/{guild_id}", self._get_guild),
-            ("GET", "/guilds/{guild_id}/channels", self._get_guild_channels),
-            ("GET", "/guilds/{guild_id}/members/{user_id}", self._get_member),
         ]
         for method, path, handler in routes:
             app.router.add_route(method, api + path, handler)
         app.router.add_get("/gateway", self._gateway)
-        app.router.add_get("/attachments/{channel_id}/{attachment_id}/{filename}", self._cdn)
 
     @web.middleware
     async def _api_middleware(
@@ -1842,7 +1690,7 @@ class FakeDiscord:
         path = request.path[len(prefix) :]
         headers = {
             name: request.headers[name]
-            for name in ("Authorization", "X-Audit-Log-Reason", "Content-Type", "User-Agent")
+            for name in ("Authorization", "Content-Type", "User-Agent")
             if name in request.headers
         }
         record = RecordedRequest(
@@ -1911,13 +1759,6 @@ class FakeDiscord:
         }
         return self._json(payload)
 
-    async def _get_user(self, request: web.Request) -> web.Response:
-        self._require_bot(request)
-        user = self.users.get(int(request.match_info["user_id"]))
-        if user is None:
-            raise _error(UNKNOWN_USER)
-        return self._json(user.to_payload())
-
     async def _open_dm(self, request: web.Request) -> web.Response:
         self._require_bot(request)
         body = self._request_json(request)
@@ -1925,9 +1766,6 @@ class FakeDiscord:
         if recipient not in self.users:
             raise _form_error("recipient_id", "USER_NOT_FOUND", "Unknown user")
         return self._json(self._channel_payload(self.dm_channel(recipient)))
-
-    async def _get_gateway(self, request: web.Request) -> web.Response:
-        return self._json({"url": self.gateway_url})
 
     async def _get_gateway_bot(self, request: web.Request) -> web.Response:
         self._require_bot(request)
@@ -2038,10 +1876,6 @@ class FakeDiscord:
         commands[key] = command
         return command
 
-    async def _list_commands(self, request: web.Request) -> web.Response:
-        scope = self._command_scope(request)
-        return self._json(list(self._commands.get(scope, {}).values()))
-
     async def _bulk_overwrite_commands(self, request: web.Request) -> web.Response:
         scope = self._command_scope(request)
         payload = self._request_json(request, expect=list)
@@ -2058,39 +1892,6 @@ class FakeDiscord:
                 self._commands[scope][key] = previous[key]
             stored.append(self._store_command(command, scope))
         return self._json(stored)
-
-    async def _upsert_command(self, request: web.Request) -> web.Response:
-        scope = self._command_scope(request)
-        payload = self._request_json(request)
-        self._validate_command(payload, "")
-        existed = (int(payload.get("type", 1)), str(payload["name"])) in self._commands.get(scope, {})
-        return self._json(self._store_command(payload, scope), status=200 if existed else 201)
-
-    def _find_command(self, request: web.Request) -> tuple[int | None, tuple[int, str], JSON]:
-        scope = self._command_scope(request)
-        command_id = request.match_info["command_id"]
-        for key, command in self._commands.get(scope, {}).items():
-            if command["id"] == command_id:
-                return scope, key, command
-        raise _error(UNKNOWN_COMMAND)
-
-    async def _get_command(self, request: web.Request) -> web.Response:
-        return self._json(self._find_command(request)[2])
-
-    async def _edit_command(self, request: web.Request) -> web.Response:
-        scope, key, command = self._find_command(request)
-        changes = self._request_json(request)
-        merged = command | changes
-        self._validate_command(merged, "")
-        del self._commands[scope][key]
-        stored = self._store_command(merged, scope)
-        stored["id"] = command["id"]
-        return self._json(stored)
-
-    async def _delete_command(self, request: web.Request) -> web.StreamResponse:
-        scope, key, _ = self._find_command(request)
-        del self._commands[scope][key]
-        return web.Response(status=204)
 
     # ---- REST: interactions ------------------------------------------------------------------------
 
@@ -2150,10 +1951,6 @@ class FakeDiscord:
             if callback_type == CallbackType.UPDATE_MESSAGE:
                 self._apply(target, data, files, creating=False, size_limit=limit)
             interaction.original = message = target
-        elif callback_type == CallbackType.APPLICATION_COMMAND_AUTOCOMPLETE_RESULT:
-            interaction.autocomplete_choices = list(data.get("choices") or [])
-        elif callback_type == CallbackType.MODAL:
-            interaction.modal = data
 
         interaction.callbacks.append(body)
         interaction.response_type = callback_type
@@ -2249,15 +2046,6 @@ class FakeDiscord:
             raise _error(UNKNOWN_CHANNEL)
         return channel
 
-    async def _get_channel(self, request: web.Request) -> web.Response:
-        return self._json(self._channel_payload(self._channel(request)))
-
-    async def _list_channel_messages(self, request: web.Request) -> web.Response:
-        channel = self._channel(request)
-        limit = int(request.query.get("limit", "50"))
-        newest_first = list(reversed(self.channel_messages(channel.id)))[:limit]
-        return self._json([message.to_payload() for message in newest_first])
-
     async def _create_channel_message(self, request: web.Request) -> web.Response:
         channel = self._channel(request)
         body = self._request_json(request)
@@ -2291,17 +2079,6 @@ class FakeDiscord:
         )
         await self._echo("MESSAGE_UPDATE", message)
         return self._json(message.to_payload())
-
-    async def _typing(self, request: web.Request) -> web.StreamResponse:
-        self._channel(request)
-        return web.Response(status=204)
-
-    def _guild(self, request: web.Request) -> FakeGuild:
-        self._require_bot(request)
-        guild = self.guilds.get(int(request.match_info["guild_id"]))
-        if guild is None:
-            raise DiscordAPIError(404, 10004, "Unknown Guild")
-        return guild
 
     def _guild_payload(self, guild: FakeGuild, *, full: bool) -> JSON:
         payload: JSON = {
@@ -2357,26 +2134,6 @@ class FakeDiscord:
             }
         return payload
 
-    async def _get_guild(self, request: web.Request) -> web.Response:
-        return self._json(self._guild_payload(self._guild(request), full=False))
-
-    async def _get_guild_channels(self, request: web.Request) -> web.Response:
-        guild = self._guild(request)
-        return self._json([self._channel_payload(self.channels[cid]) for cid in guild.channel_ids])
-
-    async def _get_member(self, request: web.Request) -> web.Response:
-        guild = self._guild(request)
-        user_id = int(request.match_info["user_id"])
-        if user_id not in guild.member_ids and user_id != self.bot_user.id:
-            raise DiscordAPIError(404, 10007, "Unknown Member")
-        return self._json(self._member_payload(user_id, guild))
-
-    async def _cdn(self, request: web.Request) -> web.StreamResponse:
-        attachment = self._attachments.get(int(request.match_info["attachment_id"]))
-        if attachment is None:
-            raise web.HTTPNotFound()
-        return web.Response(body=attachment.data, content_type=attachment.content_type)
-
     # ---- gateway -----------------------------------------------------------------------------------
 
     def _guilds_of_shard(self, shard: tuple[int, int]) -> list[FakeGuild]:
@@ -2427,10 +2184,6 @@ class FakeDiscord:
             await connection.send({"op": Op.HEARTBEAT_ACK, "d": None, "s": None, "t": None})
         elif op == Op.IDENTIFY:
             await self._identify(connection, data or {})
-        elif op == Op.RESUME:
-            await self._resume(connection, data or {})
-        elif op == Op.REQUEST_GUILD_MEMBERS:
-            await self._request_members(connection, data or {})
         elif op == Op.PRESENCE_UPDATE:
             self.presence_updates.append(data or {})
         elif op == Op.VOICE_STATE_UPDATE:
@@ -2488,44 +2241,6 @@ class FakeDiscord:
             for guild in guilds:
                 await self._dispatch(session, "GUILD_CREATE", self._guild_payload(guild, full=True))
         session.ready = True
-
-    async def _resume(self, connection: _GatewayConnection, data: JSON) -> None:
-        session = self.sessions.get(str(data.get("session_id")))
-        if session is None or not self._token_ok(data.get("token")):
-            await connection.send({"op": Op.INVALID_SESSION, "d": False, "s": None, "t": None})
-            return
-        connection.session = session
-        session.connection = connection
-        session.resumes += 1
-        last_seen = int(data.get("seq") or 0)
-        for event in session.events:
-            if event["s"] > last_seen:
-                await connection.send(event)
-        await self._dispatch(session, "RESUMED", {"_trace": ['["fake-discord-gateway",{"micros":1}]']})
-
-    async def _request_members(self, connection: _GatewayConnection, data: JSON) -> None:
-        session = connection.session
-        guild = self.guilds.get(int(data.get("guild_id", 0)))
-        if session is None or guild is None:
-            return
-        wanted = {int(user_id) for user_id in data.get("user_ids") or []}
-        members = [
-            self._member_payload(user_id, guild)
-            for user_id in dict.fromkeys([*guild.member_ids, self.bot_user.id])
-            if not wanted or user_id in wanted
-        ]
-        chunk: JSON = {
-            "guild_id": str(guild.id),
-            "members": members,
-            "chunk_index": 0,
-            "chunk_count": 1,
-            "not_found": [],
-        }
-        if data.get("presences"):
-            chunk["presences"] = []
-        if data.get("nonce") is not None:
-            chunk["nonce"] = data["nonce"]
-        await self._dispatch(session, "GUILD_MEMBERS_CHUNK", chunk)
 
 
 @contextlib.contextmanager
