@@ -480,17 +480,9 @@ class DiscordRest(DiscordInteractions):
                 message = None
         if message is None or message.deleted:
             raise api_error(UNKNOWN_MESSAGE)
-        if request.method == "GET":
-            return self._json(message.to_payload())
-        if request.method == "DELETE":
-            message.deleted = True
-            await self._echo("MESSAGE_DELETE", message)
-            return web.Response(status=204)
-        body = self._request_json(request)
-        limit = int(interaction.payload["attachment_size_limit"])
-        self._apply(message, body, self._request_files(request), creating=False, size_limit=limit)
-        await self._echo("MESSAGE_UPDATE", message)
-        return self._json(message.to_payload())
+        return await self._read_delete_or_edit(
+            request, message, size_limit=int(interaction.payload["attachment_size_limit"])
+        )
 
     # ---- REST: channels, guilds --------------------------------------------------------------------
 
@@ -520,17 +512,21 @@ class DiscordRest(DiscordInteractions):
         message = self.messages.get(int(request.match_info["message_id"]))
         if message is None or message.deleted or message.ephemeral or message.channel_id != channel.id:
             raise api_error(UNKNOWN_MESSAGE)
+        if request.method == "PATCH" and message.author.id != self.bot_user.id:
+            raise api_error(NOT_AUTHOR)
+        return await self._read_delete_or_edit(request, message, size_limit=self.attachment_size_limit)
+
+    async def _read_delete_or_edit(
+        self, request: web.Request, message: FakeMessage, *, size_limit: int
+    ) -> web.StreamResponse:
+        """GET, DELETE or PATCH one message, by webhook or in its channel, echoing it to the bot."""
         if request.method == "GET":
             return self._json(message.to_payload())
         if request.method == "DELETE":
             message.deleted = True
             await self._echo("MESSAGE_DELETE", message)
             return web.Response(status=204)
-        if message.author.id != self.bot_user.id:
-            raise api_error(NOT_AUTHOR)
         body = self._request_json(request)
-        self._apply(
-            message, body, self._request_files(request), creating=False, size_limit=self.attachment_size_limit
-        )
+        self._apply(message, body, self._request_files(request), creating=False, size_limit=size_limit)
         await self._echo("MESSAGE_UPDATE", message)
         return self._json(message.to_payload())

@@ -302,23 +302,6 @@ class DiscordState:
         assert interaction.response_type is not None
         return interaction.response_type
 
-    async def wait_until_ready(
-        self,
-        shard_count: int | None = None,
-        timeout: float = 5.0,  # noqa: ASYNC109
-    ) -> list[GatewaySession]:
-        """Wait until a client IDENTIFYed and got READY and its GUILD_CREATEs on every shard it announced."""
-
-        def ready() -> list[GatewaySession]:
-            sessions = [s for s in self.sessions.values() if s.ready and s.connection is not None]
-            if not sessions:
-                return []
-            expected = shard_count or sessions[-1].shard[1]
-            by_shard = {s.shard[0]: s for s in sessions if s.shard[1] == expected}
-            return [by_shard[i] for i in range(expected)] if len(by_shard) == expected else []
-
-        return await self.wait_for(ready, timeout)
-
     # ---- payloads ----------------------------------------------------------------------------------
 
     def _member_payload(self, user_id: int, guild: FakeGuild, *, with_user: bool = True) -> JSON:

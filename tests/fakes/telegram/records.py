@@ -255,23 +255,6 @@ class QueuedUpdate:
 
 
 @dataclass
-class _Failure:
-    method: str
-    remaining: int
-    status: int
-    description: str
-    retry_after: int | None
-    chat_id: int | str | None
-
-
-@dataclass
-class _Stall:
-    method: str
-    remaining: int
-    seconds: float
-
-
-@dataclass
 class CallbackQuery:
     query_id: str
     created_at: float

@@ -318,34 +318,18 @@ class BotApiRoutes(TelegramFaults):
         return True
 
     def _send_photo(self, params: dict[str, Any], files: list[UploadedFile]) -> JSON:
-        chat = self._chat(params)
-        photo = self._input_file(params.get("photo"), files, "photo", kind="photo")
-        caption, key = _render(params.get("caption") or "", params, "caption")
-        if len(caption) > MAX_CAPTION_LENGTH:
-            raise bad_request("message caption is too long")
-        content: JSON = {"photo": _photo_sizes(photo)}
-        if caption:
-            content["caption"] = caption
-        if params.get("has_spoiler"):
-            content["has_media_spoiler"] = True
-        self._add_markup_and_reply(content, chat, params)
-        stored = self._new_message(chat, self.bot_user, from_bot=True, content=content)
-        stored.photo, stored.content_key = photo, key
-        return stored.data
+        return self._send_file(params, files, "photo")
 
     def _send_document(self, params: dict[str, Any], files: list[UploadedFile]) -> JSON:
+        return self._send_file(params, files, "document")
+
+    def _send_file(self, params: dict[str, Any], files: list[UploadedFile], kind: str) -> JSON:
         chat = self._chat(params)
-        document = self._input_file(params.get("document"), files, "document", kind="document")
-        caption, key = _render(params.get("caption") or "", params, "caption")
-        if len(caption) > MAX_CAPTION_LENGTH:
-            raise bad_request("message caption is too long")
-        content: JSON = {"document": _document_object(document)}
-        if caption:
-            content["caption"] = caption
-        self._add_markup_and_reply(content, chat, params)
-        stored = self._new_message(chat, self.bot_user, from_bot=True, content=content)
-        stored.document, stored.content_key = document, key
-        return stored.data
+        stored_file = self._input_file(params.get(kind), files, kind, kind=kind)
+        caption, key = _caption(params)
+        extra: JSON = {"has_media_spoiler": True} if kind == "photo" and params.get("has_spoiler") else {}
+        self._add_markup_and_reply(extra, chat, params)
+        return self._post_file(chat, kind, stored_file, caption, key, extra).data
 
     def _send_media_group(self, params: dict[str, Any], files: list[UploadedFile]) -> list[JSON]:
         chat = self._chat(params)
@@ -360,28 +344,31 @@ class BotApiRoutes(TelegramFaults):
             if kind not in ("photo", "document"):
                 raise bad_request(f"unsupported media type {kind!r} in this fake")
             stored_file = self._input_file(item.get("media"), files, None, kind=kind)
-            caption, key = _render(item.get("caption") or "", item, "caption")
-            if len(caption) > MAX_CAPTION_LENGTH:
-                raise bad_request("message caption is too long")
-            prepared.append((kind, stored_file, caption, key))
+            prepared.append((kind, stored_file, *_caption(item)))
         self._media_group_counter += 1
         group_id = f"{13_000_000_000_000_000 + self._media_group_counter}"
-        results = []
         reply: JSON = {}
         self._add_markup_and_reply(reply, chat, {k: v for k, v in params.items() if k != "reply_markup"})
-        for kind, stored_file, caption, key in prepared:
-            content: JSON = {"media_group_id": group_id, **reply}
-            content[kind] = _photo_sizes(stored_file) if kind == "photo" else _document_object(stored_file)
-            if caption:
-                content["caption"] = caption
-            stored = self._new_message(chat, self.bot_user, from_bot=True, content=content)
-            stored.content_key = key
-            if kind == "photo":
-                stored.photo = stored_file
-            else:
-                stored.document = stored_file
-            results.append(stored.data)
-        return results
+        return [
+            self._post_file(chat, kind, stored_file, caption, key, {"media_group_id": group_id, **reply}).data
+            for kind, stored_file, caption, key in prepared
+        ]
+
+    def _post_file(
+        self, chat: JSON, kind: str, stored_file: StoredFile, caption: str, key: tuple[Any, ...], extra: JSON
+    ) -> StoredMessage:
+        """The bot's message carrying one photo or document (with its caption, markup, reply, group)."""
+        content: JSON = {**extra}
+        content[kind] = _photo_sizes(stored_file) if kind == "photo" else _document_object(stored_file)
+        if caption:
+            content["caption"] = caption
+        stored = self._new_message(chat, self.bot_user, from_bot=True, content=content)
+        stored.content_key = key
+        if kind == "photo":
+            stored.photo = stored_file
+        else:
+            stored.document = stored_file
+        return stored
 
     def _answer_callback_query(self, params: dict[str, Any], files: list[UploadedFile]) -> bool:
         query = self._callback_queries.get(str(params.get("callback_query_id")))
@@ -603,6 +590,13 @@ def _document_object(stored: StoredFile) -> JSON:
 
 # --------------------------------------------------------------------------------------------------------
 # Text
+
+
+def _caption(params: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    caption, key = _render(params.get("caption") or "", params, "caption")
+    if len(caption) > MAX_CAPTION_LENGTH:
+        raise bad_request("message caption is too long")
+    return caption, key
 
 
 def _render(text: Any, params: dict[str, Any], field_name: str) -> tuple[str, tuple[Any, ...]]:
