@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.settings import Settings
+from tests.helpers.imagine_process import base_env, processes  # noqa: F401 (for the tests that start imagine)
 
 
 @pytest.fixture

@@ -12,11 +12,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.imagine_process import imagine_command
 
 ROOT = Path(__file__).resolve().parents[1]
 BROWSER_DIR = ROOT / "tests" / "browser"
@@ -35,12 +36,6 @@ def _missing() -> str | None:
     if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
         return "playwright-core is missing: (cd tests/browser && npm ci)"
     return None
-
-
-def imagine_command() -> list[str]:
-    """The installed `imagine` script next to this Python, else the module."""
-    script = Path(sys.executable).with_name("imagine")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "imagine"]
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import itertools
 import os
 import re
 import signal
-import struct
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -41,17 +40,12 @@ from tests.fakes.discord_server import (
     OptionType,
     RecordedRequest,
 )
+from tests.helpers.png import PNG_SIGNATURE, png_size
 
 TOKEN = "MTA1NzY0NjQ4OTQ0NTYzNzI0OA.GfakeX.bot-token-for-tests"
 ORIGINAL = "/webhooks/{application_id}/{token}/messages/@original"
 CALLBACK = "/interactions/{interaction_id}/{token}/callback"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    width, height = struct.unpack(">II", data[16:24])
-    return int(width), int(height)
 
 
 class World:
@@ -394,7 +388,7 @@ def test_fit_images_keeps_small_pngs_and_shrinks_big_ones() -> None:
     out = io.BytesIO()
     Image.frombytes("RGB", (1024, 1024), os.urandom(1024 * 1024 * 3)).save(out, format="PNG")
     big = out.getvalue()
-    tiny = b"\x89PNG\r\n\x1a\n" + b"0" * 1000
+    tiny = PNG_SIGNATURE + b"0" * 1000
     assert fit_images([tiny], 8 * 1024 * 1024) == [tiny]
     fitted = fit_images([big, big], 1_000_000)
     assert all(len(image) <= (1_000_000 - 64 * 1024) // 2 for image in fitted)

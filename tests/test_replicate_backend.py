@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from gateway.replicate_backend import (
 )
 from storage import Database
 from tests.fakes.replicate_server import VERSION, FakeReplicate
+from tests.helpers.png import png_size
 
 USER = "discord:7"
 QUOTA = 25
@@ -93,7 +93,7 @@ async def test_success_sends_replicate_field_names_and_fetches_images(
     steps_seen = [u.step for u in [u async for u in job.updates()] if u.status is JobStatus.RUNNING]
     result = await job.wait()
     assert len(result.images) == 2 and all(img.startswith(PNG_SIGNATURE) for img in result.images)
-    assert struct.unpack(">II", result.images[0][16:24]) == (384, 256)
+    assert png_size(result.images[0]) == (384, 256)
     assert result.seeds == [5, 6]
     assert result.model == "replicate:stability-ai/stable-diffusion"
     assert any(0 < s < 30 for s in steps_seen), steps_seen  # progress from the model's logs

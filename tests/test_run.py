@@ -3,106 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
 import socket
-import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from storage import Database
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.telegram_server import FakeTelegram
-
-ROOT = Path(__file__).resolve().parents[1]
-DISCORD_TEST_TOKEN = "MTA1NzY0NjQ4OTQ0NTYzNzI0OA.GfakeX.bot-token-for-tests"
-
-
-def imagine_command() -> list[str]:
-    """The installed `imagine` script next to this Python, else the module."""
-    script = Path(sys.executable).with_name("imagine")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "imagine"]
-
-
-class Imagine:
-    """One `imagine` process and the lines it printed."""
-
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
-        self.proc = subprocess.Popen(
-            [*imagine_command(), *args],
-            cwd=cwd,
-            env={**env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-
-    def read_until(self, marker: str) -> str:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-            if marker in line:
-                return line
-        raise AssertionError(f"imagine never printed {marker!r}:\n" + "\n".join(self.lines))
-
-    def finish(self, timeout: float = 60) -> int:
-        code = self.proc.wait(timeout=timeout)
-        assert self.proc.stdout is not None
-        self.lines += self.proc.stdout.read().splitlines()
-        self.proc.stdout.close()
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.finish()
-
-
-@pytest.fixture
-def base_env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "DISCORD_", "TELEGRAM_"))}
-    env.update(
-        {
-            "IMAGINE_DB": str(data_dir / "run.sqlite3"),
-            "IMAGINE_BACKEND": "fake",
-            "IMAGINE_MODEL": "tiny",
-            "IMAGINE_WEB_HOST": "127.0.0.1",
-            "IMAGINE_WEB_PORT": "0",
-        }
-    )
-    return env
-
-
-@pytest.fixture
-def processes() -> Iterator[list[Imagine]]:
-    started: list[Imagine] = []
-    yield started
-    for process in started:
-        process.kill()
-
-
-def read_jobs(db_path: Path) -> list[tuple[str, str, int, int, int, str | None]]:
-    with contextlib.closing(sqlite3.connect(db_path)) as db:
-        return list(
-            db.execute("SELECT id, status, cost, spent, refunded, error FROM jobs ORDER BY created_at")
-        )
-
-
-async def ledger_problems(db_path: Path) -> list[str]:
-    db = await Database.open(db_path)
-    try:
-        assert await db.integrity_check() == "ok"
-        return await db.check_ledger()
-    finally:
-        await db.close()
+from tests.helpers.imagine_process import (
+    DISCORD_TEST_TOKEN,
+    Imagine,
+    fronts_env,
+    imagine_running,
+    ledger_problems,
+    read_jobs,
+)
 
 
 @pytest.mark.slow
@@ -149,66 +67,41 @@ async def test_run_answers_on_all_three_fronts_with_both_tokens(
     telegram_fake = FakeTelegram()
     await discord_fake.start()
     await telegram_fake.start()
-    env = {
-        **base_env,
-        "PYTHONPATH": str(ROOT),
-        "PYTHONUNBUFFERED": "1",
-        "DISCORD_TOKEN": DISCORD_TEST_TOKEN,
-        "DISCORD_API_BASE_URL": discord_fake.api_base_url,
-        "DISCORD_GATEWAY_URL": discord_fake.gateway_url,
-        "TELEGRAM_TOKEN": telegram_fake.token,
-        "TELEGRAM_API_BASE_URL": telegram_fake.base_url,
-        "IMAGINE_FAKE_DELAY": "0.02",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        *imagine_command(), "run", cwd=data_dir, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    lines: list[str] = []
+    env = {**base_env, **fronts_env(discord_fake, telegram_fake), "IMAGINE_FAKE_DELAY": "0.02"}
     try:
-        async with asyncio.timeout(60):
-            while not any(line.startswith("imagine: backend fake") for line in lines):
-                line = (await proc.stdout.readline()).decode()
-                assert line, "imagine run exited before it was on:\n" + "".join(lines)
-                lines.append(line)
-        on = {line.split()[1] for line in lines if " is on: " in line}
-        assert on == {"web", "discord", "telegram"}, lines
-        assert not any(line.startswith("imagine: off:") for line in lines)
-        url = next(line for line in lines if "web is on: " in line).split("web is on: ", 1)[1].strip()
+        async with imagine_running(env, data_dir) as imagine:
+            lines = imagine.lines
+            on = {line.split()[1] for line in lines if " is on: " in line}
+            assert on == {"web", "discord", "telegram"}, lines
+            assert not any(line.startswith("imagine: off:") for line in lines)
+            url = next(line for line in lines if "web is on: " in line).split("web is on: ", 1)[1].strip()
 
-        await discord_fake.wait_until_ready(timeout=30)
-        interaction = await discord_fake.dispatch_slash_command(
-            "imagine", {"prompt": "a fox --steps 4 --seed 1"}
-        )
-        update = telegram_fake.send_message(4242, "/imagine a fox --steps 4 --seed 2")
-        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-            created = (await http.post("/api/jobs", json={"prompt": "a fox --steps 4 --seed 3"})).json()
-            view = (
-                await http.get(f"/api/jobs/{created['id']}", params={"wait": 20, "after": created["tag"]})
-            ).json()
-            assert view["status"] == "succeeded", view
-            image = await http.get(view["images"][0])
-            assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+            await discord_fake.wait_until_ready(timeout=30)
+            interaction = await discord_fake.dispatch_slash_command(
+                "imagine", {"prompt": "a fox --steps 4 --seed 1"}
+            )
+            update = telegram_fake.send_message(4242, "/imagine a fox --steps 4 --seed 2")
+            async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+                created = (await http.post("/api/jobs", json={"prompt": "a fox --steps 4 --seed 3"})).json()
+                view = (
+                    await http.get(f"/api/jobs/{created['id']}", params={"wait": 20, "after": created["tag"]})
+                ).json()
+                assert view["status"] == "succeeded", view
+                image = await http.get(view["images"][0])
+                assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
 
-        photo = await telegram_fake.wait_for_call("sendPhoto", timeout=20)
-        assert photo.ok
-        delivered = await discord_fake.wait_for(
-            lambda: next((m for m in interaction.messages if m.attachments), None), 20
-        )
-        assert delivered.attachments[0].data.startswith(b"\x89PNG")
+            photo = await telegram_fake.wait_for_call("sendPhoto", timeout=20)
+            assert photo.ok
+            delivered = await discord_fake.wait_for(
+                lambda: next((m for m in interaction.messages if m.attachments), None), 20
+            )
+            assert delivered.attachments[0].data.startswith(b"\x89PNG")
 
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(60):
-            rest = (await proc.stdout.read()).decode()
-            assert await proc.wait() == 0, rest
-        assert rest.rstrip().endswith("imagine: stopped")
-        assert DISCORD_TEST_TOKEN not in "".join(lines) + rest
-        assert telegram_fake.token not in "".join(lines) + rest
+            rest = await imagine.stop()
+            assert rest.rstrip().endswith("imagine: stopped")
+            assert DISCORD_TEST_TOKEN not in "".join(lines) + rest
+            assert telegram_fake.token not in "".join(lines) + rest
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
         await discord_fake.close()
         await telegram_fake.close()
 

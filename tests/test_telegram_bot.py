@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from bots import telegram_bot
-from bots.telegram_bot import TelegramFront, fits_photo_rules, png_size
+from bots.telegram_bot import TelegramFront, fits_photo_rules
 from gateway import (
     DeliveryRefused,
     ImageRequest,
@@ -40,7 +40,8 @@ from gateway.messages import HELP, utc_day
 from storage import Database
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.telegram_server import Call, ChatMessage, FakeTelegram, free_port
-from tests.test_run import DISCORD_TEST_TOKEN, imagine_command
+from tests.helpers.imagine_process import DISCORD_TEST_TOKEN, fronts_env, imagine_running
+from tests.helpers.png import png_size
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN, ALICE, BOB = 1001, 1002, 1003
@@ -685,43 +686,22 @@ async def test_imagine_run_keeps_both_fronts_when_set_my_commands_fails(
     fake.fail_next("setMyCommands", error_code=500, description="Internal Server Error")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "TELEGRAM_", "DISCORD_"))}
     env |= {
-        "PYTHONPATH": str(ROOT),
-        "PYTHONUNBUFFERED": "1",
         "IMAGINE_DB": str(bot_settings.db_path),
         "IMAGINE_BACKEND": "fake",
         "IMAGINE_WEB_HOST": "127.0.0.1",
         "IMAGINE_WEB_PORT": "0",
-        "DISCORD_TOKEN": DISCORD_TEST_TOKEN,
-        "DISCORD_API_BASE_URL": discord_fake.api_base_url,
-        "DISCORD_GATEWAY_URL": discord_fake.gateway_url,
-        "TELEGRAM_TOKEN": fake.token,
-        "TELEGRAM_API_BASE_URL": fake.base_url,
+        **fronts_env(discord_fake, fake),
     }
-    proc = await asyncio.create_subprocess_exec(
-        *imagine_command(), "run", cwd=tmp_path, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    lines: list[str] = []
     try:
-        async with asyncio.timeout(60):
-            while not any(line.startswith("imagine: backend fake") for line in lines):
-                line = (await proc.stdout.readline()).decode()
-                assert line, "imagine run exited before it was on:\n" + "".join(lines)
-                lines.append(line)
-        assert {line.split()[1] for line in lines if " is on: " in line} == {"web", "discord", "telegram"}
-        assert [c.status for c in fake.calls("setMyCommands")][:1] == [500]
-        update = fake.send_message(ALICE, "/imagine a fox --steps 4")
-        assert (await fake.wait_for_call("sendPhoto", timeout=20)).ok
-        await discord_fake.wait_until_ready(timeout=30)
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(60):
-            rest = (await proc.stdout.read()).decode()
-            assert await proc.wait() == 0, rest
+        async with imagine_running(env, tmp_path) as imagine:
+            lines = imagine.lines
+            assert {line.split()[1] for line in lines if " is on: " in line} == {"web", "discord", "telegram"}
+            assert [c.status for c in fake.calls("setMyCommands")][:1] == [500]
+            update = fake.send_message(ALICE, "/imagine a fox --steps 4")
+            assert (await fake.wait_for_call("sendPhoto", timeout=20)).ok
+            await discord_fake.wait_until_ready(timeout=30)
+            rest = await imagine.stop()
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
         await discord_fake.close()
     output = "".join(lines) + rest
     assert output.count("could not register the command list") == 1, output

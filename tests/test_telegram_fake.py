@@ -55,11 +55,7 @@ def build_app(
     fake: FakeTelegram, *, rate_limiter: AIORateLimiter | None = None
 ) -> Application[Any, Any, Any, Any, Any, Any]:
     builder: Any = (  # ApplicationBuilder's generics change with each call
-        ApplicationBuilder()
-        .token(fake.token)
-        .base_url(fake.base_url)
-        .base_file_url(fake.base_file_url)
-        .concurrent_updates(True)
+        ApplicationBuilder().token(fake.token).base_url(fake.base_url).concurrent_updates(True)
     )
     if rate_limiter is not None:
         builder = builder.rate_limiter(rate_limiter)
@@ -278,10 +274,8 @@ async def test_without_a_rate_limiter_the_429_surfaces_as_retry_after(
 async def test_set_my_commands_is_recorded(fake: FakeTelegram) -> None:
     async with polling(fake) as app:
         await app.bot.set_my_commands([("imagine", "Generate an image"), ("quota", "Your remaining images")])
-        commands = await app.bot.get_my_commands()
         with pytest.raises(BadRequest, match="Bot_command_invalid"):
             await app.bot.set_my_commands([("/Imagine", "a leading slash is not allowed")])
-    assert [command.command for command in commands] == ["imagine", "quota"]
     assert fake.commands() == [
         {"command": "imagine", "description": "Generate an image"},
         {"command": "quota", "description": "Your remaining images"},
@@ -378,10 +372,8 @@ async def test_telegram_limits_are_enforced(fake: FakeTelegram) -> None:
         with pytest.raises(BadRequest, match="Button_data_invalid"):
             keyboard = InlineKeyboardMarkup([[InlineKeyboardButton("x", callback_data="y" * 65)]])
             await bot.send_message(CHAT, "hello", reply_markup=keyboard)
-        with pytest.raises(BadRequest, match='unsupported start tag "3" at byte offset 8'):
-            await bot.send_message(CHAT, "<b>I</b><3 foxes", parse_mode=ParseMode.HTML)
-        with pytest.raises(BadRequest, match="character '-' is reserved"):
-            await bot.send_message(CHAT, "a fox --ar 16:9", parse_mode=ParseMode.MARKDOWN_V2)
+        with pytest.raises(BadRequest, match="takes no parse_mode"):  # the bots send plain text
+            await bot.send_message(CHAT, "<b>a fox</b>", parse_mode=ParseMode.HTML)
         with pytest.raises(BadRequest, match="Query is too old"):
             await bot.answer_callback_query("12345")
         with pytest.raises(BadRequest, match="Message to edit not found"):
@@ -389,24 +381,21 @@ async def test_telegram_limits_are_enforced(fake: FakeTelegram) -> None:
         fake.fail_next("sendMessage", description="Forbidden: bot was blocked by the user", error_code=403)
         with pytest.raises(Exception, match="bot was blocked by the user"):
             await bot.send_message(CHAT, "hello")
-        shown = await bot.send_message(CHAT, "<b>a fox</b> &lt;3", parse_mode=ParseMode.HTML)
-        assert shown.text == "a fox <3"
+        shown = await bot.send_message(CHAT, "<b>a fox</b> &lt;3")
+        assert shown.text == "<b>a fox</b> &lt;3"
     assert fake.calls("sendPhoto")[0].description == PHOTO_INVALID_DIMENSIONS
-    assert fake.bot_messages(CHAT)[-1].text == "a fox <3"
+    assert fake.bot_messages(CHAT)[-1].text == "<b>a fox</b> &lt;3"
 
 
-async def test_media_group_files_captions_downloads_and_deletion(fake: FakeTelegram) -> None:
+async def test_media_group_files_captions_and_deletion(fake: FakeTelegram) -> None:
     first, second = png(512, 512), png(768, 512, (0, 90, 200))
     fake.add_chat(CHAT)
-    async with Bot(fake.token, base_url=fake.base_url, base_file_url=fake.base_file_url) as bot:
+    async with Bot(fake.token, base_url=fake.base_url) as bot:
         messages = await bot.send_media_group(
             CHAT, [InputMediaPhoto(first, caption="four foxes"), InputMediaPhoto(second)]
         )
         assert len({m.media_group_id for m in messages}) == 1
         assert [(m.photo[-1].width, m.photo[-1].height) for m in messages] == [(512, 512), (768, 512)]
-        downloaded = await (await bot.get_file(messages[1].photo[-1].file_id)).download_as_bytearray()
-        assert bytes(downloaded) == second
-        await bot.edit_message_caption(CHAT, messages[0].message_id, caption="four foxes, seed 42")
         assert await bot.delete_message(CHAT, messages[1].message_id)
         with pytest.raises(BadRequest, match="Message to delete not found"):
             await bot.delete_message(CHAT, messages[1].message_id)
@@ -417,7 +406,7 @@ async def test_media_group_files_captions_downloads_and_deletion(fake: FakeTeleg
     assert call.file(media[0]["media"]).data == first
     assert call.file(media[1]["media"]).data == second
     [left] = fake.bot_messages(CHAT)
-    assert left.caption == "four foxes, seed 42" and left.photo is not None and left.photo.data == first
+    assert left.caption == "four foxes" and left.photo is not None and left.photo.data == first
 
 
 async def test_json_form_and_get_requests_are_all_understood(fake: FakeTelegram) -> None:

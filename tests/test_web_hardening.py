@@ -19,8 +19,8 @@ from gateway.fake_backend import FakeBackend
 from gateway.service import LEASE_SECONDS
 from gateway.web.app import WebOptions
 from storage import Database
+from tests.helpers.imagine_process import Imagine, base_env, ledger_problems, read_jobs  # noqa: F401 (fixture)
 from tests.helpers.sqlite_lock import write_lock
-from tests.test_run import Imagine, base_env, ledger_problems, read_jobs  # noqa: F401 (fixture)
 from tests.test_web import LiveServer
 
 
