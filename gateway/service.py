@@ -367,11 +367,11 @@ class ImagineService:
             confirm_delivery=confirm_delivery,
             accepted_at=time.monotonic(),
             total_steps=request.steps,
+            credits_left=None if unlimited or reservation.quota is None else reservation.quota.remaining,
         )
-        job.credits_left = None if unlimited or reservation.quota is None else reservation.quota.remaining
         self._live[job_id] = job
         self._pending.append(job)
-        job.position = len(self._pending) - 1 + len(self._active)
+        job.move_to(len(self._pending) - 1 + len(self._active))
         self.metrics.accepted(len(self._pending))
         self._ready.put_nowait(None)
         return job
@@ -415,8 +415,7 @@ class ImagineService:
                 continue  # its job was cancelled while queued
             job = self._pending.popleft()
             for i, waiting in enumerate(self._pending):
-                waiting.position = i + len(self._active) + 1
-                waiting._notify()
+                waiting.move_to(i + len(self._active) + 1)
             self._active[job.id] = job
             try:
                 await self._run(job)
@@ -446,16 +445,8 @@ class ImagineService:
         if not running:  # another process recovered (refunded) it meanwhile
             await self._fenced(job)
             return
-        job.status = JobStatus.RUNNING
-        job.started_at = started
-        job.position = 0
-        job._notify()
-
-        def progress(step: int, total: int) -> None:
-            job.step, job.total_steps = step, total
-            job._notify()
-
-        task = asyncio.create_task(self.backend.generate(job.id, job.request, progress))
+        job.start(started)
+        task = asyncio.create_task(self.backend.generate(job.id, job.request, job.advance))
         self._running[job.id] = task
         error: ImagineError | None = None
         result: GenerationResult | None = None
@@ -506,19 +497,21 @@ class ImagineService:
                 f"The safety filter blocked {result.blocked} of the images; "
                 f"{credits_word(result.blocked)} refunded."
             )
-        job.result = JobResult(
-            job_id=job.id,
-            request=job.request,
-            images=result.images,
-            seeds=result.seeds,
-            model=result.model,
-            elapsed=time.monotonic() - job.accepted_at,
-            generation_seconds=gpu_seconds,
-            credits_left=job.credits_left,
-            notes=tuple(notes),
-            blocked=result.blocked,
+        job.hold(
+            JobResult(
+                job_id=job.id,
+                request=job.request,
+                images=result.images,
+                seeds=result.seeds,
+                model=result.model,
+                elapsed=time.monotonic() - job.accepted_at,
+                generation_seconds=gpu_seconds,
+                credits_left=job.credits_left,
+                notes=tuple(notes),
+                blocked=result.blocked,
+            ),
+            gpu_seconds,
         )
-        job.gpu_seconds = gpu_seconds
         if job.confirm_delivery:
             # The images wait for their front: they leave the global queue bound, and recovery
             # knows how many a cut-off delivery charges.
@@ -539,9 +532,7 @@ class ImagineService:
             if record is None:
                 await self._fenced(job)
                 return
-        job.status = JobStatus.SUCCEEDED
-        job.step = job.total_steps
-        job._notify()
+        job.succeed()
         self._forget_later(job)
 
     async def _settle(self, job: Job, gpu_seconds: float) -> JobRecord | None:
@@ -560,8 +551,8 @@ class ImagineService:
         )
         self._store_back()
         if record is not None:
-            if record.refunded and job.result.credits_left is not None:
-                job.result = replace(job.result, credits_left=job.result.credits_left + record.refunded)
+            if record.refunded:
+                job.credit_back(record.refunded)
             self.metrics.job_finished(
                 "succeeded",
                 spent=record.spent,
@@ -578,11 +569,9 @@ class ImagineService:
             record = await self.db.get_job(job.id)
             if record is not None and record.status == "failed" and record.error:
                 sentence = record.error
-        job.confirm_delivery = False
+        job.stop_delivery()
         job.release_images()
-        job.error = DeliveryRefused(sentence)
-        job.status = JobStatus.FAILED
-        job._notify()
+        job.fail(DeliveryRefused(sentence))
         self._forget_later(job)
 
     async def claim_delivery(self, job_id: str) -> None:
@@ -613,7 +602,7 @@ class ImagineService:
                 assert job.error is not None
                 raise DeliveryRefused(str(job.error))
             self._store_back()
-            job.delivery_claimed = True
+            job.claim_delivery()
 
     async def settle_delivery(self, job_id: str) -> None:
         """Charge a ``confirm_delivery`` job before its images are served (the web's first download).
@@ -640,8 +629,7 @@ class ImagineService:
                 await self._fenced(job)
                 assert job.error is not None
                 raise DeliveryRefused(str(job.error))
-            job.confirm_delivery = False
-            job.delivered = True
+            job.mark_delivered()
             self._forget_later(job)
 
     async def delivered(self, job_id: str) -> None:
@@ -656,8 +644,7 @@ class ImagineService:
         async with job.delivery_lock:
             if not job.confirm_delivery:
                 return
-            job.confirm_delivery = False
-            job.delivered = True
+            job.mark_delivered()
             try:
                 await self._settle(job, job.gpu_seconds)
             except StoreUnavailable as exc:
@@ -677,7 +664,7 @@ class ImagineService:
             return await self._end_delivery(job, reason)
 
     async def _end_delivery(self, job: Job, reason: str) -> ImagineError:
-        job.confirm_delivery = False
+        job.stop_delivery()
         error = BackendFailed(self._refund_sentence(job, reason))
         await self._refund(job, error, gpu_seconds=None)
         job.release_images()
@@ -700,8 +687,7 @@ class ImagineService:
             return True
         task = self._running.get(job_id)
         if task is not None:
-            job.cancel_requested = True
-            job.cancel_reason = reason
+            job.request_cancel(reason)
             task.cancel()
             return True
         return False
@@ -713,11 +699,9 @@ class ImagineService:
         return f"{what.rstrip('.')}; your {credits_word(n)} {'was' if n == 1 else 'were'} refunded."
 
     async def _fail(self, job: Job, error: ImagineError, *, gpu_seconds: float | None = None) -> None:
-        job.confirm_delivery = False  # nothing to deliver
+        job.stop_delivery()  # nothing to deliver
         await self._refund(job, error, gpu_seconds=gpu_seconds)
-        job.error = error
-        job.status = JobStatus.FAILED
-        job._notify()
+        job.fail(error)
         self._forget_later(job)
 
     async def _refund(self, job: Job, error: ImagineError, *, gpu_seconds: float | None) -> None:
@@ -897,20 +881,21 @@ def replace_duplicate(job: Job) -> Job:
 def _job_from_record(record: JobRecord) -> Job:
     request = ImageRequest.from_json(record.request)
     status = JobStatus(record.status)
-    job = Job(
+    return Job(
         id=record.id,
         user_id=record.user_id,
         request=request,
         reply=record.reply,
         duplicate=True,
         status=status,
+        step=request.steps if status is JobStatus.SUCCEEDED else 0,
         total_steps=request.steps,
+        error=(
+            JobFailed(record.error or "The job failed; its credits were refunded.")
+            if status is JobStatus.FAILED
+            else None
+        ),
     )
-    if status is JobStatus.FAILED:
-        job.error = JobFailed(record.error or "The job failed; its credits were refunded.")
-    elif status is JobStatus.SUCCEEDED:
-        job.step = request.steps
-    return job
 
 
 def process_ident(pid: int) -> str | None:
