@@ -30,6 +30,7 @@ from gateway import (
     parse_prompt,
     parse_user,
 )
+from gateway.accounts import Accounts
 from gateway.errors import credits_word, quoted
 from gateway.request import whole_number
 from storage import Database
@@ -115,15 +116,11 @@ async def open_service(
 
 
 @contextlib.asynccontextmanager
-async def open_database(settings: Settings) -> AsyncIterator[ImagineService]:
-    """The gateway over the database alone, for admin commands (no backend is loaded)."""
-    from gateway.fake_backend import FakeBackend
-
+async def open_accounts(settings: Settings) -> AsyncIterator[Accounts]:
+    """Quotas, bans and stats over the database alone, for admin commands (no backend is loaded)."""
     db = await Database.open(settings.db_path)
     try:
-        backend = FakeBackend(settings)
-        backend.name = settings.backend
-        yield ImagineService(settings, db, backend)
+        yield Accounts(settings, db)
     finally:
         await db.close()
 
@@ -174,14 +171,14 @@ def _output_paths(output: str | None, seeds: list[int]) -> list[Path]:
 
 async def cmd_quota(settings: Settings, args: argparse.Namespace) -> int:
     user = parse_user(args.user, "cli")
-    async with open_database(settings) as service:
+    async with open_accounts(settings) as accounts:
         if args.action == "show":
-            print(service.quota_text(await service.quota(user)))
+            print(accounts.quota_text(await accounts.quota(user)))
         elif args.action == "set":
             value = None if args.n.lower() == "default" else _int_arg(args.n, "N")
-            print(await service.set_allowance(None, user, value))
+            print(await accounts.set_allowance(None, user, value))
         else:
-            print(await service.grant(None, user, _int_arg(args.n, "N")))
+            print(await accounts.grant(None, user, _int_arg(args.n, "N")))
     return EXIT_OK
 
 
@@ -196,22 +193,22 @@ def _int_arg(raw: str, name: str) -> int:
 
 async def cmd_ban(settings: Settings, args: argparse.Namespace) -> int:
     user = parse_user(args.user, "cli")
-    async with open_database(settings) as service:
-        print(await service.ban(None, user, " ".join(args.reason)))
+    async with open_accounts(settings) as accounts:
+        print(await accounts.ban(None, user, " ".join(args.reason)))
     return EXIT_OK
 
 
 async def cmd_unban(settings: Settings, args: argparse.Namespace) -> int:
     user = parse_user(args.user, "cli")
-    async with open_database(settings) as service:
-        print(await service.unban(None, user))
+    async with open_accounts(settings) as accounts:
+        print(await accounts.unban(None, user))
     return EXIT_OK
 
 
 async def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_database(settings) as service:
-        stats = await service.stats(None)
-        print(json.dumps(stats, indent=2, sort_keys=True) if args.json else service.stats_text(stats))
+    async with open_accounts(settings) as accounts:
+        stats = await accounts.stats(None)
+        print(json.dumps(stats, indent=2, sort_keys=True) if args.json else accounts.stats_text(stats))
     return EXIT_OK
 
 
