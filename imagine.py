@@ -27,6 +27,7 @@ from gateway import (
     parse_prompt,
     parse_user,
 )
+from gateway.accounts import Accounts
 from gateway.errors import quoted
 from gateway.fronts import FRONTS, Front, secret_values
 from storage import Database
@@ -87,15 +88,11 @@ async def open_service(
 
 
 @contextlib.asynccontextmanager
-async def open_database(settings: Settings) -> AsyncIterator[ImagineService]:
-    """The gateway over the database alone, for admin commands (no backend is loaded)."""
-    from gateway.fake_backend import FakeBackend
-
+async def open_accounts(settings: Settings) -> AsyncIterator[Accounts]:
+    """Quotas, bans and stats over the database alone, for admin commands (no backend is loaded)."""
     db = await Database.open(settings.db_path)
     try:
-        backend = FakeBackend(settings)
-        backend.name = settings.backend
-        yield ImagineService(settings, db, backend)
+        yield Accounts(settings, db)
     finally:
         await db.close()
 
@@ -132,15 +129,15 @@ async def _admin(settings: Settings, command: str, args: argparse.Namespace) -> 
     user = parse_user(args.user, "cli")
     rest = [args.n] if getattr(args, "n", None) is not None else list(getattr(args, "reason", []))
     usage = f"N must be a whole number; got {quoted(rest[0])}." if rest else ""
-    async with open_database(settings) as service:
-        print(await run_admin(service, None, command, user, rest, usage=usage))
+    async with open_accounts(settings) as accounts:
+        print(await run_admin(accounts, None, command, user, rest, usage=usage))
     return EXIT_OK
 
 
 async def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_database(settings) as service:
-        stats = await service.stats(None)
-        print(json.dumps(stats, indent=2, sort_keys=True) if args.json else service.stats_text(stats))
+    async with open_accounts(settings) as accounts:
+        stats = await accounts.stats(None)
+        print(json.dumps(stats, indent=2, sort_keys=True) if args.json else accounts.stats_text(stats))
     return EXIT_OK
 
 

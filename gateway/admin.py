@@ -2,7 +2,7 @@
 `imagine quota set|grant|show`, `imagine ban|unban` take the same arguments and give the same answers.
 
 A front finds the user the command is about (an id, or the author of a replied-to message) and the
-caller; :func:`run_admin` reads the rest and calls the service, which checks that the caller is an
+caller; :func:`run_admin` reads the rest and calls the accounts, which check that the caller is an
 admin. A malformed argument raises :class:`InvalidRequest` with the front's usage sentence.
 """
 
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from gateway.accounts import Accounts
 from gateway.errors import InvalidRequest
 from gateway.request import whole_number
-from gateway.service import ImagineService
 
 #: The commands and how many arguments follow the user (None: any number, the ban reason).
 ARGUMENTS: dict[str, int | None] = {"setquota": 1, "grant": 1, "ban": None, "unban": 0, "show": 0}
@@ -29,7 +29,7 @@ def admin_number(raw: str, usage: str) -> int:
 
 
 async def run_admin(
-    service: ImagineService, actor: str | None, command: str, user: str, args: Sequence[str], *, usage: str
+    accounts: Accounts, actor: str | None, command: str, user: str, args: Sequence[str], *, usage: str
 ) -> str:
     """Run ``command`` about ``user`` for ``actor`` (None: the operator at the CLI); its answer."""
     wanted = ARGUMENTS[command]
@@ -37,11 +37,11 @@ async def run_admin(
         raise InvalidRequest(usage)
     if command == "setquota":
         allowance = None if args[0].lower() in DEFAULT_WORDS else admin_number(args[0], usage)
-        return await service.set_allowance(actor, user, allowance)
+        return await accounts.set_allowance(actor, user, allowance)
     if command == "grant":
-        return await service.grant(actor, user, admin_number(args[0], usage))
+        return await accounts.grant(actor, user, admin_number(args[0], usage))
     if command == "ban":
-        return await service.ban(actor, user, " ".join(args))
+        return await accounts.ban(actor, user, " ".join(args))
     if command == "unban":
-        return await service.unban(actor, user)
-    return service.quota_text(await service.quota(user))  # "show": anyone may read a quota
+        return await accounts.unban(actor, user)
+    return accounts.quota_text(await accounts.quota(user))  # "show": anyone may read a quota

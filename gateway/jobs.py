@@ -107,6 +107,63 @@ class Job:
             self.error,
         )
 
+    # --- state changes: each tells every reader of ``updates()`` -----------------------------
+
+    def move_to(self, position: int) -> None:
+        """A job ahead in the queue started or left: this one moved up."""
+        self.position = position
+        self._notify()
+
+    def start(self, started_at: float) -> None:
+        self.status = JobStatus.RUNNING
+        self.started_at = started_at
+        self.position = 0
+        self._notify()
+
+    def advance(self, step: int, total_steps: int) -> None:
+        self.step, self.total_steps = step, total_steps
+        self._notify()
+
+    def hold(self, result: JobResult, gpu_seconds: float) -> None:
+        """The backend's images, held unannounced until they are charged or held for their front."""
+        self.result = result
+        self.gpu_seconds = gpu_seconds
+
+    def succeed(self) -> None:
+        """The held images may be shown: charged, or waiting for their front's delivery."""
+        self.status = JobStatus.SUCCEEDED
+        self.step = self.total_steps
+        self._notify()
+
+    def fail(self, error: ImagineError) -> None:
+        self.error = error
+        self.status = JobStatus.FAILED
+        self._notify()
+
+    def request_cancel(self, reason: str) -> None:
+        """Cancel while running: the reason starts the sentence the user reads."""
+        self.cancel_requested = True
+        self.cancel_reason = reason
+
+    # --- delivery: whether the images may still be handed out, and whether they were charged ---
+
+    def stop_delivery(self) -> None:
+        """Nothing is handed out any more: the job is being refunded (or was charged already)."""
+        self.confirm_delivery = False
+
+    def claim_delivery(self) -> None:
+        self.delivery_claimed = True
+
+    def mark_delivered(self) -> None:
+        """Charged for its images: a later confirmation is a no-op."""
+        self.confirm_delivery = False
+        self.delivered = True
+
+    def credit_back(self, credits: int) -> None:
+        """The settle refunded ``credits`` (safety-blocked images): the result shows the balance after."""
+        if self.result is not None and self.result.credits_left is not None:
+            self.result = replace(self.result, credits_left=self.result.credits_left + credits)
+
     def release_images(self) -> None:
         """Drop the pixels (delivered, stored elsewhere, or refunded); the record stays."""
         if self.result is not None and self.result.images:

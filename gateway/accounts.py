@@ -1,0 +1,184 @@
+"""Accounts: quotas, grants, bans and stats, and the sentences that word them.
+
+Needs only the settings and the store, so the admin commands of the CLI use it without a backend.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from gateway.errors import (
+    Banned,
+    Busy,
+    ImagineError,
+    InvalidRequest,
+    NotAllowed,
+    OutOfCredits,
+    credits_word,
+    quoted,
+    shown,
+)
+from gateway.messages import next_reset, until_reset, utc_day
+from gateway.request import ImageRequest
+from gateway.settings import Settings
+from storage import Database, QuotaState, RefusedReason, ReservationRefused, StoreError
+
+MAX_GRANT = 1_000_000
+#: Longer than any platform's ids (a Discord snowflake is 20 digits, an IPv6 address 45 characters), and
+#: short enough that every admin reply naming the user fits a chat message.
+MAX_USER_ID_CHARS = 64
+
+
+class Accounts:
+    """Who may ask and how much: the daily allowance, bonus credits, bans, and what admins see."""
+
+    def __init__(self, settings: Settings, db: Database, *, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.db = db
+        self.clock = clock
+
+    def is_admin(self, user_id: str) -> bool:
+        return user_id in self.settings.admins
+
+    async def quota(self, user_id: str) -> QuotaState:
+        state = await self.db.quota(
+            user_id, day=utc_day(self.clock()), default_allowance=self.settings.daily_quota
+        )
+        return replace(state, unlimited=self.is_admin(user_id))
+
+    def quota_text(self, state: QuotaState) -> str:
+        now = self.clock()
+        if state.unlimited:
+            return "You are an admin: your images are not limited."
+        parts = [
+            f"Used today: {state.used} of {state.allowance}"
+            + (" (set by an admin)" if state.override else ""),
+            f"Bonus credits: {state.bonus}",
+            f"Reserved by images in progress: {state.reserved}",
+            f"Left: {credits_word(state.remaining)}",
+            f"Daily credits reset at {until_reset(now)}.",
+        ]
+        return "\n".join(parts)
+
+    def refusal(self, refused: ReservationRefused, request: ImageRequest, now: float) -> ImagineError:
+        """The sentence for a reservation the store refused: banned, too many open jobs, or no credits."""
+        if refused.reason == RefusedReason.BANNED:
+            return Banned(f"You are banned from Imagine: {refused.ban_reason}", reason=refused.ban_reason)
+        if refused.reason == RefusedReason.USER_QUEUE:
+            return Busy(
+                f"You already have {refused.open_jobs} images in progress (the limit is "
+                f"{self.settings.max_queued_per_user}); wait for one to finish. Nothing was charged.",
+                retry_after=15,
+            )
+        if refused.reason == RefusedReason.QUEUE:
+            return Busy(
+                f"The queue is full ({refused.open_jobs} jobs); try again in a minute. Nothing was charged.",
+                retry_after=60,
+            )
+        quota = refused.quota
+        assert quota is not None
+        need = credits_word(request.num_images)
+        if quota.remaining == 0:
+            text = (
+                f"You have used all {credits_word(quota.allowance)} of today's allowance"
+                f"{' and your bonus' if quota.bonus == 0 and quota.override else ''}; "
+                f"they reset at {until_reset(now)}."
+            )
+        else:
+            text = (
+                f"This needs {need} and you have {quota.remaining} left; "
+                f"ask for fewer images (--n) or wait for the reset at {until_reset(now)}."
+            )
+        return OutOfCredits(text, resets_at=next_reset(now))
+
+    # --- admin -------------------------------------------------------------------------
+    # ``actor`` is the admin asking, checked here; ``None`` is the operator at the command line.
+
+    def _check_admin(self, actor: str | None) -> None:
+        if actor is not None and not self.is_admin(actor):
+            raise NotAllowed("Only Imagine admins can do that; nothing was changed.")
+
+    async def set_allowance(self, actor: str | None, user_id: str, allowance: int | None) -> str:
+        self._check_admin(actor)
+        if allowance is not None and not 0 <= allowance <= MAX_GRANT:
+            raise InvalidRequest(
+                f"The daily allowance must be from 0 to {MAX_GRANT}; got {shown(allowance)}."
+            )
+        await self.db.set_allowance(user_id, allowance, now=self.clock())
+        if allowance is None:
+            return f"{user_id} is back on the default allowance of {self.settings.daily_quota} a day."
+        return f"{user_id} may now make {allowance} images a day."
+
+    async def grant(self, actor: str | None, user_id: str, credits: int) -> str:
+        self._check_admin(actor)
+        if credits == 0 or not -MAX_GRANT <= credits <= MAX_GRANT:
+            raise InvalidRequest(
+                f"Grant a whole number of credits from 1 to {MAX_GRANT} (negative takes back); "
+                f"got {shown(credits)}."
+            )
+        try:
+            bonus = await self.db.grant(user_id, credits, by=actor or "operator", now=self.clock())
+        except StoreError as exc:
+            raise InvalidRequest(str(exc)) from None
+        verb = "Granted" if credits > 0 else "Took back"
+        direction = "to" if credits > 0 else "from"
+        return f"{verb} {credits_word(abs(credits))} {direction} {user_id}; bonus now {bonus}."
+
+    async def ban(self, actor: str | None, user_id: str, reason: str) -> str:
+        self._check_admin(actor)
+        reason = reason.strip() or "no reason given"
+        if len(reason) > 500:
+            raise InvalidRequest(f"The ban reason is {len(reason)} characters long; the limit is 500.")
+        if self.is_admin(user_id):
+            raise InvalidRequest(f"{user_id} is an admin (IMAGINE_ADMINS) and cannot be banned.")
+        await self.db.ban(user_id, reason, by=actor or "operator", now=self.clock())
+        return f"{user_id} is banned: {reason}"
+
+    async def unban(self, actor: str | None, user_id: str) -> str:
+        self._check_admin(actor)
+        if await self.db.unban(user_id):
+            return f"{user_id} is no longer banned."
+        return f"{user_id} was not banned."
+
+    async def stats(
+        self, actor: str | None, *, queue_here: int = 0, backend: str | None = None
+    ) -> dict[str, Any]:
+        """The last 24 hours; ``queue_here`` and ``backend`` are the asking process's (none at the CLI)."""
+        self._check_admin(actor)
+        now = self.clock()
+        stats = await self.db.stats(day=utc_day(now), since=now - 86400)
+        stats["queue_here"] = queue_here
+        stats["backend"] = self.settings.backend if backend is None else backend
+        return stats
+
+    def stats_text(self, stats: dict[str, Any]) -> str:
+        jobs = stats["jobs"]
+        by_status = ", ".join(f"{k} {v}" for k, v in sorted(jobs.items())) or "none"
+        return "\n".join(
+            [
+                "Last 24 hours:",
+                f"Jobs: {sum(jobs.values())} ({by_status})",
+                f"Images delivered: {stats['images']}; credits refunded: {stats['credits_refunded']}",
+                f"GPU seconds: {stats['gpu_seconds']:.1f}",
+                f"Active users today: {stats['active_users_today']} of {stats['users']}",
+                f"Banned: {stats['banned']}",
+                f"Open jobs: {stats['open_jobs']}; backend: {stats['backend']}",
+            ]
+        )
+
+
+def parse_user(text: str, platform: str) -> str:
+    """``123`` or ``discord:123`` -> ``discord:123``; anything else is one clear sentence."""
+    text = text.strip()
+    if len(text) > MAX_USER_ID_CHARS:
+        raise InvalidRequest(f"A user id is at most {MAX_USER_ID_CHARS} characters long; got {quoted(text)}.")
+    if ":" in text:
+        plat, _, ident = text.partition(":")
+        if plat and ident and plat.isalnum() and all(ch.isprintable() and not ch.isspace() for ch in ident):
+            return f"{plat.lower()}:{ident}"
+    elif text.isdigit():
+        return f"{platform}:{text}"
+    raise InvalidRequest(f"Name the user by id or as platform:id, e.g. {platform}:123; got {quoted(text)}.")

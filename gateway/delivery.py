@@ -1,0 +1,283 @@
+"""Settle or refund, fenced: images go out only for a job this process still owns and has charged.
+
+Also the memory of finished jobs, kept for late readers (duplicate events, status polls) within a
+byte budget for their pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from gateway.accounts import Accounts
+from gateway.errors import BackendFailed, DeliveryRefused, ImagineError, credits_word
+from gateway.jobs import Job
+from gateway.recovery import STORE_DOWN, Instance
+from gateway.settings import Settings
+from storage import JobRecord, StoreUnavailable
+
+#: Images of finished jobs kept in memory for late readers (duplicate events, status polls); past
+#: this, the oldest jobs keep their record but not their pixels.
+KEPT_IMAGE_BYTES = 64 * 1024 * 1024
+REFUNDED_NOT_SERVED = "This image was refunded and is no longer served."
+REFUNDED_NOT_SENT = "This image was already refunded and is no longer sent."
+
+
+class JobMemory:
+    """This process's jobs by id: the live ones, and the last finished ones for late readers."""
+
+    def __init__(self) -> None:
+        self.live: dict[str, Job] = {}
+        self._finished: OrderedDict[str, int] = OrderedDict()  # finished job ids -> image bytes, oldest first
+        self.keep = 2000
+        self._kept_image_bytes = 0
+        self.image_budget = KEPT_IMAGE_BYTES
+
+    def get(self, job_id: str) -> Job | None:
+        return self.live.get(job_id)
+
+    def add(self, job: Job) -> None:
+        self.live[job.id] = job
+
+    def forget_later(self, job: Job) -> None:
+        """Keep the last finished jobs for duplicate events and status polls; drop the oldest.
+
+        A job still waiting for its front to confirm delivery stays: ``delivered()`` needs it.
+        Their pixels are kept within ``image_budget`` bytes; past it the oldest jobs keep
+        their record only. One drop per finish keeps the cost flat (no sweep that stalls the loop).
+        """
+        if job.confirm_delivery or job.id in self._finished:
+            return  # delivered() or delivery_failed() forgets it later
+        size = job.result.image_bytes if job.result is not None else 0
+        self._finished[job.id] = size
+        self._kept_image_bytes += size
+        while len(self._finished) > self.keep:
+            old_id, old_size = self._finished.popitem(last=False)
+            self._kept_image_bytes -= old_size
+            self.live.pop(old_id, None)
+        if self._kept_image_bytes > self.image_budget:
+            for old_id, old_size in self._finished.items():
+                if self._kept_image_bytes <= self.image_budget:
+                    break
+                if old_size and (old := self.live.get(old_id)) is not None:
+                    old.release_images()
+                self._finished[old_id] = 0
+                self._kept_image_bytes -= old_size
+
+    def release_images(self, job: Job) -> None:
+        """A front keeps the images elsewhere now (the web's disk store): free the memory."""
+        job.release_images()
+        if (size := self._finished.get(job.id)) is not None:
+            self._finished[job.id] = 0
+            self._kept_image_bytes -= size
+
+
+@dataclass
+class Delivery:
+    """Every charge and refund of a job this process runs, each written once and fenced by the store."""
+
+    settings: Settings
+    instance: Instance
+    jobs: JobMemory
+    accounts: Accounts
+
+    def refund_sentence(self, job: Job, what: str) -> str:
+        n = job.request.num_images
+        if self.accounts.is_admin(job.user_id):
+            return f"{what.rstrip('.')}."
+        return f"{what.rstrip('.')}; your {credits_word(n)} {'was' if n == 1 else 'were'} refunded."
+
+    async def complete(self, job: Job) -> None:
+        """The backend's images are held on ``job``: keep them for their front, or charge them now."""
+        assert job.result is not None
+        if job.confirm_delivery:
+            # The images wait for their front: they leave the global queue bound, and recovery
+            # knows how many a cut-off delivery charges.
+            try:
+                await self.instance.db.mark_ready(
+                    job.id, len(job.result.images), instance_id=self.instance.id, now=self.instance.clock()
+                )
+            except StoreUnavailable as exc:
+                self.instance.health.failed(
+                    exc, job.id
+                )  # only the queue count lags; the delivery fences itself
+        else:
+            # Returned only once charged, in the same step (the fence for fronts that read the result).
+            try:
+                record = await self.settle(job, job.gpu_seconds)
+            except StoreUnavailable as exc:
+                self.instance.health.failed(exc, job.id)
+                await self.fail(job, BackendFailed(self.refund_sentence(job, STORE_DOWN)))
+                return
+            if record is None:
+                await self.fenced(job)
+                return
+        job.succeed()
+        self.jobs.forget_later(job)
+
+    async def settle(self, job: Job, gpu_seconds: float) -> JobRecord | None:
+        """Charge the delivered images, fenced: ``None`` when this process no longer owns the job."""
+        assert job.result is not None
+        delivered = job.result.image_count
+        record = await self.instance.db.settle(
+            job.id,
+            delivered=delivered,
+            seed=job.result.seeds[0] if job.result.seeds else None,
+            model=job.result.model,
+            gpu_seconds=gpu_seconds,
+            now=self.instance.clock(),
+            note="safety filter" if job.result.blocked else "",
+            instance_id=self.instance.id,
+        )
+        self.instance.health.back()
+        if record is not None:
+            if record.refunded:
+                job.credit_back(record.refunded)
+            self.instance.metrics.job_finished(
+                "succeeded",
+                spent=record.spent,
+                refunded=record.refunded,
+                seconds=gpu_seconds,
+                cost_per_second=self.settings.gpu_cost_per_second,
+            )
+        return record
+
+    async def fenced(self, job: Job) -> None:
+        """Another process closed this job (its lease lapsed): deliver nothing, say what happened."""
+        sentence = "Imagine took too long to make this image and refunded it; please try again."
+        with contextlib.suppress(StoreUnavailable):
+            record = await self.instance.db.get_job(job.id)
+            if record is not None and record.status == "failed" and record.error:
+                sentence = record.error
+        job.stop_delivery()
+        job.release_images()
+        job.fail(DeliveryRefused(sentence))
+        self.jobs.forget_later(job)
+
+    async def fail(self, job: Job, error: ImagineError, *, gpu_seconds: float | None = None) -> None:
+        job.stop_delivery()  # nothing to deliver
+        await self.refund(job, error, gpu_seconds=gpu_seconds)
+        job.fail(error)
+        self.jobs.forget_later(job)
+
+    async def refund(self, job: Job, error: ImagineError, *, gpu_seconds: float | None) -> None:
+        """Refund now, or (when the store fails) as soon as it answers again: never skipped."""
+
+        async def write() -> None:
+            record = await self.instance.db.refund(
+                job.id,
+                error_kind=error.kind,
+                error=error.message,
+                now=self.instance.clock(),
+                gpu_seconds=gpu_seconds,
+            )
+            if record is not None:
+                self.instance.metrics.job_finished(
+                    error.kind, refunded=record.refunded, seconds=gpu_seconds or 0.0
+                )
+
+        try:
+            await write()
+        except StoreUnavailable as exc:
+            self.instance.health.failed(exc, job.id)
+            self.instance.health.repair_later(job.id, write)
+        else:
+            self.instance.health.back()
+
+    # --- the front's side of a ``confirm_delivery`` job ------------------------------------
+
+    async def claim_delivery(self, job_id: str) -> None:
+        """Call just before posting a ``confirm_delivery`` job's images.
+
+        Raises :class:`DeliveryRefused` (its sentence says the credits came back) when the job may
+        no longer be delivered: refunded meanwhile, by this process or another. After a claim, end
+        with :meth:`delivered`, also after an ambiguous send (a timeout after the platform may have
+        taken the image: it is charged, never given away), or with :meth:`delivery_failed` when the
+        platform certainly did not take it.
+        """
+        job = self.jobs.get(job_id)
+        if job is None or job.result is None:
+            raise DeliveryRefused(REFUNDED_NOT_SENT)
+        async with job.delivery_lock:
+            if not job.confirm_delivery:
+                raise DeliveryRefused(str(job.error) if job.error else REFUNDED_NOT_SENT)
+            try:
+                claimed = await self.instance.db.claim_delivery(
+                    job_id, instance_id=self.instance.id, now=self.instance.clock()
+                )
+            except StoreUnavailable as exc:
+                self.instance.health.failed(exc, job_id)
+                error = await self._end_delivery(job, STORE_DOWN)
+                raise DeliveryRefused(str(error)) from None
+            if not claimed:
+                await self.fenced(job)
+                assert job.error is not None
+                raise DeliveryRefused(str(job.error))
+            self.instance.health.back()
+            job.claim_delivery()
+
+    async def settle_delivery(self, job_id: str) -> None:
+        """Charge a ``confirm_delivery`` job before its images are served (the web's first download).
+
+        Idempotent; raises :class:`DeliveryRefused` when the job was refunded (never serve it then),
+        and :class:`StoreUnavailable` when the store did not answer (the job stays open: try again).
+        """
+        job = self.jobs.get(job_id)
+        if job is None or job.result is None:
+            raise DeliveryRefused(REFUNDED_NOT_SERVED)
+        async with job.delivery_lock:
+            if job.delivered:
+                return
+            if not job.confirm_delivery:
+                raise DeliveryRefused(str(job.error) if job.error else REFUNDED_NOT_SERVED)
+            try:
+                record = await self.settle(job, job.gpu_seconds)
+            except StoreUnavailable as exc:
+                self.instance.health.failed(exc, job_id)
+                raise
+            if record is None:
+                await self.fenced(job)
+                assert job.error is not None
+                raise DeliveryRefused(str(job.error))
+            job.mark_delivered()
+            self.jobs.forget_later(job)
+
+    async def delivered(self, job_id: str) -> None:
+        """A front posted the images (or may have: an ambiguous send): charge the credits.
+
+        If the store does not answer, the charge is retried until it is written; the job was
+        claimed, so even a crash meanwhile ends in the charge, not a refund.
+        """
+        job = self.jobs.get(job_id)
+        if job is None or job.result is None:
+            return
+        async with job.delivery_lock:
+            if not job.confirm_delivery:
+                return
+            job.mark_delivered()
+            try:
+                await self.settle(job, job.gpu_seconds)
+            except StoreUnavailable as exc:
+                self.instance.health.failed(exc, job_id)
+                self.instance.health.repair_later(job.id, lambda: self.settle(job, job.gpu_seconds))
+            job.release_images()
+            self.jobs.forget_later(job)
+
+    async def delivery_failed(self, job_id: str, reason: str) -> ImagineError | None:
+        """A front could not post the images: refund, and return the sentence to tell the user."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        async with job.delivery_lock:
+            if not job.confirm_delivery:
+                return None
+            return await self._end_delivery(job, reason)
+
+    async def _end_delivery(self, job: Job, reason: str) -> ImagineError:
+        job.stop_delivery()
+        error = BackendFailed(self.refund_sentence(job, reason))
+        await self.refund(job, error, gpu_seconds=None)
+        job.release_images()
+        self.jobs.forget_later(job)
+        return error
