@@ -23,6 +23,7 @@ from PIL import Image
 
 from bots import telegram_bot
 from bots.telegram_bot import TelegramFront, fits_photo_rules, png_size
+from bots.telegram_ext import ratelimit
 from gateway import (
     DeliveryRefused,
     ImageRequest,
@@ -624,7 +625,7 @@ async def test_telegram_refusing_the_photo_refunds_and_says_so(world: World, fak
 async def test_a_flood_wait_longer_than_the_cap_is_refunded_not_slept_through(
     world: World, fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(telegram_bot, "MAX_FLOOD_WAIT", 1.0)
+    monkeypatch.setattr(ratelimit, "MAX_FLOOD_WAIT", 1.0)
     fake.flood("sendPhoto", retry_after=30)
     started = time.monotonic()
     update = world.says(ALICE, "/imagine a fox in a traffic jam")
