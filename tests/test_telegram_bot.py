@@ -23,6 +23,7 @@ from PIL import Image
 
 from bots import telegram_bot
 from bots.telegram_bot import TelegramFront, fits_photo_rules
+from bots.telegram_ext import delivery, progress, ratelimit
 from gateway import (
     DeliveryRefused,
     ImageRequest,
@@ -162,8 +163,8 @@ async def make_world(
 async def world(
     fake: FakeTelegram, bot_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[World]:
-    monkeypatch.setattr(telegram_bot, "EDIT_EVERY_PRIVATE", 0.05)
-    monkeypatch.setattr(telegram_bot, "EDIT_EVERY_GROUP", 0.05)
+    monkeypatch.setattr(progress, "EDIT_EVERY_PRIVATE", 0.05)
+    monkeypatch.setattr(progress, "EDIT_EVERY_GROUP", 0.05)
     async for world in make_world(fake, bot_settings):
         await world.start_bot(stop_grace=1.0)
         yield world
@@ -598,7 +599,7 @@ async def test_a_job_refunded_before_its_delivery_is_not_posted(
 async def test_a_photo_telegram_took_but_answered_late_is_charged_once(
     world: World, fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(telegram_bot, "RESULT_READ_TIMEOUT", 0.5)
+    monkeypatch.setattr(delivery, "RESULT_READ_TIMEOUT", 0.5)
     fake.stall_next("sendPhoto", 1.5)  # posted at once, answered after the client gave up
     update = world.says(ALICE, "/imagine a fox on a slow line")
     status = await world.reply_to(update)
@@ -625,7 +626,7 @@ async def test_telegram_refusing_the_photo_refunds_and_says_so(world: World, fak
 async def test_a_flood_wait_longer_than_the_cap_is_refunded_not_slept_through(
     world: World, fake: FakeTelegram, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(telegram_bot, "MAX_FLOOD_WAIT", 1.0)
+    monkeypatch.setattr(ratelimit, "MAX_FLOOD_WAIT", 1.0)
     fake.flood("sendPhoto", retry_after=30)
     started = time.monotonic()
     update = world.says(ALICE, "/imagine a fox in a traffic jam")
@@ -639,7 +640,7 @@ async def test_a_flood_wait_longer_than_the_cap_is_refunded_not_slept_through(
 async def test_a_send_that_never_reached_telegram_is_tried_again(
     fake: FakeTelegram, bot_settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(telegram_bot, "SEND_RETRY_PAUSE", 0.8)
+    monkeypatch.setattr(delivery, "SEND_RETRY_PAUSE", 0.8)
 
     class OutageAtTheEnd(FakeBackend):
         """Telegram goes away just as the image is ready: the first upload finds no server to connect to."""

@@ -1,0 +1,83 @@
+"""Admin commands: ``/setquota``, ``/grant``, ``/ban``, ``/unban``, ``/stats``.
+
+A caller who is not an admin gets the gateway's refusal from the service call itself; only the
+Telegram wording (usage lines) lives here.
+"""
+
+from __future__ import annotations
+
+import re
+
+from telegram import Message, Update
+
+from bots.telegram_ext.context import PLATFORM, Context, user_of
+from gateway import InvalidRequest, parse_user
+
+USAGE = {
+    "setquota": "Usage: /setquota <user id> <images a day, or default>; "
+    "or reply to the user's message with /setquota <n>.",
+    "grant": "Usage: /grant <user id> <credits> (negative takes back); "
+    "or reply to the user's message with /grant <credits>.",
+    "ban": "Usage: /ban <user id> [reason]; or reply to the user's message with /ban [reason].",
+    "unban": "Usage: /unban <user id>; or reply to the user's message with /unban.",
+}
+
+
+async def setquota_command(update: Update, context: Context) -> None:
+    actor, target, args, message = _admin_call(update, context, "setquota")
+    if len(args) != 1:
+        raise InvalidRequest(USAGE["setquota"])
+    allowance = None if args[0].lower() in ("default", "reset") else _whole_number(args[0], "setquota")
+    await message.reply_text(await context.bot_data.service.set_allowance(actor, target, allowance))
+
+
+async def grant_command(update: Update, context: Context) -> None:
+    actor, target, args, message = _admin_call(update, context, "grant")
+    if len(args) != 1:
+        raise InvalidRequest(USAGE["grant"])
+    credits = _whole_number(args[0], "grant")
+    await message.reply_text(await context.bot_data.service.grant(actor, target, credits))
+
+
+async def ban_command(update: Update, context: Context) -> None:
+    actor, target, args, message = _admin_call(update, context, "ban")
+    await message.reply_text(await context.bot_data.service.ban(actor, target, " ".join(args)))
+
+
+async def unban_command(update: Update, context: Context) -> None:
+    actor, target, args, message = _admin_call(update, context, "unban")
+    if args:
+        raise InvalidRequest(USAGE["unban"])
+    await message.reply_text(await context.bot_data.service.unban(actor, target))
+
+
+async def stats_command(update: Update, context: Context) -> None:
+    assert update.effective_message is not None and update.effective_user is not None
+    service = context.bot_data.service
+    stats = await service.stats(user_of(update.effective_user.id))
+    await update.effective_message.reply_text(service.stats_text(stats))
+
+
+def _admin_call(update: Update, context: Context, command: str) -> tuple[str, str, list[str], Message]:
+    """The caller, the user the command is about (an id, or the author of the replied-to message), the rest.
+
+    A caller who is not an admin gets the gateway's refusal from the service call itself.
+    """
+    message, user = update.effective_message, update.effective_user
+    assert message is not None and user is not None
+    args = list(context.args or [])
+    replied = message.reply_to_message
+    is_topic_root = (  # in a forum topic every message "replies" to the topic's first message
+        message.is_topic_message and replied is not None and replied.message_id == message.message_thread_id
+    )
+    if replied is not None and not is_topic_root and replied.from_user and not replied.from_user.is_bot:
+        return user_of(user.id), user_of(replied.from_user.id), args, message
+    if not args:
+        raise InvalidRequest(USAGE[command])
+    return user_of(user.id), parse_user(args[0], PLATFORM), args[1:], message
+
+
+def _whole_number(raw: str, command: str) -> int:
+    if not re.fullmatch(r"[+-]?\d{1,9}", raw):
+        raise InvalidRequest(USAGE[command])
+    return int(raw)

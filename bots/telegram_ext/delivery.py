@@ -1,0 +1,200 @@
+"""Sending a finished job's images, and the contract with the gateway around it: claim, send, settle.
+
+An image is posted only for a job this process still owns (``claim_delivery``); it is charged once
+Telegram took it or may have (an ambiguous send is never given away free nor charged twice), and
+refunded only when Telegram certainly did not post it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+from telegram import (
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    InputFile,
+    InputMediaDocument,
+    InputMediaPhoto,
+    Message,
+    ReplyParameters,
+)
+from telegram.error import BadRequest, NetworkError, TelegramError
+
+from bots.telegram_ext.context import SOMETHING_WENT_WRONG, Bot, Where
+from bots.telegram_ext.progress import show
+from bots.telegram_ext.ratelimit import CAPTION_LIMIT
+from gateway import DeliveryRefused, ImagineService, JobResult
+from gateway.messages import result_caption
+from gateway.request import MAX_IMAGES
+
+log = logging.getLogger("imagine.telegram")
+_Sent = TypeVar("_Sent")
+
+CALLBACK_DATA_LIMIT = 64  # bytes
+PHOTO_MAX_BYTES = 10 * 1024 * 1024  # larger photos must go as documents
+PHOTO_MAX_SIDES = 10_000  # width + height
+PHOTO_MAX_RATIO = 20
+SEND_ATTEMPTS = 3  # tries of a result send whose request never reached Telegram
+SEND_RETRY_PAUSE = 1.0  # seconds before the second try; doubles after
+RESULT_READ_TIMEOUT = 30.0  # seconds for Telegram's answer to an upload; a late answer is ambiguous
+REROLL, VARIATIONS = "reroll", "vary"
+MORE_LIKE_THESE = "More like these?"
+
+
+async def deliver_and_settle(
+    bot: Bot, service: ImagineService, job_id: str, result: JobResult, where: Where, status: Message
+) -> None:
+    """Post the image(s) if the job is still ours, then settle it, or refund it if Telegram refused."""
+    # 1. Post only if the job is still ours to deliver (no one refunded it meanwhile).
+    try:
+        await service.claim_delivery(job_id)
+    except DeliveryRefused as refused:
+        await show(status, str(refused))
+        return
+    # 2. Settle: charged once Telegram took the image, or may have; refunded only if it certainly did not.
+    try:
+        await send_result(bot, result, where)
+    except TelegramError as exc:
+        if not telegram_refused(exc):
+            log.warning("Telegram may have taken the images of %s (%r); charged as delivered", job_id, exc)
+        else:
+            log.warning("Telegram did not take the images of %s: %r", job_id, exc)
+            refund = await service.delivery_failed(job_id, "Telegram did not accept the image")
+            await show(status, str(refund) if refund else SOMETHING_WENT_WRONG)
+            return
+    await service.delivered(job_id)
+    with contextlib.suppress(TelegramError):
+        await status.delete()
+
+
+def result_keyboard(job_id: str) -> InlineKeyboardMarkup | None:
+    buttons = [
+        InlineKeyboardButton("🎲 Re-roll", callback_data=f"{REROLL}:{job_id}"),
+        InlineKeyboardButton(f"🔀 Variations ×{MAX_IMAGES}", callback_data=f"{VARIATIONS}:{job_id}"),
+    ]
+    if any(len(str(b.callback_data).encode()) > CALLBACK_DATA_LIMIT for b in buttons):
+        return None
+    return InlineKeyboardMarkup([buttons])
+
+
+async def send_result(bot: Bot, result: JobResult, where: Where) -> list[Message]:
+    """One photo with caption and keyboard, or an album with the keyboard on a follow-up message.
+
+    Images that break Telegram's photo rules go as documents (PNG files) instead.
+    """
+    images = result.images
+    caption = result_caption(result, limit=CAPTION_LIMIT)
+    as_photos = all(fits_photo_rules(png) for png in images)
+    keyboard = result_keyboard(result.job_id)
+    names = [f"imagine-{seed}.png" for seed in result.seeds]
+    names += [f"imagine-{i + 1}.png" for i in range(len(names), len(images))]
+    common: dict[str, Any] = {
+        "reply_parameters": where.reply(),
+        "message_thread_id": where.thread_id,
+        "read_timeout": RESULT_READ_TIMEOUT,
+    }
+    if len(images) == 1:
+        upload = InputFile(images[0], filename=names[0])
+        if as_photos:
+            sent = await _until_sent(
+                lambda: bot.send_photo(
+                    where.chat_id, upload, caption=caption, reply_markup=keyboard, **common
+                )
+            )
+        else:
+            sent = await _until_sent(
+                lambda: bot.send_document(
+                    where.chat_id, upload, caption=caption, reply_markup=keyboard, **common
+                )
+            )
+        return [sent]
+    media: list[InputMediaPhoto] | list[InputMediaDocument]
+    if as_photos:
+        media = [
+            InputMediaPhoto(png, caption=caption if i == 0 else None, filename=names[i])
+            for i, png in enumerate(images)
+        ]
+    else:
+        media = [
+            InputMediaDocument(png, caption=caption if i == len(images) - 1 else None, filename=names[i])
+            for i, png in enumerate(images)
+        ]
+    album = list(await _until_sent(lambda: bot.send_media_group(where.chat_id, media, **common)))
+    if keyboard is not None:
+        try:  # the images are delivered: a lost keyboard must not refund them
+            follow_up = await bot.send_message(
+                where.chat_id,
+                MORE_LIKE_THESE,
+                reply_markup=keyboard,
+                reply_parameters=ReplyParameters(album[0].message_id, allow_sending_without_reply=True),
+                message_thread_id=where.thread_id,
+            )
+            album.append(follow_up)
+        except TelegramError as exc:
+            log.warning("could not send the buttons under the album of %s: %s", result.job_id, exc)
+    return album
+
+
+async def _until_sent(send: Callable[[], Awaitable[_Sent]]) -> _Sent:
+    """One result send, tried again (a bounded number of times) only while its request never left.
+
+    A request that may have reached Telegram is not repeated: the photo would show twice. Flood
+    waits are the rate limiter's to retry, not this loop's.
+    """
+    pause = SEND_RETRY_PAUSE
+    for attempt in range(1, SEND_ATTEMPTS):
+        try:
+            return await send()
+        except NetworkError as exc:
+            if not never_sent(exc):
+                raise
+            log.info("Telegram could not be reached (try %d of %d): %r", attempt, SEND_ATTEMPTS, exc)
+        await asyncio.sleep(pause)
+        pause *= 2
+    return await send()
+
+
+def never_sent(error: TelegramError) -> bool:
+    """True when the request never left this process: no connection, or none free in the pool.
+
+    python-telegram-bot raises these from httpx's own exceptions; a test that takes the fake Telegram
+    off the network fails loudly if it stops doing so.
+    """
+    return isinstance(error.__cause__, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+
+
+def telegram_refused(error: TelegramError) -> bool:
+    """True when Telegram certainly did not post the message, so a refund gives nothing away free.
+
+    Telegram answering with a refusal (400 Bad Request, 403 Forbidden, a flood wait we did not wait
+    out) or the request never leaving is certain; a timeout, a dropped connection or a 5xx after the
+    upload went out is not: Telegram may have posted it.
+    """
+    if isinstance(error, BadRequest) or not isinstance(error, NetworkError):
+        return True
+    return never_sent(error)
+
+
+def png_size(png: bytes) -> tuple[int, int] | None:
+    """Width and height from a PNG header, without decoding the image."""
+    if len(png) < 24 or png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", png[16:24])
+    return int(width), int(height)
+
+
+def fits_photo_rules(png: bytes) -> bool:
+    """Telegram's sendPhoto rules: at most 10 MB, width + height at most 10000, ratio at most 20."""
+    size = png_size(png)
+    if size is None or len(png) > PHOTO_MAX_BYTES:
+        return False
+    width, height = size
+    if width <= 0 or height <= 0:
+        return False
+    return width + height <= PHOTO_MAX_SIDES and max(width, height) / min(width, height) <= PHOTO_MAX_RATIO

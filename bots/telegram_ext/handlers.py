@@ -1,0 +1,156 @@
+"""The public commands as typed module-level coroutines: ``/imagine``, the re-roll buttons, ``/quota``,
+``/help``, ``/start``, and the error handler that shows a gateway refusal as its sentence.
+
+Each turns a Telegram update into the shared request, calls the gateway and renders its answer; one
+job's path from the status message to the photo is :func:`make_images`, whose steps (following the
+job, delivering and settling) are separate functions in ``progress`` and ``delivery``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from dataclasses import replace
+
+from telegram import Message, Update
+from telegram.error import TelegramError
+
+from bots.telegram_ext.context import SOMETHING_WENT_WRONG, Context, Where, job_id_of, user_of
+from bots.telegram_ext.delivery import VARIATIONS, deliver_and_settle
+from bots.telegram_ext.progress import follow, show
+from gateway import ImageRequest, ImagineError, InvalidRequest, JobStatus, parse_prompt
+from gateway.messages import HELP, queue_text
+from gateway.request import MAX_IMAGES
+
+log = logging.getLogger("imagine.telegram")
+
+COMMAND = re.compile(r"^/\S+")  # /imagine or /imagine@botname
+WELCOME = "Hi! I turn a description into a picture with Stable Diffusion."
+GONE = "That image is too old to re-roll; send /imagine again."
+
+
+async def start_command(update: Update, context: Context) -> None:
+    """``/start``: a short welcome with an example."""
+    assert update.effective_message is not None
+    await update.effective_message.reply_text(f"{WELCOME}\n\n{HELP}")
+
+
+async def help_command(update: Update, context: Context) -> None:
+    assert update.effective_message is not None
+    await update.effective_message.reply_text(HELP)
+
+
+async def quota_command(update: Update, context: Context) -> None:
+    assert update.effective_message is not None and update.effective_user is not None
+    service = context.bot_data.service
+    state = await service.quota(user_of(update.effective_user.id))
+    await update.effective_message.reply_text(service.quota_text(state))
+
+
+async def imagine_command(update: Update, context: Context) -> None:
+    """``/imagine <prompt --flags>`` (``/imagine@bot`` in groups)."""
+    message = update.effective_message
+    assert message is not None and message.text is not None
+    prompt = COMMAND.sub("", message.text, count=1)
+    await _imagine(update, context, prompt)
+
+
+async def prompt_message(update: Update, context: Context) -> None:
+    """Plain text in a private chat is a prompt."""
+    assert update.effective_message is not None and update.effective_message.text is not None
+    await _imagine(update, context, update.effective_message.text)
+
+
+async def _imagine(update: Update, context: Context, text: str) -> None:
+    message, user = update.effective_message, update.effective_user
+    assert message is not None and user is not None
+    job_id = job_id_of(update)
+    if not await context.bot_data.first_time(job_id):
+        return
+    try:
+        request = parse_prompt(text)
+    except InvalidRequest as error:
+        await message.reply_text(str(error))
+        return
+    await make_images(
+        context, job_id=job_id, user_id=user_of(user.id), request=request, where=Where.of(message)
+    )
+
+
+async def reroll_button(update: Update, context: Context) -> None:
+    """Re-roll (same request, new seed) or variations (same prompt, several new seeds)."""
+    query = update.callback_query
+    assert query is not None and query.data is not None
+    job_id = job_id_of(update)
+    if not await context.bot_data.first_time(job_id):
+        return
+    action, _, original_id = query.data.partition(":")
+    original = await context.bot_data.service.find_job(original_id)
+    message = query.message
+    if original is None or not isinstance(message, Message):
+        await query.answer(GONE, show_alert=True)
+        return
+    await query.answer()
+    request = rerolled(original.request, action)
+    await make_images(
+        context, job_id=job_id, user_id=user_of(query.from_user.id), request=request, where=Where.of(message)
+    )
+
+
+def rerolled(request: ImageRequest, action: str) -> ImageRequest:
+    """The request a button asks for: the same with a new seed, or ``MAX_IMAGES`` of them for variations."""
+    request = request.with_seed(None)
+    if action == VARIATIONS:
+        request = replace(request, num_images=MAX_IMAGES)
+    return request
+
+
+async def error_handler(update: object, context: Context) -> None:
+    """Show a gateway refusal as its sentence; log anything else and say something went wrong."""
+    error = context.error
+    if not isinstance(error, ImagineError):
+        log.error("handler failed", exc_info=error)
+    if isinstance(update, Update) and update.effective_message is not None:
+        text = str(error) if isinstance(error, ImagineError) else SOMETHING_WENT_WRONG
+        with contextlib.suppress(TelegramError):
+            await update.effective_message.reply_text(text)
+
+
+async def make_images(
+    context: Context, *, job_id: str, user_id: str, request: ImageRequest, where: Where
+) -> None:
+    """Status message -> submit -> edits while queued and running -> the photo(s), then settle."""
+    bot, state = context.bot, context.bot_data
+    service = state.service
+    # 1. Answer at once; the job's reply record points at this message, so a restart can tell the user.
+    shown = queue_text(service.queue_length)
+    status = await bot.send_message(
+        where.chat_id, shown, reply_parameters=where.reply(), message_thread_id=where.thread_id
+    )
+    reply = {
+        "chat_id": where.chat_id,
+        "status_message_id": status.message_id,
+        "message_id": where.reply_to,
+        "thread_id": where.thread_id,
+    }
+    # 2. Reserve credits and queue (refusals cost nothing and replace the status text).
+    try:
+        job = await service.submit(user_id, request, job_id=job_id, reply=reply, confirm_delivery=True)
+    except ImagineError as error:
+        await show(status, str(error))
+        return
+    if job.duplicate:
+        with contextlib.suppress(TelegramError):
+            await status.delete()
+        return
+    with state.in_flight_while(job):
+        # 3. Follow the job, editing the status message no faster than the chat allows.
+        final = await follow(bot, job, status, shown, where)
+        if final.status is JobStatus.FAILED:
+            assert final.error is not None
+            await show(status, str(final.error))
+            return
+        assert final.result is not None
+        # 4. Post the image(s), then settle or refund.
+        await deliver_and_settle(bot, service, job.id, final.result, where, status)
