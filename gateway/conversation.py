@@ -63,7 +63,7 @@ class Conversation:
         """
         loop = asyncio.get_running_loop()
         last = -every
-        finished = asyncio.ensure_future(_until_finished(job))
+        finished = asyncio.ensure_future(until_finished(job))
         try:
             async for _ in job.updates():
                 wait = last + every - loop.time()
@@ -129,7 +129,8 @@ class Conversation:
             self._notices = None
 
 
-async def _until_finished(job: Job) -> None:
+async def until_finished(job: Job) -> None:
+    """Return once the job has finished (a future to race a slow call against)."""
     async for update in job.updates():
         if update.status.finished:
             return

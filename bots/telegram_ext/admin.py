@@ -6,12 +6,11 @@ Telegram wording (usage lines) lives here.
 
 from __future__ import annotations
 
-import re
-
 from telegram import Message, Update
 
 from bots.telegram_ext.context import PLATFORM, Context, user_of
 from gateway import InvalidRequest, parse_user
+from gateway.admin import run_admin
 
 USAGE = {
     "setquota": "Usage: /setquota <user id> <images a day, or default>; "
@@ -24,31 +23,26 @@ USAGE = {
 
 
 async def setquota_command(update: Update, context: Context) -> None:
-    actor, target, args, message = _admin_call(update, context, "setquota")
-    if len(args) != 1:
-        raise InvalidRequest(USAGE["setquota"])
-    allowance = None if args[0].lower() in ("default", "reset") else _whole_number(args[0], "setquota")
-    await message.reply_text(await context.bot_data.service.set_allowance(actor, target, allowance))
+    await _admin(update, context, "setquota")
 
 
 async def grant_command(update: Update, context: Context) -> None:
-    actor, target, args, message = _admin_call(update, context, "grant")
-    if len(args) != 1:
-        raise InvalidRequest(USAGE["grant"])
-    credits = _whole_number(args[0], "grant")
-    await message.reply_text(await context.bot_data.service.grant(actor, target, credits))
+    await _admin(update, context, "grant")
 
 
 async def ban_command(update: Update, context: Context) -> None:
-    actor, target, args, message = _admin_call(update, context, "ban")
-    await message.reply_text(await context.bot_data.service.ban(actor, target, " ".join(args)))
+    await _admin(update, context, "ban")
 
 
 async def unban_command(update: Update, context: Context) -> None:
-    actor, target, args, message = _admin_call(update, context, "unban")
-    if args:
-        raise InvalidRequest(USAGE["unban"])
-    await message.reply_text(await context.bot_data.service.unban(actor, target))
+    await _admin(update, context, "unban")
+
+
+async def _admin(update: Update, context: Context, command: str) -> None:
+    """The gateway's admin words (parsed once for Telegram and the CLI) with Telegram's usage line."""
+    actor, target, args, message = _admin_call(update, context, command)
+    accounts = context.bot_data.service.accounts
+    await message.reply_text(await run_admin(accounts, actor, command, target, args, usage=USAGE[command]))
 
 
 async def stats_command(update: Update, context: Context) -> None:
@@ -75,9 +69,3 @@ def _admin_call(update: Update, context: Context, command: str) -> tuple[str, st
     if not args:
         raise InvalidRequest(USAGE[command])
     return user_of(user.id), parse_user(args[0], PLATFORM), args[1:], message
-
-
-def _whole_number(raw: str, command: str) -> int:
-    if not re.fullmatch(r"[+-]?\d{1,9}", raw):
-        raise InvalidRequest(USAGE[command])
-    return int(raw)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -14,9 +13,9 @@ from telegram.constants import ChatType
 from telegram.ext import Application, CallbackContext, ExtBot
 
 from gateway import ImagineService, Job, Settings
+from gateway.conversation import Conversation
 
 PLATFORM = "telegram"
-REMEMBERED_UPDATES = 10_000
 SOMETHING_WENT_WRONG = "Something went wrong on our side; please try again in a minute."
 
 
@@ -25,20 +24,20 @@ class BotState:
 
     service: ImagineService
     settings: Settings
+    conversation: Conversation
 
     def __init__(self) -> None:
-        # Update ids this process has handled: a redelivered update is answered once.
-        self.seen: OrderedDict[str, None] = OrderedDict()
         self.in_flight: dict[str, Job] = {}
         self.handlers: set[asyncio.Task[Any]] = set()  # handlers following a job, for a graceful stop
 
     async def first_time(self, job_id: str) -> bool:
-        """True the first time this update is seen, here or (for a restarted bot) in the database."""
-        if job_id in self.seen:
+        """True the first time this update is seen, here or (for a restarted bot) in the database.
+
+        The store is asked too so that an update Telegram redelivers after a restart gets no second
+        status message; ``submit`` would refuse to charge it again anyway.
+        """
+        if not self.conversation.first_time(job_id):
             return False
-        self.seen[job_id] = None
-        while len(self.seen) > REMEMBERED_UPDATES:
-            self.seen.popitem(last=False)
         return await self.service.find_job(job_id) is None
 
     @contextlib.contextmanager

@@ -26,10 +26,12 @@ from telegram import (
 )
 from telegram.error import BadRequest, NetworkError, TelegramError
 
-from bots.telegram_ext.context import SOMETHING_WENT_WRONG, Bot, Where
+from bots.telegram_ext.context import Bot, Where
 from bots.telegram_ext.progress import show
 from bots.telegram_ext.ratelimit import CAPTION_LIMIT
-from gateway import DeliveryRefused, ImagineService, JobResult
+from gateway import ImagineError, Job, JobResult
+from gateway.conversation import Conversation
+from gateway.errors import AmbiguousDelivery
 from gateway.messages import result_caption
 from gateway.request import MAX_IMAGES
 
@@ -48,27 +50,21 @@ MORE_LIKE_THESE = "More like these?"
 
 
 async def deliver_and_settle(
-    bot: Bot, service: ImagineService, job_id: str, result: JobResult, where: Where, status: Message
+    bot: Bot, conversation: Conversation, job: Job, where: Where, status: Message
 ) -> None:
-    """Post the image(s) if the job is still ours, then settle it, or refund it if Telegram refused."""
-    # 1. Post only if the job is still ours to deliver (no one refunded it meanwhile).
+    """Post the image(s) inside the gateway's delivery fence: charged once Telegram took them or may
+    have (an ambiguous send), refunded with the sentence shown only if it certainly did not."""
     try:
-        await service.claim_delivery(job_id)
-    except DeliveryRefused as refused:
-        await show(status, str(refused))
+        async with conversation.delivery(job, failed="Telegram did not accept the image") as result:
+            try:
+                await send_result(bot, result, where)
+            except TelegramError as exc:
+                if not telegram_refused(exc):
+                    raise AmbiguousDelivery(repr(exc)) from exc
+                raise
+    except ImagineError as error:  # refunded meanwhile, or Telegram certainly did not take it
+        await show(status, str(error))
         return
-    # 2. Settle: charged once Telegram took the image, or may have; refunded only if it certainly did not.
-    try:
-        await send_result(bot, result, where)
-    except TelegramError as exc:
-        if not telegram_refused(exc):
-            log.warning("Telegram may have taken the images of %s (%r); charged as delivered", job_id, exc)
-        else:
-            log.warning("Telegram did not take the images of %s: %r", job_id, exc)
-            refund = await service.delivery_failed(job_id, "Telegram did not accept the image")
-            await show(status, str(refund) if refund else SOMETHING_WENT_WRONG)
-            return
-    await service.delivered(job_id)
     with contextlib.suppress(TelegramError):
         await status.delete()
 

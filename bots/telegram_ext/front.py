@@ -33,9 +33,10 @@ from bots.telegram_ext.handlers import (
     reroll_button,
     start_command,
 )
-from bots.telegram_ext.notices import keep_telling_refunded, tell_refunded
+from bots.telegram_ext.notices import tell_refunded
 from bots.telegram_ext.ratelimit import RATE_LIMIT_RETRIES, AnswersFirstRateLimiter, TelegramLimits
 from gateway import ImagineError, ImagineService, Settings, SettingsError
+from gateway.conversation import Conversation
 from gateway.messages import RESTARTING
 from gateway.settings import require
 
@@ -80,6 +81,7 @@ def build_application(
     )
     state = application.bot_data
     state.service, state.settings = service, settings
+    state.conversation = Conversation(service, PLATFORM)
 
     new_messages = filters.UpdateType.MESSAGE
     application.add_handlers(
@@ -155,7 +157,6 @@ class TelegramFront:
         self.webhook_port = settings.telegram_webhook_port if webhook_port is None else webhook_port
         self.stop_grace = stop_grace
         self.application: TelegramApp | None = None
-        self._recovery: asyncio.Task[None] | None = None
 
     async def start(self) -> str:
         application = build_application(self.settings, self.service, rate_limiter=self.rate_limiter)
@@ -169,13 +170,11 @@ class TelegramFront:
         try:
             mode = await self._receive_updates(application)
             await application.start()
-            await tell_refunded(application.bot, self.service)
         except BaseException:
             await self.stop()
             raise
-        self._recovery = asyncio.create_task(
-            keep_telling_refunded(application.bot, self.service), name="telegram-refunds"
-        )
+        bot = application.bot
+        application.bot_data.conversation.on_recovered(lambda record: tell_refunded(bot, record))
         return f"Telegram as @{application.bot.username} ({mode})"
 
     async def _receive_updates(self, application: TelegramApp) -> str:
@@ -203,9 +202,8 @@ class TelegramFront:
         application, self.application = self.application, None
         if application is None:
             return
-        if self._recovery is not None:
-            self._recovery.cancel()
-            await asyncio.gather(self._recovery, return_exceptions=True)
+        if self.application is not None:
+            await self.application.bot_data.conversation.close()
         if application.updater is not None and application.updater.running:
             await application.updater.stop()
         state = application.bot_data

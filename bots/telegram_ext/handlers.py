@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from dataclasses import replace
 
 from telegram import Message, Update
 from telegram.error import TelegramError
@@ -21,7 +20,6 @@ from bots.telegram_ext.delivery import VARIATIONS, deliver_and_settle
 from bots.telegram_ext.progress import follow, show
 from gateway import ImageRequest, ImagineError, InvalidRequest, JobStatus, parse_prompt
 from gateway.messages import HELP, queue_text
-from gateway.request import MAX_IMAGES
 
 log = logging.getLogger("imagine.telegram")
 
@@ -100,10 +98,7 @@ async def reroll_button(update: Update, context: Context) -> None:
 
 def rerolled(request: ImageRequest, action: str) -> ImageRequest:
     """The request a button asks for: the same with a new seed, or ``MAX_IMAGES`` of them for variations."""
-    request = request.with_seed(None)
-    if action == VARIATIONS:
-        request = replace(request, num_images=MAX_IMAGES)
-    return request
+    return request.variations() if action == VARIATIONS else request.reroll()
 
 
 async def error_handler(update: object, context: Context) -> None:
@@ -146,11 +141,11 @@ async def make_images(
         return
     with state.in_flight_while(job):
         # 3. Follow the job, editing the status message no faster than the chat allows.
-        final = await follow(bot, job, status, shown, where)
+        final = await follow(bot, state.conversation, job, status, shown, where)
         if final.status is JobStatus.FAILED:
             assert final.error is not None
             await show(status, str(final.error))
             return
         assert final.result is not None
         # 4. Post the image(s), then settle or refund.
-        await deliver_and_settle(bot, service, job.id, final.result, where, status)
+        await deliver_and_settle(bot, state.conversation, job, where, status)

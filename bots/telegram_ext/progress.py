@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -14,7 +13,8 @@ from telegram.error import TelegramError
 
 from bots.telegram_ext.context import Bot, Where
 from gateway import Job, JobStatus, JobUpdate
-from gateway.messages import progress_text, queue_text
+from gateway.conversation import Conversation, until_finished
+from gateway.messages import status_text
 
 log = logging.getLogger("imagine.telegram")
 
@@ -23,26 +23,20 @@ EDIT_EVERY_GROUP = 6.0  # groups allow about 20 messages a minute
 CHAT_ACTION_EVERY = 4.5  # a chat action shows for 5 s
 
 
-async def follow(bot: Bot, job: Job, status: Message, shown: str, where: Where) -> JobUpdate:
-    """Edit the status with queue position and progress until the job ends; return its last update."""
-    latest = job.snapshot()
-    changed, finished = asyncio.Event(), asyncio.Event()
+async def follow(
+    bot: Bot, conversation: Conversation, job: Job, status: Message, shown: str, where: Where
+) -> JobUpdate:
+    """Edit the status with queue position and progress until the job ends; return its last update.
 
-    async def read_updates() -> None:
-        nonlocal latest
-        async for update in job.updates():
-            latest = update
-            changed.set()
-        finished.set()
-
-    reader = asyncio.create_task(read_updates())
+    The gateway's ``follow`` paces the edits (about one a second in a private chat, 20 a minute in a
+    group); an edit still waiting for the rate limiter when the job ends is dropped.
+    """
     every = EDIT_EVERY_GROUP if where.group else EDIT_EVERY_PRIVATE
+    finished = asyncio.ensure_future(until_finished(job))
     last_action: float | None = None
+    update = job.snapshot()
     try:
-        while not finished.is_set():
-            await changed.wait()
-            changed.clear()
-            update = latest
+        async for update in conversation.follow(job, every=every):
             if update.status.finished:
                 break
             now = time.monotonic()
@@ -54,22 +48,12 @@ async def follow(bot: Bot, job: Job, status: Message, shown: str, where: Where) 
                     where.chat_id, ChatAction.UPLOAD_PHOTO, message_thread_id=where.thread_id
                 )
                 await _unless_finished(action, finished)
-            text = status_text(update)
-            if text != shown:
+            if (text := status_text(update)) != shown:
                 shown = text
                 await _unless_finished(status.edit_text(text), finished)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(finished.wait(), every)
-        await reader
-        return latest
+        return update
     finally:
-        reader.cancel()
-
-
-def status_text(update: JobUpdate) -> str:
-    if update.status is JobStatus.QUEUED:
-        return queue_text(update.position)
-    return progress_text(update.step, update.total_steps)
+        finished.cancel()
 
 
 async def show(status: Message, text: str) -> None:
@@ -77,16 +61,14 @@ async def show(status: Message, text: str) -> None:
     await quietly(status.edit_text(text))
 
 
-async def _unless_finished(call: Awaitable[object], finished: asyncio.Event) -> None:
+async def _unless_finished(call: Awaitable[object], finished: asyncio.Future[None]) -> None:
     """A progress edit or chat action, dropped if the job ends while it waits for the rate limiter."""
     sending = asyncio.ensure_future(quietly(call))
-    ended = asyncio.ensure_future(finished.wait())
     try:
-        await asyncio.wait((sending, ended), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((sending, finished), return_when=asyncio.FIRST_COMPLETED)
     finally:
         sending.cancel()
-        ended.cancel()
-        await asyncio.gather(sending, ended, return_exceptions=True)
+        await asyncio.gather(sending, return_exceptions=True)
 
 
 async def quietly(call: Awaitable[object]) -> None:
