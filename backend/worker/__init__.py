@@ -25,8 +25,6 @@ import asyncio
 import contextlib
 import enum
 import functools
-import hmac
-import ipaddress
 import json
 import logging
 import math
@@ -42,30 +40,35 @@ from typing import Any, Protocol
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backend.finished import DEFAULT_KEEP_BYTES, DEFAULT_KEEP_SECONDS, Finished, FinishedPredictions
+from backend.worker.auth import BearerAuth, bind_host, is_loopback  # noqa: F401 (imported from here)
+from backend.worker.schema import (
+    BODY_FIELDS,
+    MAX_BODY_BYTES,
+    TERMINAL,
+    ErrorResponse,
+    PredictionResponse,
+    encode_json,
+    iso,
+    quote,
+    request_schema,
+)
 from gateway.backend import GenerationResult
 from gateway.cog import INPUT_FIELDS, is_prediction_id, png_data_uri, request_from_input, safe_reason
 from gateway.errors import InvalidRequest
 from gateway.request import (
-    DEFAULT_GUIDANCE,
     DEFAULT_SCHEDULER,
-    MAX_IMAGES,
     MAX_SEED,
     ImageRequest,
 )
-from gateway.settings import Settings, SettingsError
+from gateway.settings import Settings
 
 log = logging.getLogger("imagine.worker")
 
-#: A prediction request is a prompt and a few numbers; 64 KiB is far more than any needs.
-MAX_BODY_BYTES = 64 * 1024
 WARMUP_REQUEST = ImageRequest(
     prompt="a lighthouse at dusk", width=512, height=512, steps=2, seed=0, scheduler=DEFAULT_SCHEDULER
 )
-BODY_FIELDS = ("id", "input", "created_at")
 
 
 class BatchRunner(Protocol):
@@ -97,65 +100,6 @@ class Loaded:
 
 #: Loads the model (in a thread); ``phase`` is called with what it is doing, for the health check.
 Loader = Callable[[Callable[[str], None]], Loaded]
-
-
-# --- the OpenAPI shapes (the body is read and checked by hand, so a too-big body is refused
-# before parsing and a bad field gets the gateway's own sentence) -----------------------------
-
-
-class PredictionInput(BaseModel):
-    prompt: str = Field(description="What to draw; up to 1000 characters.")
-    negative_prompt: str = Field("", description="What to avoid; up to 500 characters.")
-    width: int = Field(512, ge=256, le=1024, multiple_of=64)
-    height: int = Field(512, ge=256, le=1024, multiple_of=64)
-    num_outputs: int = Field(1, ge=1, le=MAX_IMAGES)
-    num_inference_steps: int = Field(25, ge=1, le=50)
-    guidance_scale: float = Field(DEFAULT_GUIDANCE, ge=1, le=20)
-    scheduler: str = Field(
-        DEFAULT_SCHEDULER,
-        description="dpmpp, euler, euler_a, ddim, pndm, lms (or Replicate's names: DPMSolverMultistep, ...)",
-    )
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random when left out.")
-
-
-class PredictionRequest(BaseModel):
-    id: str | None = Field(None, description="Makes POST idempotent too; PUT takes it from the path.")
-    input: PredictionInput
-
-
-class PredictionResponse(BaseModel):
-    id: str
-    status: str = Field(
-        description="succeeded, failed or canceled; starting or processing in a 202 (Prefer: respond-async)"
-    )
-    input: dict[str, Any]
-    output: list[str] | None = Field(description="PNG images as data URIs")
-    error: str | None
-    logs: str = ""
-    metrics: dict[str, float]
-    seed: int | None
-    seeds: list[int]
-    blocked: int = Field(0, description="images withheld by the safety checker")
-    prompt_truncated: bool
-    model: str
-    created_at: str
-    started_at: str | None
-    completed_at: str | None
-
-
-class ErrorResponse(BaseModel):
-    detail: str
-
-
-def _request_schema() -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["input"],
-        "properties": {
-            "id": {"type": "string", "description": "Makes POST idempotent too; PUT takes it from the path."},
-            "input": PredictionInput.model_json_schema(),
-        },
-    }
 
 
 # --- predictions and batching ---------------------------------------------------------------
@@ -324,8 +268,8 @@ class Worker:
             "setup": {
                 "status": setup_status,
                 "phase": self.phase,
-                "started_at": _iso(self.setup_started_at),
-                "completed_at": _iso(self.setup_completed_at),
+                "started_at": iso(self.setup_started_at),
+                "completed_at": iso(self.setup_completed_at),
                 "error": self.setup_error,
             },
             "cold_start": {k: round(v, 3) for k, v in self.timings.items()},
@@ -365,7 +309,7 @@ class Worker:
         if prediction_id is not None and (known := self.find(prediction_id)) is not None:
             if known.input != raw_input:
                 raise InvalidRequest(
-                    f"Prediction {_quote(prediction_id)} already exists with a different input; use a new id."
+                    f"Prediction {quote(prediction_id)} already exists with a different input; use a new id."
                 )
             return known
         if self.in_flight >= self.capacity:
@@ -546,9 +490,9 @@ class Worker:
             "blocked": result.blocked if result is not None else 0,
             "prompt_truncated": result.prompt_truncated if result is not None else False,
             "model": (result.model if result is not None else "") or self.model,
-            "created_at": _iso(prediction.created_at),
-            "started_at": _iso(prediction.started_at),
-            "completed_at": _iso(time.time()) if status in TERMINAL else None,
+            "created_at": iso(prediction.created_at),
+            "started_at": iso(prediction.started_at),
+            "completed_at": iso(time.time()) if status in TERMINAL else None,
         }
 
     def _succeeded(
@@ -568,29 +512,11 @@ class Worker:
         return self._response(prediction, status="failed", error=reason, metrics=metrics)
 
 
-TERMINAL = frozenset({"succeeded", "failed", "canceled"})
-
-
-def encode_json(content: Any) -> bytes:
-    """JSON as Starlette's ``JSONResponse`` writes it, so a kept body is served byte for byte."""
-    return json.dumps(
-        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
-    ).encode()
-
-
 def _failure_reason(exc: BaseException) -> str:
     name = type(exc).__name__
     if "OutOfMemory" in name or "out of memory" in str(exc).lower():
         return "the GPU ran out of memory; try a smaller size or fewer images"
     return f"the pipeline failed ({name}: {safe_reason(exc, 200)})"
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 def process_started_at() -> float:
@@ -610,36 +536,6 @@ _IMPORTED_AT = time.time()
 
 
 # --- HTTP ----------------------------------------------------------------------------------
-
-
-class BearerAuth:
-    """Every route but the health check needs ``Authorization: Bearer <key>``, compared in constant time."""
-
-    def __init__(self, app: ASGIApp, key: str | None, open_paths: Sequence[str] = ("/health-check",)) -> None:
-        self.app = app
-        self.key = key.encode("utf-8") if key else None
-        self.open_paths = frozenset(open_paths)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.key is None or scope["type"] != "http" or scope["path"] in self.open_paths:
-            await self.app(scope, receive, send)
-            return
-        given = b""
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                given = value
-                break
-        scheme, _, token = given.partition(b" ")
-        if scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key):
-            await self.app(scope, receive, send)
-            return
-        detail = "Missing bearer token." if not given else "Wrong bearer token."
-        response = JSONResponse(
-            {"detail": f"{detail} Send Authorization: Bearer <IMAGINE_BACKEND_API_KEY>."},
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-        await response(scope, receive, send)
 
 
 class BodyTooLarge(Exception):
@@ -731,7 +627,7 @@ def create_app(
         response_model=PredictionResponse,
         responses=error_responses,
         openapi_extra={
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _request_schema()}}}
+            "requestBody": {"required": True, "content": {"application/json": {"schema": request_schema()}}}
         },
     )
     async def create_prediction(request: Request) -> Response:
@@ -743,7 +639,7 @@ def create_app(
         response_model=PredictionResponse,
         responses=error_responses,
         openapi_extra={
-            "requestBody": {"required": True, "content": {"application/json": {"schema": _request_schema()}}}
+            "requestBody": {"required": True, "content": {"application/json": {"schema": request_schema()}}}
         },
     )
     async def put_prediction(prediction_id: str, request: Request) -> Response:
@@ -756,7 +652,7 @@ def create_app(
     )
     async def cancel_prediction(prediction_id: str) -> JSONResponse:
         prediction = worker.cancel(prediction_id)
-        shown = _quote(prediction_id)
+        shown = quote(prediction_id)
         if prediction is None:
             return _error(404, f"No prediction {shown} is queued, running or recently finished here.")
         if isinstance(prediction, Finished):
@@ -838,10 +734,6 @@ def _json_body(body: bytes, status: int) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
-def _quote(value: str, limit: int = 40) -> str:
-    return repr(value if len(value) <= limit else value[:limit] + "...")
-
-
 def _error(status: int, detail: str, *, retry_after: float | None = None) -> JSONResponse:
     headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
@@ -886,34 +778,6 @@ def pipeline_loader(settings: Settings, device: str | None = None) -> Loader:
         return Loaded(runner.generate, timings, device=where, model=settings.model)
 
     return load
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is reachable only from this machine: ``localhost`` or a loopback address."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def bind_host(settings: Settings, host: str | None) -> str:
-    """Where to listen: anywhere (0.0.0.0 by default) with a key, loopback only without one.
-
-    Without ``IMAGINE_BACKEND_API_KEY`` every route is open, so anyone who could reach the port
-    could spend the GPU; an open worker is never one the network can reach.
-    """
-    if settings.backend_api_key:
-        return host or "0.0.0.0"
-    if host is None:
-        return "127.0.0.1"
-    if not is_loopback(host):
-        raise SettingsError(
-            f"The worker will not listen on {_quote(host)} without IMAGINE_BACKEND_API_KEY; set "
-            "IMAGINE_BACKEND_API_KEY to a long random secret, or listen on 127.0.0.1."
-        )
-    return host
 
 
 def serve(settings: Settings, *, host: str | None = None, port: int = 8001) -> None:
