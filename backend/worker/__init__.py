@@ -28,14 +28,13 @@ import functools
 import json
 import logging
 import math
-import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -43,6 +42,15 @@ from fastapi.responses import JSONResponse, Response
 
 from backend.finished import DEFAULT_KEEP_BYTES, DEFAULT_KEEP_SECONDS, Finished, FinishedPredictions
 from backend.worker.auth import BearerAuth, bind_host, is_loopback  # noqa: F401 (imported from here)
+from backend.worker.loader import (  # noqa: F401 (imported from here)
+    WARMUP_REQUEST,
+    BatchRunner,
+    Loaded,
+    Loader,
+    given_runner,
+    pipeline_loader,
+    process_started_at,
+)
 from backend.worker.schema import (
     BODY_FIELDS,
     MAX_BODY_BYTES,
@@ -58,7 +66,6 @@ from gateway.backend import GenerationResult
 from gateway.cog import INPUT_FIELDS, is_prediction_id, png_data_uri, request_from_input, safe_reason
 from gateway.errors import InvalidRequest
 from gateway.request import (
-    DEFAULT_SCHEDULER,
     MAX_SEED,
     ImageRequest,
 )
@@ -66,40 +73,12 @@ from gateway.settings import Settings
 
 log = logging.getLogger("imagine.worker")
 
-WARMUP_REQUEST = ImageRequest(
-    prompt="a lighthouse at dusk", width=512, height=512, steps=2, seed=0, scheduler=DEFAULT_SCHEDULER
-)
-
-
-class BatchRunner(Protocol):
-    """Makes the images of several requests that share size, steps, guidance and scheduler in ONE
-    pipeline call; one result per request, in order. Blocking: runs on the worker's GPU thread.
-    ``cancel`` is asked between denoising steps (``DiffusionRunner.generate`` is one)."""
-
-    def __call__(
-        self, requests: Sequence[ImageRequest], *, cancel: Callable[[], bool] | None = None
-    ) -> list[GenerationResult]: ...
-
 
 class Health(enum.StrEnum):
     STARTING = "STARTING"
     READY = "READY"
     BUSY = "BUSY"
     SETUP_FAILED = "SETUP_FAILED"
-
-
-@dataclass
-class Loaded:
-    """What setup produced: the runner, where the seconds went, and what it runs on."""
-
-    runner: BatchRunner
-    timings: dict[str, float] = field(default_factory=dict)
-    device: str = "cpu"
-    model: str = ""
-
-
-#: Loads the model (in a thread); ``phase`` is called with what it is doing, for the health check.
-Loader = Callable[[Callable[[str], None]], Loaded]
 
 
 # --- predictions and batching ---------------------------------------------------------------
@@ -519,22 +498,6 @@ def _failure_reason(exc: BaseException) -> str:
     return f"the pipeline failed ({name}: {safe_reason(exc, 200)})"
 
 
-def process_started_at() -> float:
-    """When this process started (wall clock), from /proc where there is one."""
-    try:
-        with open("/proc/self/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        start_ticks = int(fields[19])
-        with open("/proc/stat", encoding="ascii") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
-        return boot + start_ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return _IMPORTED_AT
-
-
-_IMPORTED_AT = time.time()
-
-
 # --- HTTP ----------------------------------------------------------------------------------
 
 
@@ -567,13 +530,7 @@ def create_app(
 ) -> FastAPI:
     """The worker app. Give ``runner`` (tests) or ``loader``; by default the real pipeline is loaded."""
     if loader is None:
-        if runner is not None:
-            given = runner
-
-            def loader(phase: Callable[[str], None]) -> Loaded:
-                return Loaded(given, device="injected", model=settings.model)
-        else:
-            loader = pipeline_loader(settings)
+        loader = given_runner(runner, settings.model) if runner is not None else pipeline_loader(settings)
     worker = Worker(
         settings, loader, capacity=capacity, warmup=warmup, keep_bytes=keep_bytes, keep_seconds=keep_seconds
     )
@@ -737,47 +694,6 @@ def _json_body(body: bytes, status: int) -> Response:
 def _error(status: int, detail: str, *, retry_after: float | None = None) -> JSONResponse:
     headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
-
-
-# --- the real pipeline ----------------------------------------------------------------------
-
-
-def pipeline_loader(settings: Settings, device: str | None = None) -> Loader:
-    """Load ``IMAGINE_MODEL`` for :class:`backend.pipeline.DiffusionRunner`, timing each cold-start step.
-
-    :func:`backend.pipeline.load_pipeline` reports the seconds of its steps (imports, weights,
-    to device) so the health check can say where a cold start went; compile is timed here
-    (``IMAGINE_COMPILE=1``: the first generation, which is when torch compiles; the kernels are
-    cached under the model cache folder, so a new container with the same cache does not
-    compile again).
-    """
-
-    def load(phase: Callable[[str], None]) -> Loaded:
-        from backend import pipeline as sd
-        from backend.tiny import default_cache_dir
-
-        # 1-3. Imports, weights (safetensors; on CUDA straight onto the GPU), to the device
-        timings: dict[str, float] = {}
-        where = device or sd.default_device()
-        pipe = sd.load_pipeline(
-            settings.model,
-            where,
-            compile_unet=settings.compile,
-            compile_cache_dir=default_cache_dir() / "torch-compile",
-            phase=phase,
-            timings=timings,
-        )
-        runner = sd.DiffusionRunner(pipe, settings.model)
-        # 4. Compile (opt-in): torch compiles on the first call, so that call is the compile step
-        timings["compile"] = 0.0
-        if settings.compile:
-            phase("compiling the UNet")
-            t = time.perf_counter()
-            runner.generate([WARMUP_REQUEST])
-            timings["compile"] = time.perf_counter() - t
-        return Loaded(runner.generate, timings, device=where, model=settings.model)
-
-    return load
 
 
 def serve(settings: Settings, *, host: str | None = None, port: int = 8001) -> None:
