@@ -1,6 +1,6 @@
 """The Cog prediction protocol as Imagine speaks it: input fields, outputs, prediction ids.
 
-Shared by the worker (``backend/worker.py``), the ``http`` backend and the ``replicate``
+Shared by the worker (``backend/worker/``), the ``http`` backend and the ``replicate``
 backend, so the three agree on field names (those of the public Stable Diffusion models on
 Replicate), on defaults and ranges (the request's, through :func:`gateway.request.validate`)
 and on how images travel (PNG data URIs).
