@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from storage import Database, NewJob, ReservationRefused
-from storage.db import migrations
+from storage.schema import migrations
 
 
 async def reserve(db: Database, job_id: str, user: str = "cli:a", cost: int = 1) -> None:
