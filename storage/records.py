@@ -10,8 +10,15 @@ from typing import Any
 OPEN_STATUSES = ("queued", "running")
 
 
+def by_name(row: sqlite3.Row, names: list[str]) -> list[Any]:
+    """The row's values for ``names``, matched by column name (a row in that order already is taken whole)."""
+    if row.keys() == names:
+        return list(row)
+    return [row[name] for name in names]
+
+
 def columns(record: type[Any]) -> str:
-    """The SELECT list of a record: its fields, which are the table's column names."""
+    """The SELECT list of a record: its fields, which are its table's column names."""
     return ", ".join(field.name for field in fields(record))
 
 
@@ -64,10 +71,11 @@ class JobRecord:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> JobRecord:
-        values = dict(zip(row.keys(), row, strict=True))
-        values["request"] = json.loads(values["request"])
-        values["reply"] = json.loads(values["reply"]) if values["reply"] else None
-        return cls(**values)
+        values = by_name(row, _JOB_FIELDS)
+        request, reply = values[_REQUEST], values[_REPLY]  # JSON text in the table
+        values[_REQUEST] = json.loads(request)
+        values[_REPLY] = json.loads(reply) if reply else None
+        return cls(*values)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,4 +117,9 @@ class InstanceRecord:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> InstanceRecord:
-        return cls(**dict(zip(row.keys(), row, strict=True)))
+        return cls(*by_name(row, _INSTANCE_FIELDS))
+
+
+_JOB_FIELDS = [field.name for field in fields(JobRecord)]
+_REQUEST, _REPLY = _JOB_FIELDS.index("request"), _JOB_FIELDS.index("reply")
+_INSTANCE_FIELDS = [field.name for field in fields(InstanceRecord)]
