@@ -11,7 +11,7 @@ saying what changed if a new aiosqlite moves them.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import aiosqlite
@@ -30,10 +30,10 @@ class Connection:
         """Autocommit mode (``isolation_level=None``): the store writes its own BEGIN and COMMIT."""
         return cls(await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout_s))
 
-    async def run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def run(self, fn: Callable[[sqlite3.Connection], T]) -> Awaitable[T]:
         """``fn(sqlite3_connection)`` on the connection thread, in turn with every other call."""
         raw: sqlite3.Connection = self._conn._conn
-        result: T = await self._conn._execute(fn, raw)  # type: ignore[no-untyped-call]
+        result: Awaitable[T] = self._conn._execute(fn, raw)  # type: ignore[no-untyped-call]
         return result
 
     async def close(self) -> None:
