@@ -5,7 +5,8 @@ is about (``ledger``, ``accounts``, ``jobs``, ``instances``, ``schema``); ``Data
 and says how each runs. A write runs as one function on aiosqlite's connection thread in a
 ``BEGIN IMMEDIATE`` transaction shared with the writes queued beside it (``group_commit``): one
 thread hop per batch, atomic against other coroutines and, through SQLite's write lock and busy
-timeout, against other processes sharing the file. A read runs at once, outside any transaction.
+timeout, against other processes sharing the file. Reads and single-statement updates (the
+heartbeat) run at once in autocommit mode, outside any batch.
 """
 
 from __future__ import annotations
@@ -49,11 +50,14 @@ def grouped(body: Body[P, T]) -> Operation[P, T]:
 
 
 def autocommit(body: Body[P, T]) -> Operation[P, T]:
-    """An operation that runs at once on the connection thread, each statement committed alone."""
+    """An operation that runs at once on the connection thread, each statement committed alone
+    (reads, and updates of one statement)."""
     return _operation(body, grouped=False)
 
 
 class Database:
+    """The facade the gateway holds: open, close, and one awaitable per storage operation."""
+
     def __init__(
         self,
         conn: Connection,
