@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from storage import Database, NewJob, ReservationRefused
-from storage.db import migrations
+from storage.schema import migrations
 
 
 async def reserve(db: Database, job_id: str, user: str = "cli:a", cost: int = 1) -> None:
@@ -83,3 +83,34 @@ async def test_foreign_keys_are_enforced(tmp_path: Path) -> None:
             )
     finally:
         await db.close()
+
+
+def test_records_are_made_by_column_name_in_any_column_order() -> None:
+    from dataclasses import fields
+
+    from storage import InstanceRecord, JobRecord
+
+    conn = sqlite3.connect(":memory:")
+    conn.row_factory = sqlite3.Row
+    row = conn.execute(
+        "SELECT 7 AS pid, 'h' AS host, 'i' AS id, 2.0 AS heartbeat_at, 1.0 AS started_at, "
+        "NULL AS stopped_at, 'x' AS ident"
+    ).fetchone()
+    assert InstanceRecord.from_row(row) == InstanceRecord("i", "h", 7, 1.0, 2.0, None, "x")
+    names = [field.name for field in reversed(fields(JobRecord))]
+    values = {name: None for name in names} | {
+        "id": "j",
+        "user_id": "cli:a",
+        "request": '{"prompt": "x"}',
+        "reply": '{"chat": 1}',
+        "status": "queued",
+        "cost": 2,
+        "day": "2026-11-26",
+    }
+    row = conn.execute(
+        "SELECT " + ", ".join(f"? AS {name}" for name in names), [values[name] for name in names]
+    ).fetchone()
+    job = JobRecord.from_row(row)
+    assert (job.id, job.user_id, job.status, job.cost, job.day) == ("j", "cli:a", "queued", 2, "2026-11-26")
+    assert (job.request, job.reply, job.created_at) == ({"prompt": "x"}, {"chat": 1}, None)
+    conn.close()

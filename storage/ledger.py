@@ -1,0 +1,238 @@
+"""The credit ledger: reserve, settle, refund and grant, each a ledger row with the counter it moves.
+
+Every change of credits writes a ledger row and the counter it moves (``users.bonus``,
+``daily_usage.used``) in the same transaction, so balances always equal what the ledger says;
+``check_ledger`` is the proof every test runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from storage.accounts import ban_reason, ensure_user, quota
+from storage.errors import RefusedReason, ReservationRefused, StoreError
+from storage.jobs import WAITING, count_jobs, get_job, position
+from storage.records import OPEN_STATUSES, JobRecord, NewJob, QuotaState, Reservation
+
+_ADD_ROW = (
+    "INSERT INTO ledger (user_id, job_id, kind, credits, daily, bonus, day, note, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def reserve(c: sqlite3.Connection, new: NewJob) -> Reservation:
+    """Hold ``new.cost`` credits for a new job, or return the job this id already made."""
+    seen = get_job(c, new.job_id)
+    if seen is not None:
+        return Reservation(seen, False, position(c, seen), None)
+    banned = ban_reason(c, new.user_id)
+    if banned is not None:
+        raise ReservationRefused(RefusedReason.BANNED, ban_reason=banned)
+    open_total = count_jobs(c, WAITING)
+    if not new.unlimited:
+        user_open = count_jobs(c, "user_id = ? AND status IN ('queued', 'running')", (new.user_id,))
+        if user_open >= new.max_user_open:
+            raise ReservationRefused(RefusedReason.USER_QUEUE, open_jobs=user_open)
+    if open_total >= new.max_open:
+        raise ReservationRefused(RefusedReason.QUEUE, open_jobs=open_total)
+    ensure_user(c, new.user_id, new.now)
+    before = quota(c, new.user_id, day=new.day, default_allowance=new.default_allowance)
+    if new.unlimited:
+        daily = bonus = 0
+    else:
+        if before.remaining < new.cost:
+            raise ReservationRefused(RefusedReason.CREDITS, quota=before)
+        daily = min(new.cost, max(0, before.allowance - before.used))
+        bonus = new.cost - daily
+    c.execute(
+        "INSERT INTO jobs (id, user_id, request, status, cost, day, daily, bonus, seed, reply, "
+        "instance_id, created_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            new.job_id,
+            new.user_id,
+            json.dumps(new.request),
+            new.cost,
+            new.day,
+            daily,
+            bonus,
+            new.request.get("seed"),
+            json.dumps(new.reply) if new.reply is not None else None,
+            new.instance_id,
+            new.now,
+        ),
+    )
+    note = "unlimited" if new.unlimited else None
+    c.execute(
+        _ADD_ROW,
+        (new.user_id, new.job_id, "reserve", new.cost, daily, -bonus, new.day, note, new.now),
+    )
+    if daily:
+        c.execute(
+            "INSERT INTO daily_usage (user_id, day, used) VALUES (?, ?, ?) "
+            "ON CONFLICT (user_id, day) DO UPDATE SET used = used + excluded.used",
+            (new.user_id, new.day, daily),
+        )
+    if bonus:
+        c.execute("UPDATE users SET bonus = bonus - ? WHERE id = ?", (bonus, new.user_id))
+    after = QuotaState(
+        new.user_id,
+        new.day,
+        before.allowance,
+        before.used + daily,
+        before.bonus - bonus,
+        before.reserved + new.cost,
+        before.override,
+        new.unlimited,
+    )
+    return Reservation(_reread(c, new.job_id), True, open_total, after)
+
+
+def settle(
+    c: sqlite3.Connection,
+    job_id: str,
+    *,
+    delivered: int,
+    seed: int | None,
+    model: str | None,
+    gpu_seconds: float | None,
+    now: float,
+    note: str = "",
+    instance_id: str | None = None,
+) -> JobRecord | None:
+    """Charge ``delivered`` credits and give the rest of the reservation back.
+
+    ``None`` when nothing changed: the job is closed already, or (with ``instance_id``) it is
+    not that process's. A front delivers nothing for which this returned ``None``.
+    """
+    job = _open_job(c, job_id)
+    if job is None:
+        return None
+    if instance_id is not None and job.instance_id != instance_id:
+        return None  # fenced: another process took this job over
+    spent = max(0, min(delivered, job.cost))
+    c.execute(_ADD_ROW, (job.user_id, job.id, "settle", spent, 0, 0, job.day, note or None, now))
+    _give_back(c, job, job.cost - spent, now, note or "not delivered")
+    c.execute(
+        "UPDATE jobs SET status = 'succeeded', spent = ?, refunded = ?, seed = COALESCE(?, seed), "
+        "model = ?, gpu_seconds = ?, finished_at = ? WHERE id = ?",
+        (spent, job.cost - spent, seed, model, gpu_seconds, now, job_id),
+    )
+    return _reread(c, job_id)
+
+
+def refund(
+    c: sqlite3.Connection,
+    job_id: str,
+    *,
+    error_kind: str,
+    error: str,
+    now: float,
+    gpu_seconds: float | None = None,
+) -> JobRecord | None:
+    """Fail an open job and return its credits; ``None`` when it was already closed."""
+    job = _open_job(c, job_id)
+    if job is None:
+        return None
+    _give_back(c, job, job.cost, now, error_kind)
+    c.execute(
+        "UPDATE jobs SET status = 'failed', refunded = cost, error_kind = ?, error = ?, "
+        "gpu_seconds = ?, finished_at = ? WHERE id = ?",
+        (error_kind, error, gpu_seconds, now, job_id),
+    )
+    return _reread(c, job_id)
+
+
+def grant(c: sqlite3.Connection, user_id: str, credits: int, *, by: str, now: float) -> int:
+    """Add (or, negative, take back) bonus credits; returns the new bonus balance."""
+    ensure_user(c, user_id, now)
+    bonus = int(c.execute("SELECT bonus FROM users WHERE id = ?", (user_id,)).fetchone()["bonus"])
+    if bonus + credits < 0:
+        raise StoreError(f"{user_id} has {bonus} bonus credits; {-credits} cannot be taken back.")
+    c.execute(_ADD_ROW, (user_id, None, "grant", credits, 0, credits, None, f"by {by}", now))
+    c.execute("UPDATE users SET bonus = bonus + ? WHERE id = ?", (credits, user_id))
+    return bonus + credits
+
+
+def _open_job(c: sqlite3.Connection, job_id: str) -> JobRecord | None:
+    job = get_job(c, job_id)
+    return job if job is not None and job.is_open else None
+
+
+def _reread(c: sqlite3.Connection, job_id: str) -> JobRecord:
+    job = get_job(c, job_id)
+    assert job is not None, job_id  # written in this transaction
+    return job
+
+
+def _give_back(c: sqlite3.Connection, job: JobRecord, credits: int, now: float, note: str) -> None:
+    """Refund ``credits`` of a job's reservation: bonus first (it never expires), then daily."""
+    if credits <= 0:
+        return
+    bonus = min(credits, job.bonus)
+    daily = min(credits - bonus, job.daily)
+    c.execute(_ADD_ROW, (job.user_id, job.id, "refund", credits, -daily, bonus, job.day, note, now))
+    if daily:
+        c.execute(
+            "UPDATE daily_usage SET used = used - ? WHERE user_id = ? AND day = ?",
+            (daily, job.user_id, job.day),
+        )
+    if bonus:
+        c.execute("UPDATE users SET bonus = bonus + ? WHERE id = ?", (bonus, job.user_id))
+
+
+def ledger_rows(c: sqlite3.Connection, user_id: str | None = None) -> list[dict[str, Any]]:
+    rows = c.execute(
+        "SELECT id, user_id, job_id, kind, credits, daily, bonus, day, note, created_at FROM ledger "
+        + ("WHERE user_id = ? " if user_id else "")
+        + "ORDER BY id",
+        (user_id,) if user_id else (),
+    )
+    return [dict(row) for row in rows]
+
+
+def check_ledger(c: sqlite3.Connection) -> list[str]:
+    """Every place where a stored balance differs from the ledger's sum (empty: all agree)."""
+    problems = []
+    for row in c.execute(
+        "SELECT u.id AS user_id, u.bonus AS stored, "
+        "COALESCE((SELECT SUM(bonus) FROM ledger l WHERE l.user_id = u.id), 0) AS summed FROM users u"
+    ):
+        if row["stored"] != row["summed"]:
+            problems.append("{user_id}: bonus {stored} but the ledger sums to {summed}".format_map(row))
+    for row in c.execute(
+        "SELECT d.user_id, d.day, d.used AS stored, COALESCE((SELECT SUM(daily) FROM ledger l "
+        "WHERE l.user_id = d.user_id AND l.day = d.day), 0) AS summed FROM daily_usage d"
+    ):
+        if row["stored"] != row["summed"]:
+            problems.append(
+                "{user_id} on {day}: used {stored} but the ledger sums to {summed}".format_map(row)
+            )
+    for row in c.execute(
+        "SELECT j.id, j.status, j.cost, j.spent, j.refunded, "
+        "COALESCE((SELECT SUM(credits) FROM ledger l WHERE l.job_id = j.id AND kind = 'reserve'), 0) "
+        "AS reserved, "
+        "COALESCE((SELECT SUM(credits) FROM ledger l WHERE l.job_id = j.id AND kind = 'settle'), 0) "
+        "AS settled, "
+        "COALESCE((SELECT SUM(credits) FROM ledger l WHERE l.job_id = j.id AND kind = 'refund'), 0) "
+        "AS back "
+        "FROM jobs j"
+    ):
+        job_id, status, cost, spent, refunded = (
+            row["id"],
+            row["status"],
+            row["cost"],
+            row["spent"],
+            row["refunded"],
+        )
+        reserved, settled, back = row["reserved"], row["settled"], row["back"]
+        if reserved != cost:
+            problems.append(f"job {job_id}: reserved {reserved} of {cost}")
+        if status in OPEN_STATUSES and (settled or back):
+            problems.append(f"job {job_id}: open but settled {settled} and refunded {back}")
+        if status not in OPEN_STATUSES and (settled != spent or back != refunded or spent + back != cost):
+            problems.append(
+                f"job {job_id}: cost {cost}, settled {settled}/{spent}, refunded {back}/{refunded}"
+            )
+    return problems

@@ -1,0 +1,125 @@
+"""What the store hands out: frozen records, each made from a row by column name."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, fields
+from typing import Any
+
+OPEN_STATUSES = ("queued", "running")
+
+
+def by_name(row: sqlite3.Row, names: list[str]) -> list[Any]:
+    """The row's values for ``names``, matched by column name (a row in that order already is taken whole)."""
+    if row.keys() == names:
+        return list(row)
+    return [row[name] for name in names]
+
+
+def columns(record: type[Any]) -> str:
+    """The SELECT list of a record: its fields, which are its table's column names."""
+    return ", ".join(field.name for field in fields(record))
+
+
+@dataclass(frozen=True)
+class QuotaState:
+    user_id: str
+    day: str
+    allowance: int  # today's daily allowance (override or default)
+    used: int  # daily credits used or reserved today
+    bonus: int  # bonus credits left (not counting reserved ones)
+    reserved: int  # credits held by open jobs
+    override: bool  # allowance set by an admin
+    unlimited: bool = False
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.allowance - self.used) + self.bonus
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    user_id: str
+    request: dict[str, Any]
+    status: str
+    cost: int
+    day: str
+    daily: int
+    bonus: int
+    spent: int
+    refunded: int
+    seed: int | None
+    model: str | None
+    error_kind: str | None
+    error: str | None
+    reply: dict[str, Any] | None
+    instance_id: str | None
+    gpu_seconds: float | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    ready_at: float | None = None  # generated; waiting for its delivery
+    ready_count: int | None = None  # images made
+    delivering_at: float | None = None  # a front claimed the delivery: the images may be out
+    notified_at: float | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> JobRecord:
+        values = by_name(row, _JOB_FIELDS)
+        request, reply = values[_REQUEST], values[_REPLY]  # JSON text in the table
+        values[_REQUEST] = json.loads(request)
+        values[_REPLY] = json.loads(reply) if reply else None
+        return cls(*values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewJob:
+    """A job to accept, with the limits it is accepted under."""
+
+    job_id: str
+    user_id: str
+    cost: int
+    day: str
+    request: dict[str, Any]
+    reply: dict[str, Any] | None
+    instance_id: str | None
+    now: float
+    # the limits
+    default_allowance: int
+    unlimited: bool
+    max_user_open: int
+    max_open: int
+
+
+@dataclass(frozen=True)
+class Reservation:
+    job: JobRecord
+    created: bool  # False: the job id was seen before; nothing was charged again
+    position: int  # open jobs ahead of this one, across every process
+    quota: QuotaState | None
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    id: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    stopped_at: float | None
+    ident: str | None = None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> InstanceRecord:
+        return cls(*by_name(row, _INSTANCE_FIELDS))
+
+
+_JOB_FIELDS = [field.name for field in fields(JobRecord)]
+_REQUEST, _REPLY = _JOB_FIELDS.index("request"), _JOB_FIELDS.index("reply")
+_INSTANCE_FIELDS = [field.name for field in fields(InstanceRecord)]
