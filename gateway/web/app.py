@@ -14,9 +14,8 @@ import logging
 import re
 import time
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Header, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -36,6 +35,7 @@ from gateway.web.longpoll import wait_for_change, wait_seconds
 from gateway.web.middleware import ClientMiddleware
 from gateway.web.page import Page
 from gateway.web.schemas import (
+    IDEMPOTENCY_KEY_PARAMETER,
     IMAGE_NAME_PARAMETER,
     JOB_ID_PARAMETER,
     POLL_PARAMETERS,
@@ -134,25 +134,13 @@ async def page(request: Request) -> Response:
     response_model=JobCreated,
     responses=errors(400, 403, 409, 413, 415, 429, 503, "4XX"),
     summary="Ask for an image",
+    openapi_extra={"parameters": [IDEMPOTENCY_KEY_PARAMETER]},
 )
-async def create_job(
-    request: Request,
-    body: JobRequest,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            description="Send the same key again (e.g. after a network error) to get the same job "
-            "instead of a second one; 1 to 255 visible ASCII characters.",
-            min_length=1,
-            max_length=255,
-            pattern="^[!-~]+$",
-        ),
-    ] = None,
-) -> Response:
+async def create_job(request: Request, body: JobRequest) -> Response:
     """Validate, reserve the credits and queue; 202 with the job id, or one sentence why not."""
     web = web_of(request)
     client = client_of(request)
+    idempotency_key = request.headers.get("idempotency-key")  # checked with the head (limits.py)
     image_request = parse_prompt(body.prompt, **body.defaults())
     job = await web.pickups.submit(
         client.user_id,

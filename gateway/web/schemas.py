@@ -236,8 +236,17 @@ def errors(*statuses: int | str) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorBody, "description": _DESCRIBED[status]} for status in statuses}
 
 
-# GET /api/jobs/{job_id} reads its parameters itself (it is polled, and FastAPI's parameter
-# machinery costs more than the rest of the request): they are described here.
+# The routes read their parameters themselves: GET /api/jobs/{job_id} is polled, and FastAPI's
+# parameter machinery costs more than the rest of that request; the Idempotency-Key is checked with
+# the head of POST /api/jobs, before its body is read (limits.py). They are described here.
+IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "Send the same key again (e.g. after a network error) to get the same job instead "
+    "of a second one; 1 to 255 visible ASCII characters.",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+}
 JOB_ID_PARAMETER: dict[str, Any] = {
     "name": "job_id",
     "in": "path",
