@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -105,83 +105,11 @@ class Settings:
             kw["backend"] = v.lower()
         if (v := get("IMAGINE_MODEL")) is not None:
             kw["model"] = v
-        if (v := get("IMAGINE_BACKEND_URL")) is not None:
-            urls = tuple(u.strip().rstrip("/") for u in v.split(",") if u.strip())
-            for url in urls:
-                if not url.startswith(("http://", "https://")):
-                    raise SettingsError(f"IMAGINE_BACKEND_URL must be http:// or https:// URLs; got {url!r}.")
-            kw["backend_urls"] = urls
-        if (v := get("IMAGINE_REPLICATE_DELIVERY_HOSTS")) is not None:
-            hosts = tuple(h.strip().strip(".").lower() for h in v.split(",") if h.strip().strip("."))
-            if not hosts or any("/" in h or ":" in h for h in hosts):
-                raise SettingsError(
-                    f"IMAGINE_REPLICATE_DELIVERY_HOSTS takes host names like replicate.delivery; got {v!r}."
-                )
-            kw["replicate_delivery_hosts"] = hosts
-        for name, key in (
-            ("IMAGINE_BACKEND_API_KEY", "backend_api_key"),
-            ("REPLICATE_API_TOKEN", "replicate_api_token"),
-            ("DISCORD_TOKEN", "discord_token"),
-            ("TELEGRAM_TOKEN", "telegram_token"),
-            ("TELEGRAM_WEBHOOK_SECRET", "telegram_webhook_secret"),
-        ):
+        for name, key, parse in _VARIABLES:
             if (v := get(name)) is not None:
-                kw[key] = Secret(v)
-        for name, key in (
-            ("IMAGINE_REPLICATE_MODEL", "replicate_model"),
-            ("REPLICATE_BASE_URL", "replicate_base_url"),
-            ("DISCORD_API_BASE_URL", "discord_api_base_url"),
-            ("DISCORD_GATEWAY_URL", "discord_gateway_url"),
-            ("TELEGRAM_API_BASE_URL", "telegram_api_base_url"),
-            ("TELEGRAM_WEBHOOK_URL", "telegram_webhook_url"),
-            ("IMAGINE_WEB_HOST", "web_host"),
-        ):
-            if (v := get(name)) is not None:
-                kw[key] = v
-        for name, key, low in (
-            ("IMAGINE_DAILY_QUOTA", "daily_quota", 0),
-            ("IMAGINE_MAX_QUEUED_PER_USER", "max_queued_per_user", 1),
-            ("IMAGINE_MAX_QUEUE", "max_queue", 1),
-            ("IMAGINE_MAX_BATCH", "max_batch", 1),
-        ):
-            if (v := get(name)) is not None:
-                kw[key] = _int(name, v, low)
-        for name, key in (
-            ("IMAGINE_WEB_PORT", "web_port"),
-            ("TELEGRAM_WEBHOOK_PORT", "telegram_webhook_port"),
-        ):
-            if (v := get(name)) is not None:
-                port = _int(name, v, 0)
-                if port > 65535:
-                    raise SettingsError(f"{name} must be a port number up to 65535; got {v!r}.")
-                kw[key] = port
-        for name, key in (
-            ("IMAGINE_BACKEND_TIMEOUT", "backend_timeout"),
-            ("IMAGINE_BATCH_WAIT_MS", "batch_wait_ms"),
-            ("IMAGINE_GPU_COST_PER_SECOND", "gpu_cost_per_second"),
-        ):
-            if (v := get(name)) is not None:
-                kw[key] = _float(name, v)
+                kw[key] = parse(name, v)
         if kw.get("backend_timeout", 1.0) <= 0:
             raise SettingsError("IMAGINE_BACKEND_TIMEOUT must be more than 0 seconds.")
-        if (v := get("IMAGINE_COMPILE")) is not None:
-            if v not in ("0", "1", "true", "false"):
-                raise SettingsError(f"IMAGINE_COMPILE must be 0 or 1; got {v!r}.")
-            kw["compile"] = v in ("1", "true")
-        if (v := get("IMAGINE_ADMINS")) is not None:
-            admins = frozenset(a.strip() for a in v.split(",") if a.strip())
-            for admin in admins:
-                if ":" not in admin:
-                    raise SettingsError(
-                        f"IMAGINE_ADMINS takes users as platform:id, e.g. discord:123; got {admin!r}."
-                    )
-            kw["admins"] = admins
-        for name, key in (
-            ("IMAGINE_BLOCKED_IPS", "blocked_ips"),
-            ("IMAGINE_TRUSTED_PROXIES", "trusted_proxies"),
-        ):
-            if (v := get(name)) is not None:
-                kw[key] = _networks(name, v)
         kw["extra"] = {k: v for k, v in env.items() if k.startswith("IMAGINE_FAKE_")}
         return cls(**kw)
 
@@ -270,3 +198,83 @@ def require(value: Secret | None, variable: str, purpose: str) -> Secret:
     if not value:
         raise SettingsError(f"{purpose} needs {variable}; set it in the environment or in .env.")
     return value
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _secret(name: str, raw: str) -> Secret:
+    return Secret(raw)
+
+
+def _at_least(low: int) -> Callable[[str, str], int]:
+    return lambda name, raw: _int(name, raw, low)
+
+
+def _port(name: str, raw: str) -> int:
+    port = _int(name, raw, 0)
+    if port > 65535:
+        raise SettingsError(f"{name} must be a port number up to 65535; got {raw!r}.")
+    return port
+
+
+def _urls(name: str, raw: str) -> tuple[str, ...]:
+    urls = tuple(u.strip().rstrip("/") for u in raw.split(",") if u.strip())
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise SettingsError(f"{name} must be http:// or https:// URLs; got {url!r}.")
+    return urls
+
+
+def _hosts(name: str, raw: str) -> tuple[str, ...]:
+    hosts = tuple(h.strip().strip(".").lower() for h in raw.split(",") if h.strip().strip("."))
+    if not hosts or any("/" in h or ":" in h for h in hosts):
+        raise SettingsError(f"{name} takes host names like replicate.delivery; got {raw!r}.")
+    return hosts
+
+
+def _switch(name: str, raw: str) -> bool:
+    if raw not in ("0", "1", "true", "false"):
+        raise SettingsError(f"{name} must be 0 or 1; got {raw!r}.")
+    return raw in ("1", "true")
+
+
+def _users(name: str, raw: str) -> frozenset[str]:
+    users = frozenset(a.strip() for a in raw.split(",") if a.strip())
+    for user in users:
+        if ":" not in user:
+            raise SettingsError(f"{name} takes users as platform:id, e.g. discord:123; got {user!r}.")
+    return users
+
+
+#: Every variable read the same way: its name, the setting it fills and how its text is read.
+_VARIABLES: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
+    ("IMAGINE_BACKEND_URL", "backend_urls", _urls),
+    ("IMAGINE_REPLICATE_DELIVERY_HOSTS", "replicate_delivery_hosts", _hosts),
+    ("IMAGINE_BACKEND_API_KEY", "backend_api_key", _secret),
+    ("REPLICATE_API_TOKEN", "replicate_api_token", _secret),
+    ("DISCORD_TOKEN", "discord_token", _secret),
+    ("TELEGRAM_TOKEN", "telegram_token", _secret),
+    ("TELEGRAM_WEBHOOK_SECRET", "telegram_webhook_secret", _secret),
+    ("IMAGINE_REPLICATE_MODEL", "replicate_model", _text),
+    ("REPLICATE_BASE_URL", "replicate_base_url", _text),
+    ("DISCORD_API_BASE_URL", "discord_api_base_url", _text),
+    ("DISCORD_GATEWAY_URL", "discord_gateway_url", _text),
+    ("TELEGRAM_API_BASE_URL", "telegram_api_base_url", _text),
+    ("TELEGRAM_WEBHOOK_URL", "telegram_webhook_url", _text),
+    ("IMAGINE_WEB_HOST", "web_host", _text),
+    ("IMAGINE_DAILY_QUOTA", "daily_quota", _at_least(0)),
+    ("IMAGINE_MAX_QUEUED_PER_USER", "max_queued_per_user", _at_least(1)),
+    ("IMAGINE_MAX_QUEUE", "max_queue", _at_least(1)),
+    ("IMAGINE_MAX_BATCH", "max_batch", _at_least(1)),
+    ("IMAGINE_WEB_PORT", "web_port", _port),
+    ("TELEGRAM_WEBHOOK_PORT", "telegram_webhook_port", _port),
+    ("IMAGINE_BACKEND_TIMEOUT", "backend_timeout", _float),
+    ("IMAGINE_BATCH_WAIT_MS", "batch_wait_ms", _float),
+    ("IMAGINE_GPU_COST_PER_SECOND", "gpu_cost_per_second", _float),
+    ("IMAGINE_COMPILE", "compile", _switch),
+    ("IMAGINE_ADMINS", "admins", _users),
+    ("IMAGINE_BLOCKED_IPS", "blocked_ips", _networks),
+    ("IMAGINE_TRUSTED_PROXIES", "trusted_proxies", _networks),
+)

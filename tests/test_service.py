@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import struct
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +27,7 @@ from gateway import (
 from gateway.errors import BackendFailed, Cancelled, SafetyBlocked, TimedOut
 from gateway.fake_backend import FakeBackend
 from storage import Database
+from tests.helpers.png import png_size
 
 NOON = datetime(2026, 11, 26, 12, 0, tzinfo=UTC).timestamp()
 
@@ -38,12 +38,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def png_size(png: bytes) -> tuple[int, int]:
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", png[16:24])
-    return width, height
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import struct
 import threading
 import time
 from collections import Counter
@@ -34,6 +33,7 @@ from gateway.fake_backend import FakeBackend
 from gateway.web.app import WebFront, WebOptions
 from gateway.web.guard import ClientResolver, RateLimiter, parse_address
 from storage import Database
+from tests.helpers.png import png_size
 
 T = TypeVar("T")
 PAGE_LIMIT = 50 * 1024
@@ -131,12 +131,6 @@ def server(make_server: ServerFactory) -> LiveServer:
 def http(server: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=10) as client:
         yield client
-
-
-def png_size(png: bytes) -> tuple[int, int]:
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = struct.unpack(">II", png[16:24])
-    return width, height
 
 
 def submit(http: httpx.Client, prompt: str, **headers: str) -> httpx.Response:
