@@ -125,17 +125,10 @@ TINY_UNET_CONFIG: dict[str, Any] = {
 }
 
 TINY_VAE_CONFIG: dict[str, Any] = {
-    "sample_size": 512,
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ("DownEncoderBlock2D",) * 4,
-    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    **SD15_VAE_CONFIG,
     "block_out_channels": (8, 16, 16, 16),
     "layers_per_block": 1,
-    "act_fn": "silu",
-    "latent_channels": 4,
     "norm_num_groups": 4,
-    "scaling_factor": 0.18215,
 }
 
 TINY_TEXT_ENCODER_CONFIG: dict[str, Any] = {
