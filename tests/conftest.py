@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,16 @@ def settings(data_dir: Path) -> Settings:
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache folder for the whole run: every test that needs the tiny model finds it built once."""
     return tmp_path_factory.getbasetemp() / "imagine-models"
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working folder and environment for `imagine` commands run in this process: no settings of
+    the machine's, a fresh database, the fake backend."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith(("IMAGINE_", "DISCORD_", "TELEGRAM_", "REPLICATE_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("IMAGINE_DB", str(tmp_path / "db.sqlite3"))
+    monkeypatch.setenv("IMAGINE_BACKEND", "fake")
+    return tmp_path

@@ -16,17 +16,6 @@ import imagine
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith(("IMAGINE_", "DISCORD_", "TELEGRAM_", "REPLICATE_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("IMAGINE_DB", str(tmp_path / "db.sqlite3"))
-    monkeypatch.setenv("IMAGINE_BACKEND", "fake")
-    return tmp_path
-
-
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = imagine.main(list(argv))
     out, err = capsys.readouterr()

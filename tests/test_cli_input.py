@@ -20,17 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 HUGE = "9" * 5000  # past Python's 4,300-digit int() limit
 
 
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    for name in list(os.environ):
-        if name.startswith(("IMAGINE_", "DISCORD_", "TELEGRAM_", "REPLICATE_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("IMAGINE_DB", str(tmp_path / "db.sqlite3"))
-    monkeypatch.setenv("IMAGINE_BACKEND", "fake")
-    return tmp_path
-
-
 def imagine_command(env: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "imagine", *argv],

@@ -44,6 +44,11 @@ async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
         await asyncio.sleep(0.02)
 
 
+def past_the_lease(settings: Settings, db: Database) -> ImagineService:
+    """A second process whose clock is past every other process's lease."""
+    return ImagineService(settings, db, FakeBackend(settings), clock=lambda: time.time() + LEASE_SECONDS + 1)
+
+
 async def started(settings: Settings, db: Database, **kw: object) -> tuple[ImagineService, FakeBackend]:
     backend = FakeBackend(settings)
     for name, value in kw.items():
@@ -114,7 +119,7 @@ async def test_two_processes_that_are_both_pid_1_on_one_host_keep_their_jobs(dat
     )
     await db.reserve(_new_job("twin:1", "cli:zoe", twin, now))
     service, _ = await started(settings, db)
-    later = ImagineService(settings, db, FakeBackend(settings), clock=lambda: time.time() + LEASE_SECONDS + 1)
+    later = past_the_lease(settings, db)
     try:
         assert await service.recover() == []
         record = await db.get_job("twin:1")
@@ -134,9 +139,7 @@ async def test_a_job_another_process_refunded_is_never_delivered(data_dir: Path)
     settings = make_settings(data_dir, IMAGINE_MAX_QUEUED_PER_USER="5")
     db = await Database.open(settings.db_path)
     stalled, backend = await started(settings, db)
-    rescuer = ImagineService(
-        settings, db, FakeBackend(settings), clock=lambda: time.time() + LEASE_SECONDS + 1
-    )
+    rescuer = past_the_lease(settings, db)
     try:
         chat = await stalled.submit("discord:1", "a fox", job_id="chat", confirm_delivery=True)
         web = await stalled.submit("web:1.2.3.4", "a hen", job_id="web", confirm_delivery=True)
@@ -170,9 +173,7 @@ async def test_a_claimed_delivery_is_charged_by_recovery_never_refunded(data_dir
     settings = make_settings(data_dir)
     db = await Database.open(settings.db_path)
     sender, _ = await started(settings, db)
-    rescuer = ImagineService(
-        settings, db, FakeBackend(settings), clock=lambda: time.time() + LEASE_SECONDS + 1
-    )
+    rescuer = past_the_lease(settings, db)
     try:
         job = await sender.submit("telegram:7", "a fox --n 2", job_id="tg", confirm_delivery=True)
         await job.wait()
