@@ -84,10 +84,10 @@ class FakeBackend:
         self.calls.append((job_id, request))
         started = time.perf_counter()
         assert request.seed is not None, "the gateway sets the seed"
-        for step in range(1, request.steps + 1):
+        for step in range(1, request.denoise_steps + 1):
             if self.delay:
                 await asyncio.sleep(self.delay)
-            progress(step, request.steps)
+            progress(step, request.denoise_steps)
         if self.fail_with is not None:
             raise self.fail_with
         seeds = [request.seed + i for i in range(request.num_images)]

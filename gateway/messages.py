@@ -88,7 +88,8 @@ HELP = (
     "--steps N  denoising steps, 1 to 50 (default 25)\n"
     "--guidance F  how closely to follow the prompt, 1 to 20 (default 7.5)\n"
     "--no TEXT  what to leave out (negative prompt)\n"
-    "--n N  how many images, 1 to 4 (default 1)\n\n"
+    "--n N  how many images, 1 to 4 (default 1)\n"
+    "--strength F  with a picture: how far the image may move from it, 0.05 to 1 (default 0.6)\n\n"
     "Each image costs one credit; your daily credits reset at 00:00 UTC. /quota shows yours."
 )
 

@@ -27,7 +27,12 @@ MIN_RATIO, MAX_RATIO = 1 / 4, 4.0
 TARGET_PIXELS = 512 * 512
 SCHEDULERS = ("dpmpp", "euler", "euler_a", "ddim", "pndm", "lms")
 DEFAULT_SCHEDULER = "dpmpp"
-KNOWN_FLAGS = ("--ar", "--size", "--seed", "--steps", "--guidance", "--no", "--n")
+KNOWN_FLAGS = ("--ar", "--size", "--seed", "--steps", "--guidance", "--no", "--n", "--strength")
+MIN_STRENGTH, MAX_STRENGTH, DEFAULT_STRENGTH = 0.05, 1.0, 0.6
+#: An upscale is the only way past MAX_SIDE: twice the source's sides, up to this.
+MAX_UPSCALE_SIDE = 2048
+#: What made a request: a prompt alone, or a picture too (an image prompt, an upscale, a variation).
+KINDS = ("text", "image", "upscale", "vary")
 
 #: What a number written with more than 20 digits stands for: out of every range, and shown in a
 #: sentence as "a number with more than 20 digits" (see :func:`gateway.errors.shown`).
@@ -52,7 +57,19 @@ class ImageRequest:
     seed: int | None = None
     num_images: int = 1
     scheduler: str = DEFAULT_SCHEDULER
+    kind: str = "text"
+    #: How far img2img may move from ``init_image`` (0 to 1); None for a text prompt.
+    strength: float | None = None
+    #: The picture img2img starts from, as PNG bytes at the output size; never a URL past the front.
+    init_image: bytes | None = field(default=None, compare=False, repr=False)
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def denoise_steps(self) -> int:
+        """The steps the pipeline really runs: img2img skips the first ``1 - strength`` of them."""
+        if self.init_image is None or self.strength is None:
+            return self.steps
+        return max(1, min(self.steps, int(self.steps * self.strength)))
 
     def with_seed(self, seed: int | None) -> ImageRequest:
         return replace(self, seed=seed)
@@ -66,8 +83,10 @@ class ImageRequest:
         return replace(self, seed=None, num_images=MAX_IMAGES)
 
     def to_json(self) -> dict[str, Any]:
+        """The request as JSON, without the picture's bytes (a job record keeps them nowhere)."""
         data = asdict(self)
         data.pop("extra")
+        data.pop("init_image")
         return data
 
     @classmethod
@@ -114,7 +133,14 @@ def validate(request: ImageRequest) -> ImageRequest:
         raise InvalidRequest(f"The prompt is {len(prompt)} characters long; the limit is {MAX_PROMPT_CHARS}.")
     _check_text("prompt", prompt)
     for name in _FIELD_CHECKS:
+        if name in ("width", "height") and request.kind == "upscale":
+            _check_upscale_side(name, getattr(request, name))
+            continue
         check_field(name, getattr(request, name))
+    if request.kind not in KINDS:
+        raise InvalidRequest(f"Unknown kind of request {shown(request.kind)}.")
+    if (request.init_image is None) != (request.kind == "text"):
+        raise InvalidRequest("An image prompt, upscale or variation needs its picture.")
     return replace(
         request,
         prompt=prompt,
@@ -189,6 +215,27 @@ def _check_guidance(guidance: object) -> None:
         )
 
 
+def _check_strength(strength: object) -> None:
+    if strength is None:
+        return
+    if (
+        isinstance(strength, bool)
+        or not isinstance(strength, (int, float))
+        or not MIN_STRENGTH <= strength <= MAX_STRENGTH
+    ):
+        raise InvalidRequest(
+            f"--strength must be a number from {MIN_STRENGTH:g} to {MAX_STRENGTH:g}; got {shown(strength)}."
+        )
+
+
+def _check_upscale_side(side_name: str, side: object) -> None:
+    if not isinstance(side, int) or isinstance(side, bool) or not MIN_SIDE <= side <= MAX_UPSCALE_SIDE:
+        raise InvalidRequest(
+            f"An upscaled image's {side_name} must be from {MIN_SIDE} to {MAX_UPSCALE_SIDE}; "
+            f"got {shown(side)}."
+        )
+
+
 def _check_scheduler(scheduler: object) -> None:
     if scheduler not in SCHEDULERS:
         raise InvalidRequest(
@@ -205,6 +252,7 @@ _FIELD_CHECKS: dict[str, Callable[[object], None]] = {
     "seed": _check_seed,
     "guidance": _check_guidance,
     "scheduler": _check_scheduler,
+    "strength": _check_strength,
 }
 
 
@@ -286,11 +334,13 @@ def _parse_size(raw: str) -> tuple[int, int]:
     return w, h
 
 
-def parse_prompt(text: str, **defaults: Any) -> ImageRequest:
+def parse_prompt(text: str, *, image: bytes | None = None, **defaults: Any) -> ImageRequest:
     """Parse ``prompt text --flag value ...`` into a validated :class:`ImageRequest`.
 
     ``defaults`` are fields set another way (a front's typed options); flags in the text win, but
     each default is checked first, so a bad option is refused even when a flag replaces it.
+    ``image`` (the bytes a user sent) makes it an image prompt: the picture is checked, and sized
+    like its input (fitted to 1024x1024) unless ``--ar``/``--size`` say otherwise.
     """
     if not isinstance(text, str):
         raise InvalidRequest("The prompt must be text.")
@@ -334,4 +384,15 @@ def parse_prompt(text: str, **defaults: Any) -> ImageRequest:
             fields["negative_prompt"] = value
         elif flag == "--n":
             fields["num_images"] = _parse_int(flag, value, MIN_IMAGES, MAX_IMAGES)
-    return validate(ImageRequest(prompt=prompt, **fields))
+        elif flag == "--strength":
+            fields["strength"] = _parse_float(flag, value, MIN_STRENGTH, MAX_STRENGTH)
+    if image is None:
+        if "strength" in fields:
+            raise InvalidRequest(
+                "--strength sets how far an image prompt moves from its picture; attach a picture to use it."
+            )
+        return validate(ImageRequest(prompt=prompt, **fields))
+    from gateway.picture import image_prompt  # Pillow, only for requests that carry a picture
+
+    sized = "--ar" in seen or "--size" in seen or "width" in defaults or "height" in defaults
+    return validate(image_prompt(ImageRequest(prompt=prompt, **fields), image, keep_size=sized))

@@ -236,7 +236,7 @@ class ImagineService:
             reply=reply,
             confirm_delivery=confirm_delivery,
             accepted_at=time.monotonic(),
-            total_steps=request.steps,
+            total_steps=request.denoise_steps,
             credits_left=None if unlimited or reservation.quota is None else reservation.quota.remaining,
         )
         self._jobs.add(job)
@@ -347,8 +347,8 @@ def _job_from_record(record: JobRecord) -> Job:
         reply=record.reply,
         duplicate=True,
         status=status,
-        step=request.steps if status is JobStatus.SUCCEEDED else 0,
-        total_steps=request.steps,
+        step=request.denoise_steps if status is JobStatus.SUCCEEDED else 0,
+        total_steps=request.denoise_steps,
         error=(
             JobFailed(record.error or "The job failed; its credits were refunded.")
             if status is JobStatus.FAILED

@@ -92,7 +92,8 @@ def test_typed_options_are_defaults_that_flags_override() -> None:
         ("a fox --no " + "y" * 501, "The negative prompt (--no) is 501 characters long; the limit is 500."),
         (
             "a fox --style raw",
-            "Unknown flag --style; the known flags are --ar, --size, --seed, --steps, --guidance, --no, --n.",
+            "Unknown flag --style; the known flags are "
+            "--ar, --size, --seed, --steps, --guidance, --no, --n, --strength.",
         ),
         ("a fox --steps 0", "--steps must be a whole number from 1 to 50; got 0."),
         ("a fox --steps 51", "--steps must be a whole number from 1 to 50; got 51."),
