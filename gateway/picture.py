@@ -155,3 +155,17 @@ def _png(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=False, compress_level=1)
     return out.getvalue()
+
+
+ACTIONS = ("upscale", "vary", "vary_strong")
+
+
+def action_request(source: ImageRequest, png: bytes, action: str, index: int) -> ImageRequest:
+    """The request a button (U2, V1, Vary strong) asks for: image ``index`` of a result whose request
+    was ``source``, given that image's PNG as the platform serves it back."""
+    if action == "upscale":
+        seed = (source.seed or 0) + index
+        return upscale(source, png, seed=seed)
+    if action in ("vary", "vary_strong"):
+        return vary(source, png, strong=action == "vary_strong")
+    raise InvalidRequest(f"Unknown image action {action!r}; the actions are {', '.join(ACTIONS)}.")

@@ -112,3 +112,14 @@ def test_upscale_doubles_each_side_up_to_2048_and_vary_keeps_the_size() -> None:
     assert (subtle.width, subtle.height, subtle.seed, subtle.strength) == (704, 384, None, VARY_SUBTLE)
     assert strong.strength == VARY_STRONG
     assert fit_size(300, 3000) == (256, 1024)
+
+
+def test_a_button_names_its_action_and_image() -> None:
+    from gateway.picture import action_request
+
+    source = parse_prompt("a lighthouse --seed 40 --n 4")
+    second = action_request(source, encoded((512, 512)), "upscale", 2)
+    assert (second.kind, second.seed, second.num_images) == ("upscale", 42, 1)
+    assert action_request(source, encoded((512, 512)), "vary_strong", 0).strength == VARY_STRONG
+    with pytest.raises(InvalidRequest, match="Unknown image action"):
+        action_request(source, encoded((512, 512)), "zoom", 0)
