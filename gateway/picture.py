@@ -46,9 +46,7 @@ class Picture:
 def read_picture(data: bytes) -> Picture:
     """The picture as RGB PNG bytes, or one sentence saying what is wrong with it."""
     if len(data) > MAX_PICTURE_BYTES:
-        raise InvalidRequest(
-            f"The picture is {len(data) / 2**20:.1f} MB; the limit is {MAX_PICTURE_BYTES // 2**20} MB."
-        )
+        raise too_big(len(data))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -75,6 +73,13 @@ def read_picture(data: bytes) -> Picture:
         image = flat
     image = image.convert("RGB")
     return Picture(_png(image), image.width, image.height)
+
+
+def too_big(size: int) -> InvalidRequest:
+    """The sentence for a picture of ``size`` bytes, also for a front that stops a download early."""
+    return InvalidRequest(
+        f"The picture is {size / 2**20:.1f} MB; the limit is {MAX_PICTURE_BYTES // 2**20} MB."
+    )
 
 
 def fit_size(width: int, height: int, limit: int = MAX_SIDE) -> tuple[int, int]:

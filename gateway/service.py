@@ -274,6 +274,13 @@ class ImagineService:
         """A front could not post the images: refund, and return the sentence to tell the user."""
         return await self._delivery.delivery_failed(job_id, reason)
 
+    async def set_reply(self, job_id: str, reply: dict[str, Any]) -> None:
+        """Keep what a front learnt by delivering (Telegram's file ids of the images) with the job,
+        so a button pressed later, even after a restart, finds its images on the platform."""
+        if (job := self._jobs.get(job_id)) is not None:
+            job.reply = reply
+        await self.db.set_reply(job_id, reply)
+
     def release_images(self, job: Job) -> None:
         """A front keeps the images elsewhere now (the web's disk store): free the memory."""
         self._jobs.release_images(job)

@@ -111,6 +111,7 @@ class Database:
     claim_delivery = grouped(jobs.claim_delivery)
     settle = grouped(_ledger.settle)
     refund = grouped(_ledger.refund)
+    set_reply = autocommit(jobs.set_reply)
     get_job = autocommit(jobs.get_job)
     count_waiting = autocommit(jobs.count_waiting)
     secret = autocommit(schema.secret)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from typing import Any
 
 from storage.records import JobRecord, columns
 
@@ -62,4 +64,10 @@ def claim_delivery(c: sqlite3.Connection, job_id: str, *, instance_id: str | Non
         "AND status IN ('queued', 'running') AND instance_id IS ?",
         (now, job_id, instance_id),
     )
+    return cur.rowcount == 1
+
+
+def set_reply(c: sqlite3.Connection, job_id: str, reply: dict[str, Any]) -> bool:
+    """Where a front answered, as it knows once the images are out (Telegram's file ids of them)."""
+    cur = c.execute("UPDATE jobs SET reply = ? WHERE id = ?", (json.dumps(reply), job_id))
     return cur.rowcount == 1

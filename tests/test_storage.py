@@ -72,6 +72,18 @@ async def test_refused_reservations_in_one_batch_leave_the_others_whole(tmp_path
         await db.close()
 
 
+async def test_a_jobs_reply_record_can_be_completed_after_delivery(tmp_path: Path) -> None:
+    db = await Database.open(tmp_path / "db.sqlite3")
+    try:
+        await reserve(db, "j1")
+        assert await db.set_reply("j1", {"chat_id": 7, "files": ["AgAC1"]})
+        assert not await db.set_reply("no such job", {})
+        job = await db.get_job("j1")
+        assert job is not None and job.reply == {"chat_id": 7, "files": ["AgAC1"]}
+    finally:
+        await db.close()
+
+
 async def test_foreign_keys_are_enforced(tmp_path: Path) -> None:
     db = await Database.open(tmp_path / "db.sqlite3")
     try:

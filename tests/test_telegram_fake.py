@@ -387,15 +387,19 @@ async def test_telegram_limits_are_enforced(fake: FakeTelegram) -> None:
     assert fake.bot_messages(CHAT)[-1].text == "<b>a fox</b> &lt;3"
 
 
-async def test_media_group_files_captions_and_deletion(fake: FakeTelegram) -> None:
+async def test_media_group_files_captions_downloads_and_deletion(fake: FakeTelegram) -> None:
     first, second = png(512, 512), png(768, 512, (0, 90, 200))
     fake.add_chat(CHAT)
-    async with Bot(fake.token, base_url=fake.base_url) as bot:
+    async with Bot(fake.token, base_url=fake.base_url, base_file_url=fake.base_file_url) as bot:
         messages = await bot.send_media_group(
             CHAT, [InputMediaPhoto(first, caption="four foxes"), InputMediaPhoto(second)]
         )
         assert len({m.media_group_id for m in messages}) == 1
         assert [(m.photo[-1].width, m.photo[-1].height) for m in messages] == [(512, 512), (768, 512)]
+        downloaded = await (await bot.get_file(messages[1].photo[-1].file_id)).download_as_bytearray()
+        assert bytes(downloaded) == second
+        with pytest.raises(BadRequest, match="Invalid file_id"):
+            await bot.get_file("no such file")
         assert await bot.delete_message(CHAT, messages[1].message_id)
         with pytest.raises(BadRequest, match="Message to delete not found"):
             await bot.delete_message(CHAT, messages[1].message_id)
@@ -440,3 +444,19 @@ async def test_a_wrong_token_is_refused(fake: FakeTelegram) -> None:
         async with Bot("1:wrong", base_url=fake.base_url):
             pass
     assert QUERY_TOO_OLD.startswith("Bad Request: query is too old")
+
+
+async def test_a_user_sends_a_photo_or_a_file_the_bot_can_download(fake: FakeTelegram) -> None:
+    picture = png(640, 480)
+    photo = fake.send_picture(CHAT, picture, caption="/imagine a fox")["message"]
+    assert photo["caption_entities"][0] == {"type": "bot_command", "offset": 0, "length": 8}
+    assert (photo["photo"][-1]["width"], photo["photo"][-1]["height"]) == (640, 480)
+    document = fake.send_picture(CHAT, b"plain text", as_document=True, content_type="text/plain")["message"]
+    assert document["document"]["file_size"] == len(b"plain text") and "caption" not in document
+    async with Bot(fake.token, base_url=fake.base_url, base_file_url=fake.base_file_url) as bot:
+        for file_id, data in (
+            (photo["photo"][-1]["file_id"], picture),
+            (document["document"]["file_id"], b"plain text"),
+        ):
+            assert bytes(await (await bot.get_file(file_id)).download_as_bytearray()) == data
+    assert len(fake.file_downloads) == 2

@@ -16,6 +16,7 @@ MAX_PHOTO_BYTES: Final = 10 * 1024 * 1024
 MAX_PHOTO_SIDES_SUM: Final = 10000
 MAX_PHOTO_RATIO: Final = 20
 MAX_DOCUMENT_BYTES: Final = 50 * 1024 * 1024
+MAX_DOWNLOAD_BYTES: Final = 20 * 1024 * 1024  # getFile refuses bigger files
 MAX_CALLBACK_DATA_BYTES: Final = 64
 
 # Telegram keeps photos at these longest sides: a thumbnail per step below the original, the original last.

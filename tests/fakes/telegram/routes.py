@@ -17,8 +17,6 @@ from PIL import Image
 
 from tests.fakes.telegram.faults import TelegramFaults
 from tests.fakes.telegram.records import (
-    _PHOTO_MAX_SIDE,
-    _PHOTO_STEPS,
     ALL_UPDATE_TYPES,
     CHAT_ACTIONS,
     DEFAULT_UPDATE_TYPES,
@@ -26,6 +24,7 @@ from tests.fakes.telegram.records import (
     MAX_CALLBACK_DATA_BYTES,
     MAX_CAPTION_LENGTH,
     MAX_DOCUMENT_BYTES,
+    MAX_DOWNLOAD_BYTES,
     MAX_PHOTO_BYTES,
     MAX_PHOTO_RATIO,
     MAX_PHOTO_SIDES_SUM,
@@ -41,7 +40,7 @@ from tests.fakes.telegram.records import (
     Webhook,
     bad_request,
 )
-from tests.fakes.telegram.state import scope_key, update_type, without_reply
+from tests.fakes.telegram.state import document_object, photo_sizes, scope_key, update_type, without_reply
 
 # Form fields arrive as strings (python-telegram-bot JSON-encodes everything but plain strings); these are
 # decoded back so recorded params look like the Bot API documents them.
@@ -155,6 +154,7 @@ class BotApiRoutes(TelegramFaults):
             "sendDocument": self._send_document,
             "sendMediaGroup": self._send_media_group,
             "answerCallbackQuery": self._answer_callback_query,
+            "getFile": self._get_file,
         }
 
     async def _get_updates(self, params: dict[str, Any], files: list[UploadedFile]) -> list[JSON]:
@@ -359,7 +359,7 @@ class BotApiRoutes(TelegramFaults):
     ) -> StoredMessage:
         """The bot's message carrying one photo or document (with its caption, markup, reply, group)."""
         content: JSON = {**extra}
-        content[kind] = _photo_sizes(stored_file) if kind == "photo" else _document_object(stored_file)
+        content[kind] = photo_sizes(stored_file) if kind == "photo" else document_object(stored_file)
         if caption:
             content["caption"] = caption
         stored = self._new_message(chat, self.bot_user, from_bot=True, content=content)
@@ -398,6 +398,29 @@ class BotApiRoutes(TelegramFaults):
                 raise bad_request("message to be replied not found")
             return
         content["reply_to_message"] = without_reply(target.data)
+
+    def _get_file(self, params: dict[str, Any], files: list[UploadedFile]) -> JSON:
+        stored = self._files.get(str(params.get("file_id")))
+        if stored is None:
+            raise bad_request("invalid file_id")
+        if len(stored.data) > MAX_DOWNLOAD_BYTES:
+            raise bad_request("file is too big")
+        return {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "file_size": len(stored.data),
+            "file_path": stored.file_path,
+        }
+
+    async def _handle_file(self, request: web.Request) -> web.Response:
+        """``/file/bot<token>/<file_path>``: the bytes of a file ``getFile`` described."""
+        self.file_downloads.append(request.match_info["path"])
+        if request.match_info["token"] != self.token:
+            return web.json_response(ApiError(401, "Unauthorized").body(), status=401)
+        for stored in self._files.values():
+            if stored.file_path == request.match_info["path"]:
+                return web.Response(body=stored.data, content_type=stored.content_type)
+        return web.json_response(ApiError(404, "Not Found").body(), status=404)
 
     def _input_file(
         self, value: Any, files: list[UploadedFile], field_name: str | None, *, kind: str
@@ -552,40 +575,6 @@ def _photo_dimensions(data: bytes) -> tuple[int, int]:
     if width + height > MAX_PHOTO_SIDES_SUM or max(width, height) > MAX_PHOTO_RATIO * min(width, height):
         raise ApiError(400, PHOTO_INVALID_DIMENSIONS)
     return width, height
-
-
-def _photo_sizes(stored: StoredFile) -> list[JSON]:
-    """PhotoSize list, smallest first, the full picture last (scaled to 2560 on its longest side at most)."""
-    width, height = stored.width, stored.height
-    longest = max(width, height)
-    steps = [step for step in _PHOTO_STEPS if step < longest] + [min(longest, _PHOTO_MAX_SIDE)]
-    sizes = []
-    for index, side in enumerate(steps):
-        scale = side / longest
-        last = index == len(steps) - 1
-        size_width, size_height = max(1, round(width * scale)), max(1, round(height * scale))
-        sizes.append(
-            {
-                "file_id": stored.file_id if last else f"{stored.file_id}_{side}",
-                "file_unique_id": stored.file_unique_id if last else f"{stored.file_unique_id}_{side}",
-                "width": size_width,
-                "height": size_height,
-                "file_size": len(stored.data) if last else max(1, round(len(stored.data) * scale * scale)),
-            }
-        )
-    return sizes
-
-
-def _document_object(stored: StoredFile) -> JSON:
-    document: JSON = {
-        "file_id": stored.file_id,
-        "file_unique_id": stored.file_unique_id,
-        "mime_type": stored.content_type,
-        "file_size": len(stored.data),
-    }
-    if stored.filename:
-        document["file_name"] = stored.filename
-    return document
 
 
 # --------------------------------------------------------------------------------------------------------

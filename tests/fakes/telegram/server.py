@@ -42,6 +42,7 @@ class FakeTelegram(BotApiRoutes):
     async def start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/bot{token}/{method}", self._handle_method)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._handle_file)
         # handler_cancellation: a long poll whose client went away (PTB cancels it at stop) ends at once.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -77,6 +78,11 @@ class FakeTelegram(BotApiRoutes):
     def base_url(self) -> str:
         """python-telegram-bot's `base_url` form: the token is appended (TELEGRAM_API_BASE_URL)."""
         return f"{self.root_url}/bot"
+
+    @property
+    def base_file_url(self) -> str:
+        """Where files ``getFile`` describes are downloaded (the token and the file_path are appended)."""
+        return f"{self.root_url}/file/bot"
 
     def method_url(self, method: str) -> str:
         return f"{self.base_url}{self.token}/{method}"

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import re
 import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+from PIL import Image
+
 from tests.fakes.telegram.records import (
+    _PHOTO_MAX_SIDE,
+    _PHOTO_STEPS,
     DEFAULT_TOKEN,
     DEFAULT_UPDATE_TYPES,
     JSON,
@@ -63,6 +68,7 @@ class TelegramState:
         self._next_message_id: dict[int, int] = {}
         self._files: dict[str, StoredFile] = {}
         self._file_counter = 0
+        self.file_downloads: list[str] = []  # file paths the bot downloaded, in order
         self._media_group_counter = 0
         self._callback_queries: dict[str, CallbackQuery] = {}
         self._callback_counter = 0
@@ -233,6 +239,58 @@ class TelegramState:
         command = _COMMAND_AT_START.match(text)
         if command:
             content["entities"] = [{"type": "bot_command", "offset": 0, "length": len(command.group())}]
+        return self._user_message(chat, user, content, reply_to_message_id)
+
+    def send_picture(
+        self,
+        chat_id: int,
+        data: bytes,
+        *,
+        caption: str | None = None,
+        as_document: bool = False,
+        content_type: str = "image/png",
+        user_id: int | None = None,
+        chat_type: Literal["private", "group", "supergroup"] | None = None,
+    ) -> JSON:
+        """A user sends a photo (or, ``as_document``, a file) with an optional caption; returns the update.
+
+        Kept as sent (Telegram would re-encode a photo as JPEG); a photo must be an image, a file need not.
+        """
+        if chat_type is None:
+            chat_type = self._chats[chat_id]["type"] if chat_id in self._chats else "private"
+        if user_id is None:
+            user_id = chat_id
+        user = self.add_user(user_id)
+        chat = self.add_chat(chat_id, chat_type=chat_type)
+        self._file_counter += 1
+        number, kind = self._file_counter, "document" if as_document else "photo"
+        width = height = 0
+        if not as_document:
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+        stored_file = StoredFile(
+            file_id=f"{'BQAC' if as_document else 'AgAC'}user{number:06d}",
+            file_unique_id=f"AQADuser{number:06d}",
+            data=data,
+            content_type=content_type,
+            filename=f"picture_{number}" if as_document else None,
+            file_path=f"{kind}s/file_{number}",
+            width=width,
+            height=height,
+        )
+        self._files[stored_file.file_id] = stored_file
+        content: JSON = {kind: document_object(stored_file) if as_document else photo_sizes(stored_file)}
+        if caption is not None:
+            content["caption"] = caption
+            command = _COMMAND_AT_START.match(caption)
+            if command:
+                content["caption_entities"] = [
+                    {"type": "bot_command", "offset": 0, "length": len(command[0])}
+                ]
+        return self._user_message(chat, user, content, None)
+
+    def _user_message(self, chat: JSON, user: JSON, content: JSON, reply_to_message_id: int | None) -> JSON:
+        chat_id = chat["id"]
         if reply_to_message_id is not None:
             target = self._messages.get(chat_id, {}).get(reply_to_message_id)
             if target is None or target.deleted:
@@ -388,3 +446,37 @@ def without_reply(message: JSON) -> JSON:
     copy: JSON = json.loads(json.dumps(message))
     copy.pop("reply_to_message", None)
     return copy
+
+
+def photo_sizes(stored: StoredFile) -> list[JSON]:
+    """PhotoSize list, smallest first, the full picture last (scaled to 2560 on its longest side at most)."""
+    width, height = stored.width, stored.height
+    longest = max(width, height)
+    steps = [step for step in _PHOTO_STEPS if step < longest] + [min(longest, _PHOTO_MAX_SIDE)]
+    sizes = []
+    for index, side in enumerate(steps):
+        scale = side / longest
+        last = index == len(steps) - 1
+        size_width, size_height = max(1, round(width * scale)), max(1, round(height * scale))
+        sizes.append(
+            {
+                "file_id": stored.file_id if last else f"{stored.file_id}_{side}",
+                "file_unique_id": stored.file_unique_id if last else f"{stored.file_unique_id}_{side}",
+                "width": size_width,
+                "height": size_height,
+                "file_size": len(stored.data) if last else max(1, round(len(stored.data) * scale * scale)),
+            }
+        )
+    return sizes
+
+
+def document_object(stored: StoredFile) -> JSON:
+    document: JSON = {
+        "file_id": stored.file_id,
+        "file_unique_id": stored.file_unique_id,
+        "mime_type": stored.content_type,
+        "file_size": len(stored.data),
+    }
+    if stored.filename:
+        document["file_name"] = stored.filename
+    return document
