@@ -23,7 +23,7 @@ from PIL import Image
 
 from bots import telegram_bot
 from bots.telegram_bot import TelegramFront, fits_photo_rules
-from bots.telegram_ext import delivery, progress, ratelimit
+from bots.telegram_ext import delivery, files, progress, ratelimit
 from gateway import (
     DeliveryRefused,
     ImageRequest,
@@ -209,7 +209,8 @@ async def test_imagine_shows_status_then_progress_then_the_photo(world: World) -
     await fake.wait_for_call("deleteMessage", lambda c: c.params["message_id"] == status_id)
     view = fake.chat_view(ALICE)
     assert [m.from_bot for m in view] == [False, True]
-    assert view[1].photo is not None and callback_data(view[1]) == [f"reroll:{job_id}", f"vary:{job_id}"]
+    assert view[1].photo is not None
+    assert callback_data(view[1]) == [f"{button}:{job_id}" for button in ("reroll", "vary", "U1", "V1", "S1")]
     assert await world.settled(job_id) == "succeeded"
     assert await world.used(ALICE) == 1
 
@@ -286,6 +287,120 @@ async def test_reroll_gives_a_new_seed_and_charges_again_variations_an_album(wor
     assert await world.settled(f"telegram:{vary['update_id']}") == "succeeded"
     assert await world.used(ALICE) == 6
     assert {request.prompt for _, request in world.backend.calls} == {"a blue bird"}
+
+
+# --- image actions and image prompts --------------------------------------------------------
+
+
+def picture(width: int, height: int, fmt: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 120, 40)).save(out, format=fmt)
+    return out.getvalue()
+
+
+async def test_u2_and_v1_under_an_album_act_on_those_images_and_charge_each(world: World) -> None:
+    fake = world.fake
+    first = world.says(ALICE, "/imagine two foxes --n 2 --seed 5 --steps 10")
+    source_id = f"telegram:{first['update_id']}"
+    await world.settled(source_id)
+    buttons = fake.bot_messages(ALICE)[-1]
+    assert buttons.text == delivery.MORE_LIKE_THESE
+    assert callback_data(buttons)[2:] == [f"{b}:{source_id}" for b in ("U1", "U2", "V1", "V2", "S1", "S2")]
+    album = fake.calls("sendMediaGroup")[-1]
+    second_image = album.file(album.params["media"][1]["media"]).data
+
+    # Double-tapped U2: one job, the second image at 2x with its own seed, refined at 0.3.
+    upscale = fake.press_button(ALICE, buttons.message_id, f"U2:{source_id}")
+    fake.resend_update(upscale)
+    upscaled = await fake.wait_for_call("sendPhoto")
+    assert image_of(upscaled).size == (1024, 1024)
+    assert await world.settled(f"telegram:{upscale['update_id']}") == "succeeded"
+    _, request = world.backend.calls[-1]
+    assert (request.kind, request.seed, request.strength) == ("upscale", 6, 0.3)
+    assert request.init_image is not None and png_size(request.init_image) == (1024, 1024)
+    assert Image.open(io.BytesIO(request.init_image)).getpixel((0, 0)) == Image.open(
+        io.BytesIO(second_image)
+    ).getpixel((0, 0))
+
+    # V1 on the album, then the strong variation of the upscaled image (its keyboard is on the photo).
+    vary = fake.press_button(ALICE, buttons.message_id, f"V1:{source_id}")
+    varied = await fake.wait_for_call("sendPhoto", n=2)
+    assert image_of(varied).size == (512, 512)
+    assert await world.settled(f"telegram:{vary['update_id']}") == "succeeded"
+    assert (world.backend.calls[-1][1].kind, world.backend.calls[-1][1].strength) == ("vary", 0.35)
+    photo = fake.message(ALICE, upscaled.result["message_id"])
+    strong = fake.press_button(ALICE, photo.message_id, f"S1:telegram:{upscale['update_id']}")
+    await fake.wait_for_call("sendPhoto", n=3)
+    assert await world.settled(f"telegram:{strong['update_id']}") == "succeeded"
+    assert (world.backend.calls[-1][1].width, world.backend.calls[-1][1].strength) == (1024, 0.7)
+    assert len(world.backend.calls) == 4 and await world.used(ALICE) == 2 + 1 + 1 + 1
+    assert len(fake.file_downloads) == 3  # each button fetched its image from Telegram's file endpoint
+
+
+async def test_a_photo_with_imagine_as_caption_or_in_reply_is_an_image_prompt(world: World) -> None:
+    fake = world.fake
+    caption = fake.send_picture(ALICE, picture(640, 480, "JPEG"), caption="/imagine a fox --steps 10")
+    photo = await fake.wait_for_call("sendPhoto")
+    assert photo.params["reply_parameters"]["message_id"] == caption["message"]["message_id"]
+    assert image_of(photo).size == (1024, 768)
+    assert await world.settled(f"telegram:{caption['update_id']}") == "succeeded"
+    _, request = world.backend.calls[-1]
+    assert (request.kind, request.strength, request.prompt) == ("image", 0.6, "a fox")
+
+    in_group = fake.send_picture(GROUP, picture(300, 600), user_id=BOB, chat_type="supergroup")
+    chatter = fake.send_picture(GROUP, picture(300, 600), caption="my cat", user_id=BOB)
+    reply = world.says(
+        GROUP,
+        "/imagine@imaginebot a cat --strength 0.3",
+        user_id=BOB,
+        reply_to_message_id=in_group["message"]["message_id"],
+    )
+    answer = await fake.wait_for_call("sendPhoto", lambda c: c.chat_id == GROUP)
+    assert image_of(answer).size == (512, 1024)
+    assert await world.settled(f"telegram:{reply['update_id']}") == "succeeded"
+    assert (world.backend.calls[-1][1].kind, world.backend.calls[-1][1].strength) == ("image", 0.3)
+    assert await world.used(ALICE) == 1 and await world.used(BOB) == 1
+    assert await world.service.find_job(f"telegram:{chatter['update_id']}") is None
+
+
+async def test_a_bad_picture_gets_one_sentence_and_costs_nothing(world: World) -> None:
+    fake = world.fake
+    not_an_image = fake.send_picture(
+        ALICE,
+        b"%PDF-1.4 not a picture",
+        as_document=True,
+        content_type="application/pdf",
+        caption="/imagine x",
+    )
+    answer = await fake.wait_for_call("sendMessage", lambda c: c.chat_id == ALICE)
+    assert answer.params["text"] == "The picture must be a PNG, JPEG or WebP image."
+
+    too_big = fake.send_picture(ALICE, b"\x89PNG" + bytes(11 * 2**20), as_document=True, caption="a fox")
+    answer = await fake.wait_for_call("sendMessage", lambda c: c.chat_id == ALICE, n=2)
+    assert answer.params["text"] == "The picture is 11.0 MB; the limit is 10 MB."
+    assert fake.file_downloads == ["documents/file_1"]  # the big one was never fetched
+
+    assert len(fake.calls("sendMessage")) == 2 and not world.backend.calls
+    for update in (not_an_image, too_big):
+        assert await world.service.find_job(f"telegram:{update['update_id']}") is None
+    assert await world.used(ALICE) == 0
+
+
+async def test_downloads_stop_at_the_cap_and_only_from_telegrams_file_endpoint(
+    world: World, fake: FakeTelegram
+) -> None:
+    sent = fake.send_picture(BOB, picture(64, 64), as_document=True)["message"]["document"]
+    assert world.front is not None and world.front.application is not None
+    bot = world.front.application.bot
+    telegram_file = await bot.get_file(sent["file_id"])
+    with pytest.raises(InvalidRequest, match="limit is 10 MB"):
+        await files.download_file(bot, telegram_file.file_path, limit=100)  # cut off while streaming
+    with pytest.raises(InvalidRequest, match="limit is 10 MB"):
+        await files.download_picture(bot, sent["file_id"], limit=100)  # getFile's size, before streaming
+    with pytest.raises(InvalidRequest):
+        await files.download_file(bot, f"{fake.root_url}/elsewhere/{telegram_file.file_path}", limit=10**6)
+    assert await files.download_picture(bot, sent["file_id"]) == picture(64, 64)
+    assert files.file_base_url("https://api.telegram.org/bot") == "https://api.telegram.org/file/bot"
 
 
 async def test_refusals_say_why_and_charge_nothing(world: World, fake: FakeTelegram) -> None:

@@ -46,6 +46,8 @@ SEND_ATTEMPTS = 3  # tries of a result send whose request never reached Telegram
 SEND_RETRY_PAUSE = 1.0  # seconds before the second try; doubles after
 RESULT_READ_TIMEOUT = 30.0  # seconds for Telegram's answer to an upload; a late answer is ambiguous
 REROLL, VARIATIONS = "reroll", "vary"
+#: The per-image buttons' callback_data starts with one of these and the image's number, e.g. ``U2:``.
+IMAGE_ACTIONS = {"U": "upscale", "V": "vary", "S": "vary_strong"}
 MORE_LIKE_THESE = "More like these?"
 
 
@@ -57,11 +59,12 @@ async def deliver_and_settle(
     try:
         async with conversation.delivery(job, failed="Telegram did not accept the image") as result:
             try:
-                await send_result(bot, result, where)
+                sent = await send_result(bot, result, where)
             except TelegramError as exc:
                 if not telegram_refused(exc):
                     raise AmbiguousDelivery(repr(exc)) from exc
                 raise
+            await remember_files(conversation, job, sent, len(result.images))
     except ImagineError as error:  # refunded meanwhile, or Telegram certainly did not take it
         await show(status, str(error))
         return
@@ -69,14 +72,42 @@ async def deliver_and_settle(
         await status.delete()
 
 
-def result_keyboard(job_id: str) -> InlineKeyboardMarkup | None:
-    buttons = [
-        InlineKeyboardButton("🎲 Re-roll", callback_data=f"{REROLL}:{job_id}"),
-        InlineKeyboardButton(f"🔀 Variations ×{MAX_IMAGES}", callback_data=f"{VARIATIONS}:{job_id}"),
+async def remember_files(conversation: Conversation, job: Job, sent: list[Message], count: int) -> None:
+    """Keep Telegram's file ids of the posted images in the job's reply record, for the U/V buttons.
+
+    The record, not the message: an album's keyboard sits on a follow-up message that can point at
+    one image only, and the Bot API cannot read a message back; the record outlives a restart. Never
+    raises: the images are out, and a lost record only makes the buttons say the image is gone.
+    """
+    files = [file.file_id for m in sent if (file := m.photo[-1] if m.photo else m.document) is not None]
+    if len(files) != count:
+        return
+    try:
+        await conversation.service.set_reply(job.id, {**(job.reply or {}), "files": files})
+    except Exception:
+        log.exception("could not keep the file ids of %s; its U/V buttons will not work", job.id)
+
+
+def result_keyboard(job_id: str, count: int = 1) -> InlineKeyboardMarkup | None:
+    """Re-roll and variations, then ``U1..Un`` (upscale), ``V1..Vn`` (vary) and the strong variations."""
+    numbers = range(1, count + 1)
+    rows = [
+        [
+            InlineKeyboardButton("🎲 Re-roll", callback_data=f"{REROLL}:{job_id}"),
+            InlineKeyboardButton(f"🔀 Variations ×{MAX_IMAGES}", callback_data=f"{VARIATIONS}:{job_id}"),
+        ],
+        [InlineKeyboardButton(f"U{n}", callback_data=f"U{n}:{job_id}") for n in numbers],
+        [InlineKeyboardButton(f"V{n}", callback_data=f"V{n}:{job_id}") for n in numbers],
+        [
+            InlineKeyboardButton(
+                "Vary (Strong)" if count == 1 else f"V{n} strong", callback_data=f"S{n}:{job_id}"
+            )
+            for n in numbers
+        ],
     ]
-    if any(len(str(b.callback_data).encode()) > CALLBACK_DATA_LIMIT for b in buttons):
+    if any(len(str(b.callback_data).encode()) > CALLBACK_DATA_LIMIT for row in rows for b in row):
         return None
-    return InlineKeyboardMarkup([buttons])
+    return InlineKeyboardMarkup(rows)
 
 
 async def send_result(bot: Bot, result: JobResult, where: Where) -> list[Message]:
@@ -87,7 +118,7 @@ async def send_result(bot: Bot, result: JobResult, where: Where) -> list[Message
     images = result.images
     caption = result_caption(result, limit=CAPTION_LIMIT)
     as_photos = all(fits_photo_rules(png) for png in images)
-    keyboard = result_keyboard(result.job_id)
+    keyboard = result_keyboard(result.job_id, len(images))
     names = [f"imagine-{seed}.png" for seed in result.seeds]
     names += [f"imagine-{i + 1}.png" for i in range(len(names), len(images))]
     common: dict[str, Any] = {

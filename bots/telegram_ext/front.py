@@ -23,11 +23,15 @@ from telegram.ext import (
 
 from bots.telegram_ext.admin import ban_command, grant_command, setquota_command, stats_command, unban_command
 from bots.telegram_ext.context import PLATFORM, Bot, BotState, TelegramApp
-from bots.telegram_ext.delivery import REROLL, VARIATIONS
+from bots.telegram_ext.delivery import IMAGE_ACTIONS, REROLL, VARIATIONS
+from bots.telegram_ext.files import file_base_url
 from bots.telegram_ext.handlers import (
+    IMAGINE_CAPTION,
     error_handler,
     help_command,
+    image_action_button,
     imagine_command,
+    picture_prompt,
     prompt_message,
     quota_command,
     reroll_button,
@@ -69,6 +73,7 @@ def build_application(
         Application.builder()
         .token(token.get())
         .base_url(settings.telegram_api_base_url)
+        .base_file_url(file_base_url(settings.telegram_api_base_url))
         .concurrent_updates(True)
         # httpcore's pool costs O(requests x connections) per request: PTB's 256 connections spend more
         # CPU on the pool than on the requests under a burst, and Telegram's rates need far fewer.
@@ -98,7 +103,14 @@ def build_application(
             MessageHandler(
                 new_messages & filters.ChatType.PRIVATE & filters.TEXT & ~filters.COMMAND, prompt_message
             ),
+            MessageHandler(
+                new_messages
+                & (filters.PHOTO | filters.Document.ALL)
+                & (filters.CaptionRegex(IMAGINE_CAPTION) | (filters.ChatType.PRIVATE & filters.CAPTION)),
+                picture_prompt,
+            ),
             CallbackQueryHandler(reroll_button, pattern=f"^({REROLL}|{VARIATIONS}):"),
+            CallbackQueryHandler(image_action_button, pattern=f"^[{''.join(IMAGE_ACTIONS)}][0-9]+:"),
         ]
     )
     application.add_error_handler(error_handler)

@@ -1,5 +1,6 @@
-"""The public commands as typed module-level coroutines: ``/imagine``, the re-roll buttons, ``/quota``,
-``/help``, ``/start``, and the error handler that shows a gateway refusal as its sentence.
+"""The public commands as typed module-level coroutines: ``/imagine`` (also on or in reply to a picture),
+the re-roll and U/V buttons, ``/quota``, ``/help``, ``/start``, and the error handler that shows a
+gateway refusal as its sentence.
 
 Each turns a Telegram update into the shared request, calls the gateway and renders its answer; one
 job's path from the status message to the photo is :func:`make_images`, whose steps (following the
@@ -12,18 +13,21 @@ import contextlib
 import logging
 import re
 
-from telegram import Message, Update
+from telegram import Document, Message, PhotoSize, Update
 from telegram.error import TelegramError
 
 from bots.telegram_ext.context import SOMETHING_WENT_WRONG, Context, Where, job_id_of, user_of
-from bots.telegram_ext.delivery import VARIATIONS, deliver_and_settle
+from bots.telegram_ext.delivery import IMAGE_ACTIONS, VARIATIONS, deliver_and_settle
+from bots.telegram_ext.files import download_picture, picture_of
 from bots.telegram_ext.progress import follow, show
 from gateway import ImageRequest, ImagineError, InvalidRequest, JobStatus, parse_prompt
 from gateway.messages import HELP, queue_text
+from gateway.picture import action_request
 
 log = logging.getLogger("imagine.telegram")
 
 COMMAND = re.compile(r"^/\S+")  # /imagine or /imagine@botname
+IMAGINE_CAPTION = re.compile(r"^/imagine(?:@(\w+))?(?=\s|$)")  # a picture's caption that asks for an image
 WELCOME = "Hi! I turn a description into a picture with Stable Diffusion."
 GONE = "That image is too old to re-roll; send /imagine again."
 
@@ -47,11 +51,22 @@ async def quota_command(update: Update, context: Context) -> None:
 
 
 async def imagine_command(update: Update, context: Context) -> None:
-    """``/imagine <prompt --flags>`` (``/imagine@bot`` in groups)."""
+    """``/imagine <prompt --flags>`` (``/imagine@bot`` in groups); in reply to a picture, an image prompt."""
     message = update.effective_message
     assert message is not None and message.text is not None
     prompt = COMMAND.sub("", message.text, count=1)
-    await _imagine(update, context, prompt)
+    await _imagine(update, context, prompt, picture_of(message.reply_to_message))
+
+
+async def picture_prompt(update: Update, context: Context) -> None:
+    """A photo or file whose caption is ``/imagine <prompt>`` (in a private chat: any caption)."""
+    message = update.effective_message
+    assert message is not None and message.caption is not None
+    command = IMAGINE_CAPTION.match(message.caption)
+    if command is not None and command[1] is not None and command[1].lower() != context.bot.username.lower():
+        return  # /imagine@another_bot
+    prompt = message.caption[command.end() :] if command is not None else message.caption
+    await _imagine(update, context, prompt, picture_of(message))
 
 
 async def prompt_message(update: Update, context: Context) -> None:
@@ -60,14 +75,19 @@ async def prompt_message(update: Update, context: Context) -> None:
     await _imagine(update, context, update.effective_message.text)
 
 
-async def _imagine(update: Update, context: Context, text: str) -> None:
+async def _imagine(
+    update: Update, context: Context, text: str, picture: PhotoSize | Document | None = None
+) -> None:
     message, user = update.effective_message, update.effective_user
     assert message is not None and user is not None
     job_id = job_id_of(update)
     if not await context.bot_data.first_time(job_id):
         return
     try:
-        request = parse_prompt(text)
+        image = None
+        if picture is not None:
+            image = await download_picture(context.bot, picture.file_id, declared=picture.file_size)
+        request = parse_prompt(text, image=image)
     except InvalidRequest as error:
         await message.reply_text(str(error))
         return
@@ -91,6 +111,36 @@ async def reroll_button(update: Update, context: Context) -> None:
         return
     await query.answer()
     request = rerolled(original.request, action)
+    await make_images(
+        context, job_id=job_id, user_id=user_of(query.from_user.id), request=request, where=Where.of(message)
+    )
+
+
+async def image_action_button(update: Update, context: Context) -> None:
+    """``U2`` (upscale the second image), ``V1`` (vary the first), ``S1`` (vary it strongly).
+
+    The image comes back from Telegram by the file id its delivery kept in the job's reply record.
+    """
+    query = update.callback_query
+    assert query is not None and query.data is not None
+    job_id = job_id_of(update)
+    if not await context.bot_data.first_time(job_id):
+        return
+    button, _, source_id = query.data.partition(":")
+    action, index = IMAGE_ACTIONS[button[0]], int(button[1:]) - 1
+    source = await context.bot_data.service.find_job(source_id)
+    files = (source.reply or {}).get("files", []) if source is not None else []
+    message = query.message
+    if source is None or not isinstance(message, Message) or not 0 <= index < len(files):
+        await query.answer(GONE, show_alert=True)
+        return
+    await query.answer()
+    try:
+        png = await download_picture(context.bot, files[index])
+        request = action_request(source.request, png, action, index)
+    except InvalidRequest as error:
+        await message.reply_text(str(error))
+        return
     await make_images(
         context, job_id=job_id, user_id=user_of(query.from_user.id), request=request, where=Where.of(message)
     )
