@@ -25,7 +25,17 @@ import pytest
 from bots.discord_bot import DiscordFront
 from bots.discord_ext import images as images_ext
 from bots.discord_ext.delivery import Reply, fit_images
-from gateway import BackendError, ImageRequest, ImagineService, Secret, Settings, SettingsError, parse_prompt
+from bots.discord_ext.pictures import PictureFetcher
+from gateway import (
+    BackendError,
+    ImageRequest,
+    ImagineService,
+    InvalidRequest,
+    Secret,
+    Settings,
+    SettingsError,
+    parse_prompt,
+)
 from gateway.backend import GenerationResult, ProgressCallback
 from gateway.fake_backend import FakeBackend
 from gateway.messages import utc_day
@@ -39,8 +49,9 @@ from tests.fakes.discord_server import (
     FakeMessage,
     OptionType,
     RecordedRequest,
+    UploadedFile,
 )
-from tests.helpers.png import PNG_SIGNATURE, png_size
+from tests.helpers.png import PNG_SIGNATURE, png_bytes, png_size
 
 TOKEN = "MTA1NzY0NjQ4OTQ0NTYzNzI0OA.GfakeX.bot-token-for-tests"
 ORIGINAL = "/webhooks/{application_id}/{token}/messages/@original"
@@ -147,7 +158,8 @@ async def test_start_logs_in_syncs_commands_and_connects_every_shard(world: Worl
     assert sorted(s.shard for s in sessions) == [(0, 2), (1, 2)]
     assert set(fake.commands()) == {"imagine", "quota", "help", "admin"}
     options = {o["name"]: o for o in fake.commands()["imagine"]["options"]}
-    assert list(options) == ["prompt", "negative", "size", "steps", "guidance", "seed", "count"]
+    assert list(options) == ["prompt", "negative", "size", "steps", "guidance", "seed", "count", "image"]
+    assert options["image"]["type"] == OptionType.ATTACHMENT
     assert options["count"]["max_value"] == 4
     admin = {o["name"] for o in fake.commands()["admin"]["options"]}
     assert admin == {"quota", "grant", "ban", "unban", "stats"}
@@ -211,7 +223,7 @@ async def test_progress_edits_arrive_in_order_then_the_png_of_the_requested_size
     assert result.content.startswith("a red fox in the snow\nseed 7 · ")
     assert "24 credits left" in result.content
     job_id = f"discord:{interaction.id}"
-    assert result.custom_ids() == [f"imagine:{a}:{job_id}" for a in ("reroll", "vary", "delete")]
+    assert result.custom_ids()[-3:] == [f"imagine:{a}:{job_id}" for a in ("reroll", "vary", "delete")]
     assert world.front is not None and not world.front.bot.persistent_views  # type: ignore[union-attr]
     assert await world.settled(interaction) == "succeeded"  # settled once Discord took the image
     quota = await world.service.quota(f"discord:{world.alice}")
@@ -234,7 +246,7 @@ async def test_buttons_reroll_after_a_restart_cost_credits_and_only_the_requeste
 ) -> None:
     first = await world.imagine("a castle on a hill --seed 42")
     result = await world.result_of(first)
-    reroll, vary, delete = result.custom_ids()
+    reroll, vary, delete = result.custom_ids()[-3:]
     user = f"discord:{world.alice}"
 
     await world.stop_bot()  # the buttons keep working after the bot restarts
@@ -633,3 +645,180 @@ async def test_a_delivery_discord_may_have_taken_is_charged_once_never_refunded(
     assert kinds == ["reserve", "settle"]
     told = [m.content for m in world.fake.channel_messages() + interaction.messages if m.content]
     assert not any("refunded" in text for text in told)
+
+
+# ---- image actions: U/V buttons and image prompts ----------------------------------------------------
+
+
+def picture(width: int, height: int, rgb: tuple[int, int, int] = (30, 120, 200), fmt: str = "PNG") -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), rgb).save(out, format=fmt)
+    return out.getvalue()
+
+
+def colour(data: bytes) -> tuple[int, ...]:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return tuple(image.convert("RGB").getpixel((0, 0)))  # type: ignore[arg-type]
+
+
+async def charged(world: World) -> dict[str, int]:
+    """Credits settled per job, from the ledger."""
+    settled: dict[str, int] = {}
+    for row in await world.db.ledger():
+        if row["kind"] == "settle":
+            settled[row["job_id"]] = settled.get(row["job_id"], 0) + abs(row["credits"])
+    return settled
+
+
+async def test_u2_and_v1_act_on_that_image_of_the_result_and_cost_a_credit_each(world: World) -> None:
+    first = await world.imagine("a castle on a hill --seed 42 --n 2")
+    result = await world.result_of(first)
+    job = f"discord:{first.id}"
+    rows = [[c["custom_id"] for c in row["components"]] for row in result.components]
+    assert rows == [
+        [f"imagine:U1:{job}", f"imagine:U2:{job}"],
+        [f"imagine:V1:{job}", f"imagine:V2:{job}"],
+        [f"imagine:VS1:{job}", f"imagine:VS2:{job}"],
+        [f"imagine:reroll:{job}", f"imagine:vary:{job}", f"imagine:delete:{job}"],
+    ]
+    labels = [c["label"] for row in result.components for c in row["components"]]
+    assert labels[:6] == ["U1", "U2", "V1", "V2", "V1 strong", "V2 strong"]
+    assert [png_size(a.data) for a in result.attachments] == [(512, 512), (512, 512)]
+
+    await world.stop_bot()  # the image buttons keep working after a restart too
+    await world.start_bot()
+
+    pressed = await world.fake.dispatch_component(f"imagine:U2:{job}", result.id)
+    await world.fake.redispatch(pressed)  # a double click: one job
+    upscaled = await world.result_of(pressed)
+    _, request = world.backend.calls[-1]
+    assert (request.kind, request.seed, request.strength, request.num_images) == ("upscale", 43, 0.3, 1)
+    assert png_size(request.init_image or b"") == (1024, 1024)
+    assert colour(request.init_image or b"") == colour(result.attachments[1].data)  # image 2, not 1
+    assert [png_size(a.data) for a in upscaled.attachments] == [(1024, 1024)]
+    assert upscaled.custom_ids()[0] == f"imagine:U1:discord:{pressed.id}"  # a result like any other
+    assert world.fake.cdn_downloads == [result.attachments[1].id]
+
+    vary = await world.fake.dispatch_component(f"imagine:V1:{job}", result.id)
+    varied = await world.result_of(vary)
+    _, request = world.backend.calls[-1]
+    assert (request.kind, request.strength, request.num_images) == ("vary", 0.35, 1)
+    assert request.seed not in (None, 42) and colour(request.init_image or b"") == colour(
+        result.attachments[0].data
+    )
+    assert [png_size(a.data) for a in varied.attachments] == [(512, 512)]
+
+    strong = await world.fake.dispatch_component(f"imagine:VS2:{job}", result.id)
+    await world.result_of(strong)
+    _, request = world.backend.calls[-1]
+    assert (request.kind, request.strength) == ("vary", 0.7)
+
+    assert len(world.backend.calls) == 4
+    assert await world.settled(strong) == "succeeded"
+    assert await charged(world) == {
+        job: 2,
+        f"discord:{pressed.id}": 1,
+        f"discord:{vary.id}": 1,
+        f"discord:{strong.id}": 1,
+    }
+    assert (await world.service.quota(f"discord:{world.alice}")).used == 5
+
+
+async def test_an_image_button_whose_image_cannot_be_read_is_one_sentence_and_costs_nothing(
+    world: World,
+) -> None:
+    first = await world.imagine("a castle on a hill --seed 42")
+    result = await world.result_of(first)
+    upscale = result.custom_ids()[0]
+    assert await world.settled(first) == "succeeded"
+    before = await world.db.ledger()
+    # The same buttons on a message whose attachment is not a picture, and on one with none.
+    components = result.components
+    broken = world.fake.add_bot_message(
+        "x", components=components, files=[UploadedFile("imagine-42.png", b"not a png", "image/png")]
+    )
+    empty = world.fake.add_bot_message("x", components=components)
+
+    pressed = await world.fake.dispatch_component(upscale, broken.id)
+    await world.said(pressed, "The picture must be a PNG, JPEG or WebP image.")
+    pressed = await world.fake.dispatch_component(upscale, empty.id)
+    await world.said(pressed, images_ext.IMAGE_GONE)
+    assert len(world.backend.calls) == 1
+    assert await world.db.ledger() == before
+
+
+async def test_imagine_with_an_image_attachment_is_an_image_prompt_sized_like_its_picture(
+    world: World,
+) -> None:
+    photo = picture(600, 900, fmt="JPEG")
+    interaction = await world.imagine(
+        "a watercolour of this --strength 0.5 --seed 3", image=UploadedFile("photo.jpg", photo, "image/jpeg")
+    )
+    result = await world.result_of(interaction)
+    _, request = world.backend.calls[-1]
+    assert (request.kind, request.strength, request.seed) == ("image", 0.5, 3)
+    assert png_size(request.init_image or b"") == (704, 1024)  # 2:3 fitted to 1024, sides of 64
+    assert [png_size(a.data) for a in result.attachments] == [(704, 1024)]
+    assert interaction.response_type == CallbackType.DEFERRED_CHANNEL_MESSAGE_WITH_SOURCE
+    assert await world.settled(interaction) == "succeeded"
+    assert await charged(world) == {f"discord:{interaction.id}": 1}
+
+
+async def test_a_bad_image_attachment_is_one_private_sentence_and_costs_nothing(world: World) -> None:
+    before = await world.db.ledger()
+    damaged = picture(640, 640)[:400]
+    cases = [
+        # What Discord says of the file refuses it at once (the interaction's own answer, private) ...
+        (UploadedFile("notes.txt", b"hello", "text/plain"), "The picture must be a PNG, JPEG or WebP image."),
+        (
+            UploadedFile("huge.png", b"\x89PNG" + bytes(11 * 2**20), "image/png"),
+            "The picture is 11.0 MB; the limit is 10 MB.",
+        ),
+        # ... and what its bytes say, once fetched.
+        (
+            UploadedFile("fake.png", b"GIF89a not a png", "image/png"),
+            "The picture must be a PNG, JPEG or WebP image.",
+        ),
+        (UploadedFile("cut.png", damaged, "image/png"), "The picture is damaged or cut off; send it again."),
+    ]
+    for upload, sentence in cases:
+        interaction = await world.imagine("a lighthouse", image=upload)
+        answer = await world.said(interaction, sentence)
+        assert answer.ephemeral and answer.content == sentence
+        original = interaction.original
+        assert original is not None
+        if original is not answer:  # fetched after a public defer: the "thinking…" message goes
+            await world.fake.wait_for(lambda m=original: m.deleted)  # type: ignore[misc]
+    assert len(world.fake.cdn_downloads) == 2  # only the two whose metadata looked right
+    assert world.backend.calls == []
+    assert await world.db.ledger() == before
+
+
+async def test_pictures_come_only_from_discords_cdn_and_are_cut_off_while_streaming(world: World) -> None:
+    fetcher = PictureFetcher(api_base_url=world.fake.api_base_url, limit=2**20)
+    try:
+        small, big = world.fake.add_bot_message(
+            files=[UploadedFile("a.png", png_bytes(), "image/png"), UploadedFile("b.png", bytes(3 * 2**20))]
+        ).attachments
+        assert await fetcher.download(small.url) == png_bytes()
+        with pytest.raises(InvalidRequest, match=r"^The picture is 3\.0 MB; the limit is 1 MB\.$"):
+            await fetcher.download(big.url)  # as the CDN's Content-Length says
+        world.fake.cdn_content_length = False  # a CDN that does not say: cut off while streaming
+        with pytest.raises(InvalidRequest, match=r"^The picture is more than 1 MB; the limit is 1 MB\.$"):
+            await fetcher.download(big.url)
+        for elsewhere in (
+            "http://127.0.0.1:9/a.png",
+            "https://example.com/a.png",
+            "https://u:p@cdn.discordapp.com/a",
+        ):
+            with pytest.raises(InvalidRequest, match="only from Discord's CDN"):
+                await fetcher.download(elsewhere)
+        assert fetcher.from_discord("https://cdn.discordapp.com/attachments/1/2/a.png")
+        assert fetcher.from_discord("https://media.discordapp.net/attachments/1/2/a.png")
+        assert not fetcher.from_discord("http://cdn.discordapp.com/attachments/1/2/a.png")
+    finally:
+        await fetcher.close()

@@ -23,6 +23,7 @@ from tests.fakes.discord_server import (
     FakeDiscord,
     FakeInteraction,
     RecordedRequest,
+    UploadedFile,
     discord_py_pointed_at,
 )
 from tests.helpers.png import png_bytes
@@ -644,3 +645,31 @@ async def test_requests_for_and_wait_for_request(fake: FakeDiscord, bot: ProbeBo
     assert callback.response["interaction"]["response_message_loading"] is True
     assert fake.requests_for(ix) == [callback]
     assert not callback.authorized  # interaction webhooks carry the token in the URL, not a bot header
+
+
+async def test_attachments_are_served_at_their_cdn_url_and_an_attachment_option_resolves(
+    fake: FakeDiscord, bot: ProbeBot
+) -> None:
+    async def imagine(interaction: discord.Interaction, args: dict[str, Any]) -> None:
+        await interaction.response.send_message("here", file=discord.File(io.BytesIO(PNG), "x.png"))
+
+    bot.behaviour = imagine
+    picture = png_bytes(5, 4)
+    ix = await fake.dispatch_slash_command(
+        "imagine", {"prompt": "x", "picture": UploadedFile("in.png", picture, "image/png")}
+    )
+    interaction, _ = await next_invocation(bot)
+    option: discord.Attachment = interaction.namespace.picture
+    assert (option.filename, option.size, option.content_type) == ("in.png", len(picture), "image/png")
+    assert option.url.startswith(fake.cdn_base_url + "/attachments/")
+    assert await option.read() == picture  # discord.py's own CDN read
+
+    await fake.wait_for(lambda: ix.original and ix.original.attachments)
+    assert ix.original is not None
+    async with aiohttp.ClientSession() as session, session.get(ix.original.attachments[0].url) as response:
+        assert (response.status, response.content_type) == (200, "image/png")
+        assert response.content_length == len(PNG) and await response.read() == PNG
+        missing = ix.original.attachments[0].url.replace(str(ix.original.attachments[0].id), "1")
+        async with session.get(missing) as gone:
+            assert gone.status == 404
+    assert fake.cdn_downloads == [option.id, ix.original.attachments[0].id]

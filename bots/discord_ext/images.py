@@ -2,6 +2,9 @@
 
 The job id is the interaction id (``discord:<id>``), so an event Discord delivers twice is charged and
 answered once. Credits are settled only once Discord has taken the image (``confirm_delivery``).
+A U/V button works on the image attached to the very message the button sits on, fetched back from
+Discord's CDN; ``/imagine``'s ``image`` option is fetched the same way. A picture that cannot be used
+is one sentence before anything is submitted, so it costs nothing.
 """
 
 from __future__ import annotations
@@ -18,7 +21,16 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bots.discord_ext.delivery import MESSAGE_LIMIT, Reply, fit_images, fit_message, image_name
+from bots.discord_ext.delivery import (
+    MESSAGE_LIMIT,
+    NO_PINGS,
+    SEND_ERRORS,
+    Reply,
+    fit_images,
+    fit_message,
+    image_name,
+)
+from bots.discord_ext.pictures import PictureFetcher, attachment_at
 from gateway import (
     ImageRequest,
     ImagineError,
@@ -31,6 +43,7 @@ from gateway import (
 )
 from gateway.conversation import Conversation
 from gateway.messages import RESTARTING, result_caption, status_text
+from gateway.picture import action_request
 from gateway.request import MAX_IMAGES, MAX_NEGATIVE_CHARS, MAX_PROMPT_CHARS, MAX_SEED, size_for_aspect_ratio
 
 if TYPE_CHECKING:
@@ -44,6 +57,8 @@ CAPTION_LIMIT = MESSAGE_LIMIT - 32
 # Front words: refusals only a Discord button meets, and the reasons the gateway words a refund with.
 NOT_YOURS = "Only the person who asked for this image (or an Imagine admin) can delete it."
 UNKNOWN_IMAGE = "That image is not known to Imagine any more; use /imagine to make a new one."
+READING_PICTURE = "Reading your picture…"
+IMAGE_GONE = "That image is no longer on its message; use /imagine to make a new one."
 DELIVERY_FAILED = "Discord would not take the image"
 SENDING_FAILED = "Something went wrong while sending the image"
 
@@ -69,12 +84,14 @@ class ImageCommands(commands.Cog):
         self.service: ImagineService = bot.service
         self.conversation = Conversation(bot.service, "discord")
         self.in_flight: dict[str, Flight] = {}
+        self.pictures = PictureFetcher(api_base_url=bot.settings.discord_api_base_url)
 
     async def cog_load(self) -> None:
         self.conversation.on_recovered(self._tell_recovered)
 
     async def cog_unload(self) -> None:
         await self.conversation.close()
+        await self.pictures.close()
 
     # --- /imagine ---------------------------------------------------------------------------
 
@@ -87,6 +104,7 @@ class ImageCommands(commands.Cog):
         guidance="How closely to follow the prompt",
         seed="The same seed gives the same image",
         count="How many images (one credit each)",
+        image="A picture (PNG, JPEG or WebP, up to 10 MB) to start from; --strength 0.05-1 says how far",
     )
     @app_commands.choices(size=SIZE_CHOICES)
     async def imagine(
@@ -99,6 +117,7 @@ class ImageCommands(commands.Cog):
         guidance: app_commands.Range[float, 1.0, 20.0] | None = None,
         seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
         count: app_commands.Range[int, 1, MAX_IMAGES] | None = None,
+        image: discord.Attachment | None = None,
     ) -> None:
         if not self.conversation.first_time(str(interaction.id)):
             return
@@ -112,13 +131,27 @@ class ImageCommands(commands.Cog):
             if value is not None:
                 options[name] = value
         try:
-            request = parse_prompt(prompt, **options)
+            if image is None:
+                request = parse_prompt(prompt, **options)
+            else:
+                self.pictures.check(image)  # what Discord says of it (type, size); the text comes with it
         except ImagineError as exc:
             # Answered at once and privately: nothing else was awaited, nothing was charged.
             await interaction.response.send_message(fit_message(str(exc)), ephemeral=True)
             return
         if not await _defer(interaction, thinking=True):
             return
+        if image is not None:
+            # Also ends the "thinking…" state: a follow-up after it is a message of its own, so a
+            # refusal can be private (the first follow-up after a defer would replace it, publicly).
+            with contextlib.suppress(*SEND_ERRORS):
+                await interaction.edit_original_response(content=READING_PICTURE, allowed_mentions=NO_PINGS)
+            try:
+                data = await self.pictures.fetch(image)
+                request = await asyncio.to_thread(parse_prompt, prompt, image=data, **options)
+            except ImagineError as exc:
+                await _refuse_privately(interaction, str(exc))
+                return
         await self.run_job(interaction, request, job_id=f"discord:{interaction.id}")
 
     # --- buttons ------------------------------------------------------------------------------
@@ -136,6 +169,31 @@ class ImageCommands(commands.Cog):
             await Reply.from_interaction(self.bot, interaction).tell(UNKNOWN_IMAGE)
             return
         request = source.request.variations() if action == "vary" else source.request.reroll()
+        await self.run_job(interaction, request, job_id=f"discord:{interaction.id}")
+
+    async def on_image_action(
+        self, interaction: discord.Interaction[Any], action: str, index: int, source_id: str
+    ) -> None:
+        """U/V under a result: image ``index`` (0-based) of the message the button sits on."""
+        if not self.conversation.first_time(str(interaction.id)):
+            return
+        if not await _defer(interaction, thinking=True):
+            return
+        reply = Reply.from_interaction(self.bot, interaction)
+        source = await self.service.find_job(source_id)
+        if source is None:
+            await reply.tell(UNKNOWN_IMAGE)
+            return
+        attachment = attachment_at(interaction.message, index)
+        if attachment is None:
+            await reply.tell(IMAGE_GONE)
+            return
+        try:
+            png = await self.pictures.fetch(attachment)
+            request = await asyncio.to_thread(action_request, source.request, png, action, index)
+        except ImagineError as exc:
+            await reply.tell(str(exc))
+            return
         await self.run_job(interaction, request, job_id=f"discord:{interaction.id}")
 
     async def _delete(self, interaction: discord.Interaction[Any], source_id: str) -> None:
@@ -210,7 +268,9 @@ class ImageCommands(commands.Cog):
         try:
             async with self.conversation.delivery(job, failed=DELIVERY_FAILED):
                 await reply.send(
-                    result_caption(result, limit=CAPTION_LIMIT), files=files, view=result_view(job.id)
+                    result_caption(result, limit=CAPTION_LIMIT),
+                    files=files,
+                    view=result_view(job.id, len(images)),
                 )
         except ImagineError as error:  # refunded meanwhile, or Discord certainly did not take it
             await reply.tell(str(error))
@@ -255,7 +315,8 @@ class ResultButton(
     def __init__(self, action: str, job_id: str) -> None:
         label, emoji, style = self.LOOKS[action]
         super().__init__(
-            discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"imagine:{action}:{job_id}")
+            discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"imagine:{action}:{job_id}"),
+            row=3,  # under the rows of U, V and V strong
         )
         self.action = action
         self.job_id = job_id
@@ -276,9 +337,49 @@ class ResultButton(
             await cog.on_button(interaction, self.action, self.job_id)
 
 
-def result_view(job_id: str) -> discord.ui.View:
-    """The buttons under a result: all dynamic items, so discord.py keeps nothing per message."""
+class ImageButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"imagine:(?P<kind>U|V|VS)(?P<number>[1-9]):(?P<job>discord:[0-9]+)",
+):
+    """``U2``, ``V1``, ``V1 strong``: an action on one image of a result (numbered from 1, as shown)."""
+
+    ACTIONS = {"U": "upscale", "V": "vary", "VS": "vary_strong"}
+
+    def __init__(self, kind: str, number: int, job_id: str) -> None:
+        label = f"V{number} strong" if kind == "VS" else f"{kind}{number}"
+        style = discord.ButtonStyle.primary if kind == "U" else discord.ButtonStyle.secondary
+        super().__init__(
+            discord.ui.Button(label=label, style=style, custom_id=f"imagine:{kind}{number}:{job_id}"),
+            row=list(self.ACTIONS).index(kind),
+        )
+        self.action = self.ACTIONS[kind]
+        self.index = number - 1
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> ImageButton:
+        return cls(match["kind"], int(match["number"]), match["job"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        cog = cast("ImageCommands | None", interaction.client.get_cog("ImageCommands"))  # type: ignore[attr-defined]
+        if cog is not None:
+            await cog.on_image_action(interaction, self.action, self.index, self.job_id)
+
+
+def result_view(job_id: str, images: int) -> discord.ui.View:
+    """The buttons under a result: a row each of U, V and V strong (one per image, at most 4, so
+    within Discord's 5 per row), then re-roll, variations and delete. All are dynamic items, so
+    discord.py keeps nothing per message and they work after a restart."""
     view = discord.ui.View(timeout=None)
+    for kind in ImageButton.ACTIONS:
+        for number in range(1, min(images, MAX_IMAGES) + 1):
+            view.add_item(ImageButton(kind, number, job_id))
     for action in ResultButton.LOOKS:
         view.add_item(ResultButton(action, job_id))
     return view
@@ -294,6 +395,15 @@ async def _defer(interaction: discord.Interaction[Any], *, thinking: bool) -> bo
     return True
 
 
+async def _refuse_privately(interaction: discord.Interaction[Any], sentence: str) -> None:
+    """After a public defer and an edit: the sentence only its user sees, and the public message gone."""
+    try:
+        await interaction.followup.send(fit_message(sentence), ephemeral=True, allowed_mentions=NO_PINGS)
+        await interaction.delete_original_response()
+    except SEND_ERRORS as exc:
+        log.warning("could not refuse interaction %s privately: %r", interaction.id, exc)
+
+
 async def setup(bot: commands.Bot) -> None:
     await bot.add_cog(ImageCommands(cast("ImagineBot", bot)))
-    bot.add_dynamic_items(ResultButton)
+    bot.add_dynamic_items(ResultButton, ImageButton)

@@ -79,6 +79,7 @@ class DiscordRest(DiscordInteractions):
         for method, path, handler in routes:
             app.router.add_route(method, api + path, handler)
         app.router.add_get("/gateway", self._gateway)
+        app.router.add_get("/attachments/{channel_id}/{attachment_id}/{filename}", self._cdn_attachment)
 
     @web.middleware
     async def _api_middleware(
@@ -205,6 +206,22 @@ class DiscordRest(DiscordInteractions):
             raise api_error(UNAUTHORIZED)
 
     # ---- REST: users, gateway, application ---------------------------------------------------------
+
+    async def _cdn_attachment(self, request: web.Request) -> web.StreamResponse:
+        """An attachment's bytes at its ``url``, as Discord's CDN serves them (no auth, streamed)."""
+        channel_id, attachment_id = request.match_info["channel_id"], request.match_info["attachment_id"]
+        attachment = self._attachments.get(int(attachment_id)) if attachment_id.isdigit() else None
+        if attachment is None or f"/attachments/{channel_id}/{attachment_id}/" not in attachment.url:
+            raise web.HTTPNotFound()
+        self.cdn_downloads.append(attachment.id)
+        response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: attachment.content_type})
+        if self.cdn_content_length:
+            response.content_length = attachment.size
+        await response.prepare(request)
+        for start in range(0, attachment.size, 256 * 1024):
+            await response.write(attachment.data[start : start + 256 * 1024])
+        await response.write_eof()
+        return response
 
     async def _get_current_user(self, request: web.Request) -> web.Response:
         self._require_bot(request)

@@ -6,7 +6,8 @@ commands, and answers interactions that the test dispatches, exactly as it would
 keeps what a user of the Discord app would see (the original response after its edits, the follow-ups,
 channel messages and DMs), records every REST request, and can misbehave on purpose (429s with Discord's
 headers, 5xx, delays, expired interaction tokens). It serves only the routes and gateway opcodes the bots
-use: no RESUME, no member chunks, no guild or user lookups, no CDN.
+use: no RESUME, no member chunks, no guild or user lookups; of the CDN, only attachments' bytes at their
+``url``.
 
 Pointing discord.py at it (what the bot does with ``DISCORD_API_BASE_URL`` and ``DISCORD_GATEWAY_URL``)::
 

@@ -95,6 +95,8 @@ class DiscordState:
         self._commands: dict[int | None, dict[tuple[int, str], JSON]] = {}
         self._interactions_by_token: dict[str, FakeInteraction] = {}
         self._attachments: dict[int, FakeAttachment] = {}
+        self.cdn_downloads: list[int] = []  # attachment ids, in the order their bytes were fetched
+        self.cdn_content_length = True  # False: attachments come chunked, their size unannounced
         self._changed: asyncio.Event | None = None
         self._base_url = ""
 
@@ -202,13 +204,16 @@ class DiscordState:
         components: Sequence[JSON] | None = None,
         embeds: Sequence[JSON] | None = None,
         channel_id: int | None = None,
+        files: Sequence[UploadedFile] = (),
     ) -> FakeMessage:
-        """A message the bot posted earlier (before a restart, say), e.g. one carrying persistent buttons."""
+        """A message the bot posted earlier (before a restart, say), e.g. one carrying persistent buttons
+        and the images they act on."""
         channel = self.channels[channel_id or self.channel_id]
         message = FakeMessage(self.snowflake(), channel.id, channel.guild_id, self.bot_user, self.timestamp())
         message.content = content
         message.components = list(components or [])
         message.embeds = list(embeds or [])
+        message.attachments = [self._store_attachment(channel.id, upload) for upload in files]
         return self._store_message(message)
 
     def _user(self, user_id: int) -> FakeUser:
