@@ -4,6 +4,11 @@ Shared by the worker (``backend/worker/``), the ``http`` backend and the ``repli
 backend, so the three agree on field names (those of the public Stable Diffusion models on
 Replicate), on defaults and ranges (the request's, through :func:`gateway.request.validate`)
 and on how images travel (PNG data URIs).
+
+Img2img (image prompts, upscale, vary) takes the input names of Replicate's Stable Diffusion
+img2img models: ``image`` (the picture, a ``data:`` URI) and ``prompt_strength`` (0 to 1), plus
+``imagine_kind`` (``image``, ``upscale`` or ``vary``), which only the worker reads: an upscale
+may be up to 2048 a side. A URL in ``image`` is refused: nothing fetches a URL a caller names.
 """
 
 from __future__ import annotations
@@ -13,10 +18,20 @@ import binascii
 import hashlib
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from gateway.errors import InvalidRequest, quoted, shown
-from gateway.request import DEFAULT_SCHEDULER, ImageRequest, validate
+from gateway.request import (
+    DEFAULT_SCHEDULER,
+    DEFAULT_STRENGTH,
+    KINDS,
+    MAX_SIDE,
+    MAX_UPSCALE_SIDE,
+    ImageRequest,
+    check_field,
+    validate,
+)
 
 INPUT_FIELDS = (
     "prompt",
@@ -28,7 +43,12 @@ INPUT_FIELDS = (
     "guidance_scale",
     "scheduler",
     "seed",
+    "image",
+    "prompt_strength",
+    "imagine_kind",
 )
+#: The fields a Replicate model is sent: all but Imagine's own.
+REPLICATE_FIELDS = tuple(name for name in INPUT_FIELDS if name != "imagine_kind")
 
 #: The scheduler names of Replicate's Stable Diffusion models, and Imagine's for each.
 REPLICATE_SCHEDULERS: dict[str, str] = {
@@ -43,6 +63,11 @@ _SCHEDULER_ALIASES = {v.lower(): k for k, v in REPLICATE_SCHEDULERS.items()}
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DATA_URI = re.compile(r"data:image/png;base64,(?P<data>[A-Za-z0-9+/=\s]*)\Z")
+_PICTURE_URI = re.compile(
+    r"data:(?P<type>[a-z]+/[A-Za-z0-9.+-]+)?(?:;[A-Za-z0-9=._-]+)*?;base64,(?P<data>[A-Za-z0-9+/=\s]*)\Z"
+)
+#: A picture of MAX_PICTURE_BYTES as base64, with room for line breaks; longer is refused unread.
+MAX_PICTURE_URI_CHARS = 4 * (10 * 1024 * 1024 // 3 + 1) * 77 // 76 + 256
 _PREDICTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\Z")
 
 
@@ -61,6 +86,11 @@ def request_to_input(request: ImageRequest, *, replicate_names: bool = False) ->
     }
     if request.seed is not None:
         data["seed"] = request.seed
+    if request.init_image is not None:
+        data["image"] = png_data_uri(request.init_image)
+        data["prompt_strength"] = request.strength
+        if not replicate_names:
+            data["imagine_kind"] = request.kind
     return data
 
 
@@ -92,7 +122,67 @@ def request_from_input(data: object) -> ImageRequest:
         num_images=_whole(data.get("num_outputs", defaults.num_images)),
         scheduler=_SCHEDULER_ALIASES.get(scheduler.lower(), scheduler),
     )
+    if "image" in data:
+        request = _with_picture(request, data)
+    elif "prompt_strength" in data or "imagine_kind" in data:
+        name = "prompt_strength" if "prompt_strength" in data else "imagine_kind"
+        raise InvalidRequest(f'The input has "{name}" but no "image": send the picture as a data: URI.')
     return validate(request)
+
+
+def _with_picture(request: ImageRequest, data: Mapping[str, Any]) -> ImageRequest:
+    """The request as img2img from ``data["image"]``, sized as asked or as the picture (fitted)."""
+    from gateway.picture import fit_size, read_picture, resized  # Pillow, only for a picture
+
+    kind = data.get("imagine_kind", "image")
+    if kind not in KINDS or kind == "text":
+        raise InvalidRequest(
+            f"imagine_kind must be one of {', '.join(k for k in KINDS if k != 'text')}; got {shown(kind)}."
+        )
+    strength = data.get("prompt_strength", DEFAULT_STRENGTH)
+    check_field("strength", strength)
+    picture = read_picture(picture_from_uri(data["image"]))
+    if "width" in data or "height" in data:
+        # Every field checked before the picture is resized to a size the caller chose.
+        validate(replace(request, kind=kind, strength=strength, init_image=b""))
+        size = (request.width, request.height)
+    else:
+        limit = MAX_UPSCALE_SIDE if kind == "upscale" else MAX_SIDE
+        size = fit_size(picture.width, picture.height, limit)
+    return replace(
+        request,
+        kind=kind,
+        width=size[0],
+        height=size[1],
+        strength=float(strength),
+        init_image=resized(picture, size),
+    )
+
+
+def picture_from_uri(uri: object) -> bytes:
+    """The bytes of the ``image`` input (a base64 ``data:`` URI); one sentence for anything else."""
+    if not isinstance(uri, str):
+        raise InvalidRequest(f"The image must be a data: URI as text; got {shown(uri)}.")
+    if uri.lower().startswith(("http://", "https://", "ftp://", "file:")):
+        raise InvalidRequest(
+            "The worker does not fetch pictures from URLs; send the picture itself in "
+            '"image" as a data:image/png;base64,... URI.'
+        )
+    if len(uri) > MAX_PICTURE_URI_CHARS:  # refused before decoding, with read_picture's sentence
+        from gateway.picture import MAX_PICTURE_BYTES
+
+        raise InvalidRequest(
+            f"The picture is {len(uri) * 3 / 4 / 2**20:.1f} MB; the limit is {MAX_PICTURE_BYTES // 2**20} MB."
+        )
+    match = _PICTURE_URI.match(uri)
+    if match is None:
+        raise InvalidRequest(
+            f"The image must be a data:image/png;base64,... URI (PNG, JPEG or WebP); got {shown(uri)}."
+        )
+    try:
+        return base64.b64decode("".join(match["data"].split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("The image's base64 is damaged; encode the picture again.") from None
 
 
 def _whole(value: Any) -> Any:

@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("imagine.backend.http")
 
-#: Four 1024x1024 PNGs of noise as base64 are about 17 MB; anything far past that is not an answer.
-MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+#: Four 1024x1024 PNGs of noise as base64 are about 17 MB, one 2048x2048 upscale about 16 MB, and a
+#: Cog container echoes a 10 MB input picture (about 14 MB as base64); far past that is not an answer.
+MAX_RESPONSE_BYTES = 48 * 1024 * 1024
 BUSY_STATUSES = frozenset({409, 429, 503})
 HEALTHY = frozenset({"READY", "BUSY"})
 
@@ -263,7 +264,8 @@ class HttpBackend:
         tried: set[str] = set()
         worker: Worker | None = None
         sticky: Worker | None = None  # after a dropped connection, ask the same worker again
-        progress(0, request.steps)
+        # Img2img runs only strength x steps of them, and a worker's progress bar counts those.
+        progress(0, request.denoise_steps)
         # Hand-written, not tenacity: each attempt picks its worker (the same one after a dropped
         # connection), keeps that worker's breaker and load, and each failure kind has its own budget.
         while True:
@@ -316,7 +318,7 @@ class HttpBackend:
         worker.breaker.succeeded()
         worker.last_error = ""
         result.timings.setdefault("round_trip", time.monotonic() - started)
-        progress(request.steps, request.steps)
+        progress(request.denoise_steps, request.denoise_steps)
         return result
 
     def _failed(self, worker: Worker, reason: str) -> None:

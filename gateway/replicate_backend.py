@@ -12,6 +12,10 @@ delivery hosts (``IMAGINE_REPLICATE_DELIVERY_HOSTS``), from an address the gatew
 checked itself (never loopback, private, link-local, multicast or reserved; the connection goes to
 that very address, so a second DNS answer cannot differ), following redirects only within those
 hosts, each hop checked again. ``data:`` outputs (Replicate's sync mode) need no fetch.
+
+Img2img (image prompts, upscale, vary) sends ``image`` (a PNG data URI) and ``prompt_strength``, as
+Replicate's Stable Diffusion img2img models name them, to a model whose input schema has ``image``;
+a model without one fails the job (refunded) with a sentence naming ``IMAGINE_REPLICATE_MODEL``.
 """
 
 from __future__ import annotations
@@ -104,6 +108,8 @@ class ReplicateBackend:
         self.version: str | None = version
         self.poll_interval = poll_interval
         self._client: Client | None = None
+        #: The model's input names from its schema, once Replicate said them.
+        self._input_names: frozenset[str] | None = None
         self._downloads: httpx.AsyncClient | None = None
         self._background: set[asyncio.Task[None]] = set()
 
@@ -157,6 +163,8 @@ class ReplicateBackend:
     ) -> GenerationResult:
         started = time.monotonic()
         payload = request_to_input(request, replicate_names=True)
+        if request.init_image is not None:
+            await self._check_takes_image(payload)
         # 1. Create the prediction.
         prediction_id = await self._create(payload)
         # 2. Poll until it ends; a cancelled job cancels the prediction.
@@ -182,13 +190,58 @@ class ReplicateBackend:
         metrics = data.get("metrics") or {}
         timings = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         timings.setdefault("round_trip", time.monotonic() - started)
-        progress(request.steps, request.steps)
+        progress(request.denoise_steps, request.denoise_steps)
         return GenerationResult(
             images=images,
             seeds=[request.seed + i for i in range(len(images))],
             model=f"replicate:{self.model_ref}",
             timings=timings,
         )
+
+    async def _check_takes_image(self, payload: dict[str, Any]) -> None:
+        """Refuse img2img for a model whose input schema has no ``image``; drop ``prompt_strength``
+        where the schema lacks it. A model whose schema Replicate does not give is sent both."""
+        names = await self.input_names()
+        if names is None:
+            return
+        if "image" not in names:
+            raise BackendError(
+                f"IMAGINE_REPLICATE_MODEL ({safe_reason(self.model_ref, 80)}) takes no image, so it cannot "
+                "make image prompts, upscales or variations; set it to an img2img model such as "
+                "stability-ai/stable-diffusion-img2img"
+            )
+        if "prompt_strength" not in names:
+            payload.pop("prompt_strength", None)
+
+    async def input_names(self) -> frozenset[str] | None:
+        """The configured model's input names, from its OpenAPI schema (None when Replicate gives none)."""
+        if self._input_names is not None:
+            return self._input_names
+        from replicate.exceptions import ReplicateError
+
+        if self.version is not None:
+            path = f"/v1/models/{self.model_ref}/versions/{self.version}"
+        else:
+            path = f"/v1/models/{self.model_ref}"
+        try:
+            response = await self.client._async_request("GET", path)
+            data = response.json()
+        except ReplicateError as exc:
+            raise BackendError(_replicate_reason(exc)) from None
+        except httpx.HTTPError as exc:
+            raise BackendError(f"could not reach Replicate ({type(exc).__name__})") from None
+        except ValueError:
+            return None
+        version = data.get("latest_version") if self.version is None and isinstance(data, dict) else data
+        schema = version.get("openapi_schema") if isinstance(version, dict) else None
+        try:
+            properties = schema["components"]["schemas"]["Input"]["properties"]  # type: ignore[index]
+        except (KeyError, TypeError):
+            return None
+        if not isinstance(properties, dict) or not properties:
+            return None
+        self._input_names = frozenset(str(name) for name in properties)
+        return self._input_names
 
     async def _create(self, payload: dict[str, Any]) -> str:
         from replicate.exceptions import ReplicateError
@@ -250,7 +303,8 @@ class ReplicateBackend:
             step = _progress_from_logs(data.get("logs"))
             if step is not None and step[0] != last_step:
                 last_step = step[0]
-                progress(min(step[0], request.steps), request.steps)
+                # Img2img runs strength x steps, and the model's progress bar counts those.
+                progress(min(step[0], request.denoise_steps), request.denoise_steps)
             await asyncio.sleep(self.poll_interval)
 
     async def _get(self, prediction_id: str) -> dict[str, Any]:

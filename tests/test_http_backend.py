@@ -17,11 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from gateway import Busy, ImagineService, JobFailed, Settings, SettingsError, create_backend
-from gateway.cog import PNG_SIGNATURE, prediction_id
+from backend.worker import MAX_BODY_BYTES
+from gateway import Busy, ImagineService, JobFailed, JobStatus, Settings, SettingsError, create_backend
+from gateway.cog import PNG_SIGNATURE, png_from_data_uri, prediction_id
+from gateway.fake_backend import solid_png
 from gateway.http_backend import CircuitBreaker, HttpBackend, _retry_after, shown_url, split_userinfo
+from gateway.picture import upscale
+from gateway.request import ImageRequest, parse_prompt, validate
 from storage import Database
 from tests.fakes.worker_server import ScriptedWorker
+from tests.helpers.png import png_size
 
 USER = "telegram:42"
 QUOTA = 25
@@ -238,7 +243,7 @@ async def test_a_50_mb_body_is_cut_off_and_refunded(rig: RigFactory, worker: Scr
     worker.default = ("huge", 50 * 1024 * 1024)
     r = await rig([worker.url])
     error = await r.fails()
-    assert "larger than 32 MB" in str(error)
+    assert "larger than 48 MB" in str(error)
     assert await r.remaining() == QUOTA
 
 
@@ -390,3 +395,37 @@ def test_breaker_states() -> None:
     assert not breaker.allows()  # one probe at a time
     breaker.succeeded()
     assert breaker.state == "closed"
+
+
+async def test_an_image_prompt_sends_its_picture_and_strength(
+    rig: RigFactory, worker: ScriptedWorker
+) -> None:
+    r = await rig([worker.url])
+    request = parse_prompt(
+        "a red fox --strength 0.4 --seed 7 --steps 20", image=solid_png(300, 200, (9, 9, 9))
+    )
+    job = await r.service.submit(USER, request, job_id="telegram:img")
+    totals = {u.total_steps async for u in job.updates() if u.status is JobStatus.RUNNING}
+    result = await job.wait()
+    assert png_size(result.images[0]) == (1024, 704)
+    (put,) = worker.predictions
+    body = put.json()["input"]
+    assert png_from_data_uri(body["image"]) == request.init_image
+    assert (body["prompt_strength"], body["imagine_kind"]) == (0.4, "image")
+    assert (body["width"], body["height"], body["num_inference_steps"]) == (1024, 704, 20)
+    assert totals == {8}, totals  # img2img runs strength x steps: 0.4 x 20
+    assert await r.remaining() == QUOTA - 1
+
+
+async def test_an_upscale_sends_its_kind_and_a_body_within_the_workers_bound(
+    rig: RigFactory, worker: ScriptedWorker
+) -> None:
+    r = await rig([worker.url])
+    source = validate(ImageRequest(prompt="a lighthouse", width=1024, height=1024, seed=3))
+    request = upscale(source, solid_png(1024, 1024, (40, 50, 60)), seed=3)
+    result = await (await r.service.submit(USER, request, job_id="telegram:up")).wait()
+    assert png_size(result.images[0]) == (2048, 2048)
+    (put,) = worker.predictions
+    assert put.json()["input"]["imagine_kind"] == "upscale"
+    assert (put.json()["input"]["width"], put.json()["input"]["prompt_strength"]) == (2048, 0.3)
+    assert len(put.body) < MAX_BODY_BYTES

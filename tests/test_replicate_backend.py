@@ -11,7 +11,9 @@ import httpx
 import pytest
 
 from gateway import ImagineService, JobFailed, JobStatus, Settings, SettingsError, create_backend
-from gateway.cog import PNG_SIGNATURE
+from gateway.cog import PNG_SIGNATURE, png_from_data_uri
+from gateway.fake_backend import solid_png
+from gateway.picture import vary
 from gateway.replicate_backend import (
     LoopbackDelivery,
     RefusedURL,
@@ -19,6 +21,7 @@ from gateway.replicate_backend import (
     check_result_url,
     is_public_address,
 )
+from gateway.request import ImageRequest, parse_prompt, validate
 from storage import Database
 from tests.fakes.replicate_server import VERSION, FakeReplicate
 from tests.helpers.png import png_size
@@ -410,3 +413,41 @@ def test_result_url_rules() -> None:
 )
 def test_public_addresses(address: str, public: bool) -> None:
     assert is_public_address(address) is public
+
+
+async def test_an_image_prompt_sends_image_and_prompt_strength_to_an_img2img_model(
+    service: ServiceFactory, fake: FakeReplicate
+) -> None:
+    svc = await service(IMAGINE_REPLICATE_MODEL="stability-ai/stable-diffusion-img2img")
+    request = parse_prompt(
+        "a red fox --strength 0.4 --seed 2 --steps 20", image=solid_png(300, 200, (1, 2, 3))
+    )
+    job = await svc.submit(USER, request, job_id="discord:img")
+    updates = [u async for u in job.updates() if u.status is JobStatus.RUNNING]
+    result = await job.wait()
+    assert png_size(result.images[0]) == (1024, 704)
+    (prediction,) = fake.predictions.values()
+    assert png_from_data_uri(prediction.input["image"]) == request.init_image
+    assert prediction.input["prompt_strength"] == 0.4
+    assert "imagine_kind" not in prediction.input  # Imagine's own field goes only to its worker
+    assert {u.total_steps for u in updates} == {8}  # 0.4 x 20 steps, as the model's bar counts them
+    assert await remaining(svc) == QUOTA - 1
+
+
+@pytest.mark.parametrize(
+    "model", ["stability-ai/stable-diffusion", f"stability-ai/stable-diffusion:{VERSION}"]
+)
+async def test_a_model_without_an_image_input_fails_the_job_naming_the_variable(
+    service: ServiceFactory, fake: FakeReplicate, model: str
+) -> None:
+    svc = await service(IMAGINE_REPLICATE_MODEL=model)
+    source = validate(ImageRequest(prompt="a lighthouse", seed=1))
+    job = await svc.submit(USER, vary(source, solid_png(512, 512, (5, 5, 5))), job_id="discord:vary")
+    with pytest.raises(JobFailed) as failed:
+        await job.wait()
+    assert failed.value.refunded
+    assert "IMAGINE_REPLICATE_MODEL (stability-ai/stable-diffusion) takes no image" in str(failed.value)
+    assert not fake.predictions
+    assert await remaining(svc) == QUOTA
+    # Text prompts still run on it.
+    assert (await (await svc.submit(USER, "a lighthouse", job_id="discord:text")).wait()).images

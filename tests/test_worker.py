@@ -4,6 +4,7 @@ health states, the full path, batching (with the real tiny pipeline for "batched
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import threading
@@ -17,11 +18,13 @@ from fastapi import FastAPI
 
 from backend.worker import MAX_BODY_BYTES, Loaded, create_app
 from gateway.backend import GenerationResult
-from gateway.cog import png_from_data_uri
+from gateway.cog import png_data_uri, png_from_data_uri, request_to_input
 from gateway.errors import InvalidRequest
 from gateway.fake_backend import solid_png
-from gateway.request import ImageRequest, validate
+from gateway.picture import MAX_PICTURE_BYTES, upscale
+from gateway.request import ImageRequest, parse_prompt, validate
 from gateway.settings import Settings
+from tests.helpers.png import png_size
 
 KEY = "s3cret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -234,8 +237,8 @@ async def test_a_body_over_the_bound_is_refused_before_parsing(client: httpx.Asy
     assert response.status_code == 413
 
     async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it streams
-        for _ in range(100):
-            yield b" " * 4096
+        for _ in range(MAX_BODY_BYTES // 65536 + 2):
+            yield b" " * 65536
 
     response = await client.post("/predictions", content=chunks(), headers=AUTH)
     assert response.status_code == 413
@@ -601,7 +604,163 @@ async def test_the_openapi_schema_lists_routes_and_input_fields(client: httpx.As
         "guidance_scale",
         "scheduler",
         "seed",
+        "image",
+        "prompt_strength",
+        "imagine_kind",
     }
+
+
+# --- img2img: image, prompt_strength, imagine_kind ------------------------------------------------
+
+
+def picture(width: int = 300, height: int = 200, rgb: tuple[int, int, int] = (200, 30, 40)) -> bytes:
+    return solid_png(width, height, rgb)
+
+
+async def test_an_image_prompt_reaches_the_runner_with_its_picture_and_strength(
+    client: httpx.AsyncClient, runner: FakeRunner
+) -> None:
+    request = parse_prompt("a red fox --strength 0.45 --seed 3", image=picture())
+    response = await predict(client, request_to_input(request))
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert data["status"] == "succeeded"
+    assert png_size(png_from_data_uri(data["output"][0])) == (request.width, request.height)
+    ((got,),) = runner.calls
+    assert got.init_image == request.init_image and got.init_image is not None
+    assert (got.kind, got.strength, got.width, got.height) == ("image", 0.45, 1024, 704)
+    assert got.denoise_steps == request.denoise_steps
+    # The answer echoes the picture by its digest, not its megabytes.
+    assert data["input"]["image"].startswith("sha256:") and data["input"]["prompt_strength"] == 0.45
+
+
+async def test_an_upscale_may_be_2048_a_side(client: httpx.AsyncClient, runner: FakeRunner) -> None:
+    source = validate(ImageRequest(prompt="a lighthouse", width=1024, height=512, seed=9))
+    request = upscale(source, picture(1024, 512), seed=9)
+    response = await predict(client, request_to_input(request))
+    assert response.status_code == 200, response.text
+    ((got,),) = runner.calls
+    assert (got.kind, got.width, got.height, got.strength, got.seed) == ("upscale", 2048, 1024, 0.3, 9)
+    assert got.init_image == request.init_image
+    # Only an upscale goes past 1024.
+    too_big = {**request_to_input(request), "imagine_kind": "vary"}
+    refused = await predict(client, too_big)
+    assert refused.status_code == 422 and "1024" in refused.json()["detail"]
+
+
+async def test_a_bare_replicate_style_input_is_sized_like_its_picture(
+    client: httpx.AsyncClient, runner: FakeRunner
+) -> None:
+    response = await predict(client, {"prompt": "a fox", "image": png_data_uri(picture(300, 600))})
+    assert response.status_code == 200, response.text
+    ((got,),) = runner.calls
+    assert (got.kind, got.strength, got.width, got.height) == ("image", 0.6, 512, 1024)
+    assert got.init_image is not None and png_size(got.init_image) == (512, 1024)
+
+
+def _truncated() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.effect_noise((300, 300), 64).convert("RGB").save(out, format="JPEG")
+    return out.getvalue()[:400]
+
+
+BAD_PICTURES: list[tuple[str, str]] = [
+    (
+        "data:image/png;base64," + base64.b64encode(b"GIF89a not a png").decode(),
+        "must be a PNG, JPEG or WebP",
+    ),
+    ("data:image/jpeg;base64," + base64.b64encode(_truncated()).decode(), "damaged or cut off"),
+    ("data:image/png;base64," + png_data_uri(solid_png(4097, 1, (0, 0, 0)))[22:], "is 4097x1; the limit"),
+    ("data:image/png;base64,%%%", "The image must be a data:image/png;base64"),
+    ("https://example.com/fox.png", "The worker does not fetch pictures from URLs"),
+    ("http://169.254.169.254/latest/meta-data", "The worker does not fetch pictures from URLs"),
+]
+
+
+@pytest.mark.parametrize(("image", "reason"), BAD_PICTURES, ids=[r for _, r in BAD_PICTURES])
+async def test_a_bad_picture_is_a_422_with_one_sentence(
+    client: httpx.AsyncClient, runner: FakeRunner, image: str, reason: str
+) -> None:
+    response = await predict(client, {"prompt": "a fox", "image": image})
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert reason in detail and "\n" not in detail and len(detail) < 300, detail
+    assert not runner.calls
+
+
+async def test_a_picture_over_10_mb_is_refused_and_one_under_it_travels(
+    client: httpx.AsyncClient, runner: FakeRunner
+) -> None:
+    under = solid_png(256, 256, (5, 6, 7), pad_to=MAX_PICTURE_BYTES - 4096)
+    assert MAX_PICTURE_BYTES - 8192 < len(under) <= MAX_PICTURE_BYTES
+    ok = await predict(client, {"prompt": "a fox", "image": png_data_uri(under)})
+    assert ok.status_code == 200, ok.text
+    over = solid_png(256, 256, (5, 6, 7), pad_to=MAX_PICTURE_BYTES + 4096)
+    refused = await predict(client, {"prompt": "a fox", "image": png_data_uri(over)})
+    assert refused.status_code == 422
+    assert refused.json()["detail"] == "The picture is 10.0 MB; the limit is 10 MB."
+    assert len(runner.calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("inp", "reason"),
+    [
+        ({"prompt_strength": 0.5}, 'The input has "prompt_strength" but no "image"'),
+        ({"imagine_kind": "upscale"}, 'The input has "imagine_kind" but no "image"'),
+        ({"image": "IMAGE", "prompt_strength": 1.5}, "--strength must be a number from 0.05 to 1"),
+        ({"image": "IMAGE", "imagine_kind": "text"}, "imagine_kind must be one of image, upscale, vary"),
+        ({"image": 42}, "The image must be a data: URI as text; got 42."),
+    ],
+)
+async def test_img2img_fields_are_checked(
+    client: httpx.AsyncClient, runner: FakeRunner, inp: dict[str, Any], reason: str
+) -> None:
+    if inp.get("image") == "IMAGE":
+        inp = {**inp, "image": png_data_uri(picture())}
+    response = await predict(client, {"prompt": "a fox", **inp})
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith(reason), response.json()["detail"]
+    assert not runner.calls
+
+
+async def test_a_put_with_an_image_is_idempotent_by_the_pictures_content(
+    client: httpx.AsyncClient, runner: FakeRunner
+) -> None:
+    body = {"input": {"prompt": "a fox", "image": png_data_uri(picture()), "seed": 1}}
+    first = await client.put("/predictions/img-1", json=body, headers=AUTH)
+    again = await client.put("/predictions/img-1", json=body, headers=AUTH)
+    assert first.status_code == again.status_code == 200 and first.json() == again.json()
+    assert len(runner.calls) == 1
+    other = {"input": {**body["input"], "image": png_data_uri(picture(rgb=(1, 2, 3)))}}
+    conflict = await client.put("/predictions/img-1", json=other, headers=AUTH)
+    assert conflict.status_code == 422 and "different input" in conflict.json()["detail"]
+
+
+async def test_img2img_is_batched_apart_from_text_and_other_strengths(
+    client: httpx.AsyncClient, runner: FakeRunner
+) -> None:
+    runner.gate.clear()
+    blocker = asyncio.create_task(predict(client, {"prompt": "first", "width": 256, "seed": 0}))
+    await asyncio.to_thread(runner.entered.wait, 10)
+    image = png_data_uri(picture(256, 256))
+    inputs: list[dict[str, Any]] = [
+        {"prompt": "text", "width": 256, "height": 256, "seed": 1},
+        {"prompt": "img a", "image": image, "width": 256, "height": 256, "prompt_strength": 0.5, "seed": 2},
+        {"prompt": "img b", "image": image, "width": 256, "height": 256, "prompt_strength": 0.5, "seed": 3},
+        {"prompt": "img c", "image": image, "width": 256, "height": 256, "prompt_strength": 0.7, "seed": 4},
+        {"prompt": "text", "width": 256, "height": 256, "seed": 5},
+    ]
+    tasks = [asyncio.create_task(predict(client, inp)) for inp in inputs]
+    await asyncio.sleep(0.3)
+    runner.gate.set()
+    responses = await asyncio.gather(blocker, *tasks)
+    assert all(r.json()["status"] == "succeeded" for r in responses)
+    batches = sorted(sorted(r.prompt for r in call) for call in runner.calls[1:])
+    assert batches == [["img a", "img b"], ["img c"], ["text", "text"]], batches
+    for call in runner.calls[1:]:
+        assert len({(r.strength, r.init_image is None) for r in call}) == 1
 
 
 # --- the real tiny pipeline -------------------------------------------------------------------------

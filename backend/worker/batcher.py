@@ -1,5 +1,5 @@
-"""Dynamic batching: concurrent predictions that share size, steps, guidance and scheduler run in
-one pipeline call.
+"""Dynamic batching: concurrent predictions that share size, steps, guidance, scheduler and
+(for img2img) strength run in one pipeline call; text prompts and img2img never share one.
 
 A batch is the oldest queued prediction and the compatible ones after it, up to ``max_batch``
 images, waiting at most ``batch_wait`` seconds (from the oldest one's arrival) for company. Each

@@ -9,7 +9,9 @@ discovery document. :func:`serve` runs the app on uvicorn with the real pipeline
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -27,6 +29,7 @@ from backend.worker.runner import Health, Worker, WorkerFull
 from backend.worker.schema import (
     BODY_FIELDS,
     MAX_BODY_BYTES,
+    MAX_HEADER_BYTES,
     ErrorResponse,
     PredictionResponse,
     quote,
@@ -158,7 +161,9 @@ async def _predict(worker: Worker, request: Request, path_id: str | None) -> Res
     try:
         raw = await read_body(request)
     except BodyTooLarge:
-        return _error(413, f"The body is larger than {MAX_BODY_BYTES // 1024} KiB.")
+        return _error(
+            413, f"The body is larger than {MAX_BODY_BYTES / 2**20:.1f} MiB (a 10 MB picture and the rest)."
+        )
     # 2. Check its shape and the input, with the gateway's sentences.
     try:
         body = json.loads(raw)
@@ -184,7 +189,10 @@ async def _predict(worker: Worker, request: Request, path_id: str | None) -> Res
     if path_id is not None and body.get("id") not in (None, path_id):
         return _error(422, "The id in the body differs from the id in the path.")
     try:
-        image_request = request_from_input(body["input"])
+        if "image" in body["input"]:  # decoding a picture takes a while: not on the event loop
+            image_request = await asyncio.to_thread(request_from_input, body["input"])
+        else:
+            image_request = request_from_input(body["input"])
     except InvalidRequest as exc:
         return _error(422, str(exc))
     # 3. Queue it (or find the one with this id), unless the worker cannot take it now.
@@ -192,7 +200,7 @@ async def _predict(worker: Worker, request: Request, path_id: str | None) -> Res
         return _error(503, f"The worker is starting ({worker.phase}); try again shortly.", retry_after=10)
     if worker.health is Health.SETUP_FAILED:
         return _error(503, f"The worker could not start: {worker.setup_error}", retry_after=300)
-    raw_input = {k: body["input"][k] for k in INPUT_FIELDS if k in body["input"]}
+    raw_input = echoed_input(body["input"])
     try:
         prediction = worker.submit(prediction_id, image_request, raw_input)
     except WorkerFull as full:
@@ -214,6 +222,18 @@ async def _predict(worker: Worker, request: Request, path_id: str | None) -> Res
     await prediction.done.wait()
     assert prediction.body is not None
     return _json_body(prediction.body, 200)
+
+
+def echoed_input(data: dict[str, Any]) -> dict[str, Any]:
+    """The input as a prediction echoes and keeps it: a picture by its digest, not its megabytes.
+
+    Two PUTs of one id compare these, so the same picture is the same input.
+    """
+    echoed = {k: data[k] for k in INPUT_FIELDS if k in data}
+    if isinstance(echoed.get("image"), str):
+        digest = hashlib.sha256(echoed["image"].encode()).hexdigest()
+        echoed["image"] = f"sha256:{digest}"
+    return echoed
 
 
 def _prefers_async(prefer: str) -> bool:
@@ -245,7 +265,7 @@ def serve(settings: Settings, *, host: str | None = None, port: int = 8001) -> N
         access_log=False,
         timeout_graceful_shutdown=60,
         limit_concurrency=max(64, 8 * app.state.worker.capacity),
-        h11_max_incomplete_event_size=MAX_BODY_BYTES,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
     )
     log.info("worker on http://%s:%d (model %s)", host, port, settings.model)
     GracefulServer(config).run()

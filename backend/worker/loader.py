@@ -24,9 +24,10 @@ WARMUP_REQUEST = ImageRequest(
 
 
 class BatchRunner(Protocol):
-    """Makes the images of several requests that share size, steps, guidance and scheduler in ONE
-    pipeline call; one result per request, in order. Blocking: runs on the worker's GPU thread.
-    ``cancel`` is asked between denoising steps (``DiffusionRunner.generate`` is one)."""
+    """Makes the images of several requests that share size, steps, guidance, scheduler and strength
+    (all text prompts, or all img2img from their ``init_image``) in ONE pipeline call; one result per
+    request, in order. Blocking: runs on the worker's GPU thread. ``cancel`` is asked between
+    denoising steps (``DiffusionRunner.generate`` is one)."""
 
     def __call__(
         self, requests: Sequence[ImageRequest], *, cancel: Callable[[], bool] | None = None

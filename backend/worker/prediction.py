@@ -34,9 +34,12 @@ class Prediction:
     canceled: bool = False
 
     @property
-    def batch_key(self) -> tuple[int, int, int, float, str]:
+    def batch_key(self) -> tuple[int, int, int, float, str, float | None]:
+        """What predictions must share to run in one pipeline call: img2img runs ``strength x steps``
+        from its pictures, so it never shares a call with text prompts or another strength."""
         r = self.request
-        return (r.width, r.height, r.steps, r.guidance, r.scheduler)
+        strength = None if r.init_image is None else r.strength
+        return (r.width, r.height, r.steps, r.guidance, r.scheduler, strength)
 
     def finish(self, response: dict[str, Any]) -> bool:
         """Record the final response; False if it already had one (the first answer stands)."""

@@ -16,10 +16,20 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from gateway.request import DEFAULT_GUIDANCE, DEFAULT_SCHEDULER, MAX_IMAGES, MAX_SEED
+from gateway.cog import MAX_PICTURE_URI_CHARS
+from gateway.request import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_SCHEDULER,
+    DEFAULT_STRENGTH,
+    MAX_IMAGES,
+    MAX_SEED,
+    MAX_UPSCALE_SIDE,
+)
 
-#: A prediction request is a prompt and a few numbers; 64 KiB is far more than any needs.
-MAX_BODY_BYTES = 64 * 1024
+#: A prompt and a few numbers fit in 64 KiB, and so do the headers.
+MAX_HEADER_BYTES = 64 * 1024
+#: The largest picture (10 MB) as a base64 data: URI, and the rest of the input.
+MAX_BODY_BYTES = MAX_PICTURE_URI_CHARS + 64 * 1024
 BODY_FIELDS = ("id", "input", "created_at")
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 
@@ -27,8 +37,14 @@ TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 class PredictionInput(BaseModel):
     prompt: str = Field(description="What to draw; up to 1000 characters.")
     negative_prompt: str = Field("", description="What to avoid; up to 500 characters.")
-    width: int = Field(512, ge=256, le=1024, multiple_of=64)
-    height: int = Field(512, ge=256, le=1024, multiple_of=64)
+    width: int = Field(
+        512,
+        ge=256,
+        le=MAX_UPSCALE_SIDE,
+        description="A multiple of 64 up to 1024 (an upscale: up to 2048). With an image: "
+        "its size fitted to 1024x1024 when width and height are left out.",
+    )
+    height: int = Field(512, ge=256, le=MAX_UPSCALE_SIDE, description="As width.")
     num_outputs: int = Field(1, ge=1, le=MAX_IMAGES)
     num_inference_steps: int = Field(25, ge=1, le=50)
     guidance_scale: float = Field(DEFAULT_GUIDANCE, ge=1, le=20)
@@ -37,6 +53,18 @@ class PredictionInput(BaseModel):
         description="dpmpp, euler, euler_a, ddim, pndm, lms (or Replicate's names: DPMSolverMultistep, ...)",
     )
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Random when left out.")
+    image: str | None = Field(
+        None,
+        description="img2img: the picture as a data:image/png;base64,... URI (PNG, JPEG or WebP, "
+        "at most 10 MB and 4096x4096). URLs are refused.",
+    )
+    prompt_strength: float = Field(
+        DEFAULT_STRENGTH, ge=0.05, le=1, description="With image: how far to move from the picture."
+    )
+    imagine_kind: str = Field(
+        "image",
+        description="With image: image (an image prompt), upscale (up to 2048 a side) or vary.",
+    )
 
 
 class PredictionRequest(BaseModel):

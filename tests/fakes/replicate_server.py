@@ -4,7 +4,8 @@ It speaks the routes the ``replicate`` backend uses, with Replicate's JSON shape
 
 - ``POST /v1/models/{owner}/{name}/predictions`` (official models; 404 for models in ``versioned_only``)
 - ``POST /v1/predictions`` with ``{"version", "input"}``
-- ``GET /v1/models/{owner}/{name}`` (for ``latest_version``)
+- ``GET /v1/models/{owner}/{name}`` (for ``latest_version``, whose ``openapi_schema`` lists the
+  model's inputs from :attr:`FakeReplicate.inputs`) and ``GET /v1/models/{owner}/{name}/versions/{id}``
 - ``GET /v1/predictions/{id}``: each poll moves the prediction on: ``starting``, then ``processing``
   with tqdm lines in ``logs``, then :attr:`FakeReplicate.outcome`
 - ``POST /v1/predictions/{id}/cancel``
@@ -39,6 +40,19 @@ from gateway.cog import png_data_uri
 from gateway.fake_backend import solid_png
 
 VERSION = "5c7d5dc6dd8bf75c1acaa8565735e7986bc5b66206b55cca93cb72c9bf15ccaa"
+#: The inputs of Replicate's text-to-image Stable Diffusion, and of its img2img model.
+TEXT_INPUTS = (
+    "prompt",
+    "negative_prompt",
+    "width",
+    "height",
+    "num_outputs",
+    "num_inference_steps",
+    "guidance_scale",
+    "scheduler",
+    "seed",
+)
+IMG2IMG_INPUTS = (*TEXT_INPUTS, "image", "prompt_strength")
 
 
 @dataclass
@@ -88,6 +102,10 @@ class FakeReplicate:
     redirect_to: str = "https://replicate.delivery/files/{name}"
     #: ``user:password`` this server wants as Basic auth instead of the token (a proxy's own check).
     basic_auth: str | None = None
+    #: Each model's input names, as its schema lists them (others: :data:`TEXT_INPUTS`).
+    inputs: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: {"stability-ai/stable-diffusion-img2img": IMG2IMG_INPUTS}
+    )
     predictions: dict[str, Prediction] = field(default_factory=dict)
     cancelled: list[str] = field(default_factory=list)
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
@@ -105,6 +123,7 @@ class FakeReplicate:
             routes=[
                 Route("/v1/models/{owner}/{name}/predictions", self.create_for_model, methods=["POST"]),
                 Route("/v1/models/{owner}/{name}", self.get_model, methods=["GET"]),
+                Route("/v1/models/{owner}/{name}/versions/{id}", self.get_version, methods=["GET"]),
                 Route("/v1/predictions", self.create, methods=["POST"]),
                 Route("/v1/predictions/{id}", self.get, methods=["GET"]),
                 Route("/v1/predictions/{id}/cancel", self.cancel, methods=["POST"]),
@@ -187,14 +206,27 @@ class FakeReplicate:
                 "run_count": 1,
                 "cover_image_url": None,
                 "default_example": None,
-                "latest_version": {
-                    "id": VERSION,
-                    "created_at": "2026-01-01T00:00:00Z",
-                    "cog_version": "0.9.0",
-                    "openapi_schema": {},
-                },
+                "latest_version": self._version(f"{owner}/{name}"),
             }
         )
+
+    async def get_version(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        if request.path_params["id"] != VERSION:
+            return JSONResponse({"detail": "Not found."}, 404)
+        return JSONResponse(self._version(f"{request.path_params['owner']}/{request.path_params['name']}"))
+
+    def _version(self, model: str) -> dict[str, Any]:
+        properties = {name: {"title": name} for name in self.inputs.get(model, TEXT_INPUTS)}
+        return {
+            "id": VERSION,
+            "created_at": "2026-01-01T00:00:00Z",
+            "cog_version": "0.9.0",
+            "openapi_schema": {
+                "components": {"schemas": {"Input": {"type": "object", "properties": properties}}}
+            },
+        }
 
     async def get(self, request: Request) -> Response:
         if not self._authorized(request):
@@ -210,6 +242,8 @@ class FakeReplicate:
             return
         p.polls += 1
         steps = int(p.input.get("num_inference_steps", 25))
+        if "image" in p.input:  # img2img's progress bar counts strength x steps
+            steps = max(1, int(steps * float(p.input.get("prompt_strength", 0.8))))
         if p.polls < self.polls_before_done or self.outcome == "hang":
             p.status = "processing"
             done = min(steps, p.polls * steps // self.polls_before_done)
