@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from tests.helpers.imagine_process import imagine_command
 
@@ -49,11 +50,21 @@ def browser() -> None:
 
 @pytest.fixture
 def web_url(browser: None, data_dir: Path) -> Iterator[str]:
+    yield from _serve(data_dir, "local" if LOCAL_BACKEND else "fake")
+
+
+@pytest.fixture
+def fake_web_url(browser: None, data_dir: Path) -> Iterator[str]:
+    """`imagine web` on the fake backend: the page's side of the image actions, whatever the pipeline does."""
+    yield from _serve(data_dir, "fake")
+
+
+def _serve(data_dir: Path, backend: str) -> Iterator[str]:
     env = {
         **os.environ,
         "IMAGINE_DB": str(data_dir / "browser.sqlite3"),
         "IMAGINE_MODEL": "tiny",
-        "IMAGINE_BACKEND": "local" if LOCAL_BACKEND else "fake",
+        "IMAGINE_BACKEND": backend,
         "IMAGINE_FAKE_DELAY": "0.04",  # seconds per step, so the fake takes about as long as tiny
         "IMAGINE_WEB_HOST": "127.0.0.1",
         "IMAGINE_WEB_PORT": "0",
@@ -126,3 +137,41 @@ def test_a_person_generates_an_image_and_sees_a_bad_flag_explained(web_url: str)
 
     assert seen["error"] == "--steps must be a whole number from 1 to 50; got 99."
     assert (ARTIFACTS / "browser-result.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_person_upscales_a_result_and_starts_from_their_own_picture(
+    fake_web_url: str, tmp_path: Path
+) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    picture, dropped = tmp_path / "fox.jpg", tmp_path / "tall.png"
+    Image.new("RGB", (600, 400), (200, 90, 30)).save(picture, quality=90)
+    Image.new("RGB", (256, 512), (30, 90, 200)).save(dropped)
+    run = subprocess.run(
+        [
+            "node",
+            "actions.mjs",
+            fake_web_url,
+            "a heron in the reeds --size 384x256 --seed 7 --steps 4",
+            str(picture),
+            "a red fox --strength 0.5 --steps 4",
+            str(dropped),
+            str(ARTIFACTS),
+        ],
+        cwd=BROWSER_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr + run.stdout
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["consoleErrors"] == []
+    assert seen["tools"] == ["Upscale", "Vary", "Vary (strong)"]
+    assert seen["first"]["size"] == [384, 256]
+    assert seen["upscaled"]["size"] == [768, 512] and "seed 7" in seen["upscaled"]["caption"]
+    assert seen["uploaded"]["size"] == [1024, 704], "the picture's aspect ratio, fitted to 1024"
+    assert seen["dropped"]["size"] == [512, 1024]
+    assert seen["posts"] == ["/api/jobs", "/api/jobs/ID/images/0/upscale", "/api/jobs", "/api/jobs"]
+    assert seen["quota"] == "21 credits left · resets at 00:00 UTC"
+    for name in ("upscale", "picked", "upload", "drop"):
+        assert (ARTIFACTS / f"browser-{name}.png").stat().st_size > 0

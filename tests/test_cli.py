@@ -94,6 +94,72 @@ def test_bad_arguments_get_one_sentence_and_exit_2(
     assert code == imagine.EXIT_INVALID and err.strip() == message
 
 
+def test_image_actions_write_pngs_of_the_right_size_one_credit_each(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    Image.new("RGB", (600, 400), (200, 40, 40)).save(env / "in.jpg", quality=90)
+    code, out, err = run(capsys, "generate", "a red fox --strength 0.5", "--image", "in.jpg", "-o", "i.png")
+    assert code == 0, err
+    assert Image.open(env / "i.png").size == (1024, 704), "the picture's ratio, fitted to 1024"
+    code, out, err = run(capsys, "upscale", "i.png", "a red fox --seed 5", "-o", "up.png")
+    assert code == 0, err
+    assert Image.open(env / "up.png").size == (2048, 1408) and "seed 5" in out
+    code, out, err = run(capsys, "upscale", "in.jpg", "-o", "up2.png")
+    assert code == 0, err
+    assert Image.open(env / "up2.png").size == (1216, 768)
+    code, out, err = run(capsys, "vary", "in.jpg", "a red fox", "--strong", "-o", "v.png")
+    assert code == 0 and "21 credits left" in out, err
+    assert Image.open(env / "v.png").size == (576, 384)
+    with pytest.raises(SystemExit):
+        imagine.main(["upscale", "--help"])
+    assert "a detailed, sharp, high quality image" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["upscale", "note.png"], "imagine: The picture must be a PNG, JPEG or WebP image."),
+        (["vary", "cut.png", "a fox"], "imagine: The picture is damaged or cut off; send it again."),
+        (
+            ["generate", "a fox", "--image", "missing.png"],
+            "imagine: Cannot read the picture 'missing.png': No such file or directory.",
+        ),
+        (
+            ["generate", "a fox --strength 0.5"],
+            "imagine: --strength sets how far an image prompt moves from its picture; "
+            "attach a picture to use it.",
+        ),
+    ],
+)
+def test_bad_pictures_exit_2_with_one_sentence_and_cost_nothing(
+    env: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    (env / "note.png").write_text("not a picture")
+    Image.new("RGB", (300, 300), "blue").save(env / "whole.png")
+    (env / "cut.png").write_bytes((env / "whole.png").read_bytes()[:200])
+    code, _, err = run(capsys, *argv)
+    assert code == imagine.EXIT_INVALID and err.strip() == message
+    assert "Used today: 0 of 25" in run(capsys, "quota", "show", f"cli:{getpass.getuser()}")[1]
+
+
+def test_upscale_in_a_subprocess_doubles_the_picture(tmp_path: Path) -> None:
+    """The installed command's path: argument parsing, the fake backend, the PNG on disk."""
+    Image.new("RGB", (320, 256), (10, 120, 200)).save(tmp_path / "in.png")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGINE_", "DISCORD_", "TELEGRAM_"))}
+    env.update(IMAGINE_BACKEND="fake", IMAGINE_DB=str(tmp_path / "db.sqlite3"), PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "imagine", "upscale", "in.png", "-o", "out.png"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(tmp_path / "out.png").size == (640, 512)
+    assert "640x512" in proc.stdout and "24 credits left" in proc.stdout
+
+
 def test_bad_settings_name_the_variable(
     env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

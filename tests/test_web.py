@@ -7,6 +7,8 @@ over TCP with httpx and read the database through the server's loop.
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import re
 import threading
@@ -20,6 +22,7 @@ import httpx
 import hypothesis
 import pytest
 import schemathesis
+from PIL import Image
 from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
@@ -315,19 +318,139 @@ def test_not_json_gets_400_or_415(server: LiveServer, http: httpx.Client) -> Non
 
 
 def test_bodies_are_bounded_in_size(server: LiveServer, http: httpx.Client) -> None:
-    big = json.dumps({"prompt": "a cat", "negative_prompt": "x" * 20_000})
+    """POST /api/jobs has room for a 10 MB picture as base64, and no more; an action's body is small."""
+    limit = server.options.max_image_body_bytes
+    assert 4 * 10 * 2**20 / 3 < limit < 4 * 10 * 2**20 / 3 + 20_000
+    big = json.dumps({"prompt": "a cat", "negative_prompt": "x" * limit})
     declared = http.post("/api/jobs", content=big, headers={"Content-Type": "application/json"})
-    assert declared.status_code == 413 and "larger than 16384 bytes" in declared.json()["error"]
+    assert declared.status_code == 413 and f"larger than {limit} bytes" in declared.json()["error"]
+    long_text = json.dumps({"prompt": "a cat", "negative_prompt": "x" * 20_000})
+    refused = http.post("/api/jobs", content=long_text, headers={"Content-Type": "application/json"})
+    assert refused.status_code == 400 and "the limit is 500" in refused.json()["error"]
+    action = http.post(
+        "/api/jobs/web:x/images/0/vary", content=long_text, headers={"Content-Type": "application/json"}
+    )
+    assert action.status_code == 413 and "larger than 16384 bytes" in action.json()["error"]
 
     def chunks() -> Iterator[bytes]:  # no Content-Length: the server counts as it reads
         yield b'{"prompt": "a cat", "negative_prompt": "'
-        for _ in range(100):
-            yield b"y" * 1000
+        for _ in range(limit // 2**20 + 1):
+            yield b"y" * 2**20
         yield b'"}'
 
     chunked = http.post("/api/jobs", content=chunks(), headers={"Content-Type": "application/json"})
     assert chunked.status_code == 413
     assert server.ledger() == []
+
+
+def data_uri(picture: bytes, kind: str = "png") -> str:
+    return f"data:image/{kind};base64,{base64.b64encode(picture).decode()}"
+
+
+def jpeg(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 40, 40)).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def test_an_image_prompt_takes_its_pictures_shape_and_one_credit(
+    server: LiveServer, http: httpx.Client
+) -> None:
+    body = {"prompt": "a red fox --steps 4", "image": data_uri(jpeg(600, 400), "jpeg"), "strength": 0.5}
+    created = http.post("/api/jobs", json=body)
+    assert created.status_code == 202, created.text
+    view = wait_done(http, created.json()["id"])
+    assert (view["width"], view["height"]) == (1024, 704) and view["total_steps"] == 2
+    assert png_size(http.get(view["images"][0]).content) == (1024, 704)
+    sized = http.post("/api/jobs", json={**body, "prompt": "a red fox --ar 1:1"})
+    assert png_size(http.get(wait_done(http, sized.json()["id"])["images"][0]).content) == (512, 512)
+    assert [row["kind"] for row in server.ledger()] == ["reserve", "settle"] * 2
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"image": data_uri(b"GIF89a not really")}, "The picture must be a PNG, JPEG or WebP image."),
+        (
+            {"image": data_uri(jpeg(300, 300)[:300], "jpeg")},
+            "The picture is damaged or cut off; send it again.",
+        ),
+        (
+            {"image": "https://example.com/fox.png"},
+            '"image" must be a PNG, JPEG or WebP picture as a data: URI',
+        ),
+        ({"image": "data:image/png;base64,!!"}, '"image" is not valid base64 after "base64,".'),
+        ({"image": data_uri(b"x" * (10 * 2**20 + 3))}, "The picture is 10.0 MB; the limit is 10 MB."),
+        ({"strength": 0.5}, "--strength sets how far an image prompt moves from its picture"),
+        (
+            {"image": data_uri(jpeg(64, 64), "jpeg"), "strength": 2},
+            "--strength must be a number from 0.05 to 1",
+        ),
+    ],
+)
+def test_a_bad_picture_gets_one_sentence_and_costs_nothing(
+    server: LiveServer, http: httpx.Client, body: dict[str, Any], message: str
+) -> None:
+    refused = http.post("/api/jobs", json={"prompt": "a red fox", **body})
+    assert refused.status_code == 400 and refused.json()["error"].startswith(message), refused.text
+    assert server.ledger() == []
+
+
+def test_upscale_and_vary_an_image_of_a_web_job(server: LiveServer, http: httpx.Client) -> None:
+    source = wait_done(http, submit(http, "a heron --size 384x256 --n 2 --seed 7 --steps 4").json()["id"])
+    job = source["id"]
+    up = http.post(f"/api/jobs/{job}/images/1/upscale")
+    assert up.status_code == 202, up.text
+    upscaled = wait_done(http, up.json()["id"])
+    assert (upscaled["width"], upscaled["height"]) == (768, 512) and upscaled["seeds"] == [8]
+    assert upscaled["prompt"] == "a heron" and upscaled["total_steps"] == 1
+    assert png_size(http.get(upscaled["images"][0]).content) == (768, 512)
+    for strength, steps in (("subtle", 1), ("strong", 2), (0.5, 2)):
+        varied = http.post(f"/api/jobs/{job}/images/0/vary", json={"strength": strength})
+        assert varied.status_code == 202, varied.text
+        view = wait_done(http, varied.json()["id"])
+        assert (view["width"], view["height"], view["total_steps"]) == (384, 256, steps)
+        assert view["seeds"] != [7]
+        http.get(view["images"][0])
+    plain = http.post(f"/api/jobs/{job}/images/0/vary")
+    assert plain.status_code == 202, "no body: subtle"
+    http.get(wait_done(http, plain.json()["id"])["images"][0])
+    settled = [row["job_id"] for row in server.ledger() if row["kind"] == "settle"]
+    assert settled[0] == job and len(settled) == 6, "the source charged once (2 images), each action once"
+
+
+def test_image_actions_refuse_with_a_sentence_and_are_idempotent(
+    server: LiveServer, http: httpx.Client
+) -> None:
+    job = wait_done(http, submit(http, "a heron --steps 2").json()["id"])["id"]
+    missing = http.post("/api/jobs/web:nope/images/0/upscale")
+    assert (
+        missing.status_code == 404
+        and missing.json()["error"] == "There is no image '0' of web job 'web:nope'."
+    )
+    assert http.post(f"/api/jobs/{job}/images/3/upscale").status_code == 404
+    wild = http.post(f"/api/jobs/{job}/images/0/vary", json={"strength": "wild"})
+    assert wild.status_code == 400
+    assert (
+        wild.json()["error"]
+        == '"strength" must be "subtle", "strong" or a number from 0.05 to 1; got "wild".'
+    )
+    extra = http.post(f"/api/jobs/{job}/images/0/upscale", json={"strength": 1})
+    assert extra.json()["error"] == 'Unknown field "strength"; this request takes no fields.'
+    assert [row["kind"] for row in server.ledger()] == ["reserve"], "refusals charge nothing"
+
+    first = http.post(f"/api/jobs/{job}/images/0/vary", headers={"Idempotency-Key": "v-1"})
+    again = http.post(f"/api/jobs/{job}/images/0/vary", headers={"Idempotency-Key": "v-1"})
+    assert first.status_code == again.status_code == 202 and first.json()["id"] == again.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    other = http.post(f"/api/jobs/{job}/images/0/upscale", headers={"Idempotency-Key": "v-1"})
+    assert other.status_code == 409
+    http.get(wait_done(http, first.json()["id"])["images"][0])
+
+    server.front.state.pickups.images.delete(job)
+    gone = http.post(f"/api/jobs/{job}/images/0/upscale")
+    assert gone.status_code == 410 and gone.json()["error"].startswith("This image is no longer kept")
+    assert [row["kind"] for row in server.ledger()] == ["reserve", "settle"] * 2
 
 
 def test_idempotency_key_makes_one_job_for_repeats(server: LiveServer, http: httpx.Client) -> None:
@@ -572,6 +695,8 @@ def test_openapi_schema_describes_the_api(http: httpx.Client) -> None:
         "/api/jobs",
         "/api/jobs/{job_id}",
         "/api/jobs/{job_id}/images/{name}",
+        "/api/jobs/{job_id}/images/{n}/upscale",
+        "/api/jobs/{job_id}/images/{n}/vary",
         "/api/quota",
         "/healthz",
         "/metrics",

@@ -14,6 +14,7 @@ import logging
 import re
 import time
 import uuid
+from dataclasses import replace
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,16 +27,18 @@ from gateway.errors import ImagineError, elided, quoted
 from gateway.images import ImageStore
 from gateway.jobs import Job
 from gateway.pickup import ImageGone, Pickups, Waiting
-from gateway.request import ImageRequest, parse_prompt
+from gateway.picture import action_request
+from gateway.request import ImageRequest, parse_prompt, validate
 from gateway.service import ImagineService
 from gateway.settings import Settings
 from gateway.web.guard import Client, ClientResolver, RateLimiter
-from gateway.web.limits import JobPostRoute
+from gateway.web.limits import ActionPostRoute, JobPostRoute
 from gateway.web.longpoll import wait_for_change, wait_seconds
 from gateway.web.middleware import ClientMiddleware
 from gateway.web.page import Page
 from gateway.web.schemas import (
     IDEMPOTENCY_KEY_PARAMETER,
+    IMAGE_INDEX_PARAMETER,
     IMAGE_NAME_PARAMETER,
     JOB_ID_PARAMETER,
     POLL_PARAMETERS,
@@ -44,6 +47,8 @@ from gateway.web.schemas import (
     JobRequest,
     JobView,
     Quota,
+    UpscaleRequest,
+    VaryRequest,
     errors,
     invalid_request,
 )
@@ -58,6 +63,8 @@ log = logging.getLogger("imagine.web")
 
 JOB_PREFIX = "web:"
 _IMAGE_NAME = re.compile(r"(\d{1,2})\.png")
+_IMAGE_INDEX = re.compile(r"\d{1,2}")
+STORE_DOWN = "Imagine cannot reach its database right now; nothing was charged. Try again shortly."
 
 # --- answers to what goes wrong ------------------------------------------------------------------
 
@@ -100,6 +107,8 @@ async def crashed(request: Request, exc: Exception) -> Response:
 router = APIRouter()
 #: ``POST /api/jobs``: its head is checked before its body is read (see limits.py).
 submitting = APIRouter(route_class=JobPostRoute)
+#: The image actions: the same head checks, a small optional body.
+acting = APIRouter(route_class=ActionPostRoute)
 
 
 def _same_request(first: ImageRequest, again: ImageRequest) -> bool:
@@ -138,10 +147,19 @@ async def page(request: Request) -> Response:
 )
 async def create_job(request: Request, body: JobRequest) -> Response:
     """Validate, reserve the credits and queue; 202 with the job id, or one sentence why not."""
+    if body.image is None:
+        image_request = parse_prompt(body.prompt, **body.defaults())
+    else:  # Pillow decodes the picture: off the event loop
+        defaults = body.defaults()
+        image_request = await asyncio.to_thread(parse_prompt, body.prompt, image=body.image, **defaults)
+    return await _submit(request, image_request)
+
+
+async def _submit(request: Request, image_request: ImageRequest) -> Response:
+    """Queue a checked request as a web job (idempotent on the Idempotency-Key); 202 or 409."""
     web = web_of(request)
     client = client_of(request)
     idempotency_key = request.headers.get("idempotency-key")  # checked with the head (limits.py)
-    image_request = parse_prompt(body.prompt, **body.defaults())
     job = await web.pickups.submit(
         client.user_id,
         image_request,
@@ -224,12 +242,7 @@ async def get_image(request: Request) -> Response:
     except ImageGone as gone:
         return error_response(410, str(gone), "expired")
     except StoreUnavailable:
-        return error_response(
-            503,
-            "Imagine cannot reach its database right now; nothing was charged. Try again shortly.",
-            "busy",
-            retry_after=5,
-        )
+        return error_response(503, STORE_DOWN, "busy", retry_after=5)
     if png is None:
         return error_response(404, no_image, "not_found")
     result = job.result
@@ -240,6 +253,65 @@ async def get_image(request: Request) -> Response:
         "X-Content-Type-Options": "nosniff",
     }
     return Response(png, media_type="image/png", headers=headers)
+
+
+_ACTION_RESPONSES = errors(400, 403, 404, 409, 410, 413, 415, 429, 503, "4XX")
+
+
+@acting.post(
+    "/api/jobs/{job_id}/images/{n}/upscale",
+    status_code=202,
+    response_model=JobCreated,
+    responses=_ACTION_RESPONSES,
+    summary="Upscale one image of a job: twice each side (up to 2048), refined with its prompt and seed",
+    openapi_extra={"parameters": [JOB_ID_PARAMETER, IMAGE_INDEX_PARAMETER, IDEMPOTENCY_KEY_PARAMETER]},
+)
+async def upscale_image(request: Request, body: UpscaleRequest | None = None) -> Response:
+    """202 with the new job; the source image comes from this front's own store, never a URL."""
+    return await _act(request, "upscale", None)
+
+
+@acting.post(
+    "/api/jobs/{job_id}/images/{n}/vary",
+    status_code=202,
+    response_model=JobCreated,
+    responses=_ACTION_RESPONSES,
+    summary="Vary one image of a job: its composition kept (subtle) or loosened (strong), a new seed",
+    openapi_extra={"parameters": [JOB_ID_PARAMETER, IMAGE_INDEX_PARAMETER, IDEMPOTENCY_KEY_PARAMETER]},
+)
+async def vary_image(request: Request, body: VaryRequest | None = None) -> Response:
+    strength = (body or VaryRequest()).strength
+    if strength == "strong":
+        return await _act(request, "vary_strong", None)
+    return await _act(request, "vary", None if strength == "subtle" else float(strength))
+
+
+async def _act(request: Request, action: str, strength: float | None) -> Response:
+    """An image action on image ``n`` of a web job whose image this front still keeps."""
+    web = web_of(request)
+    job_id: str = request.path_params["job_id"]
+    n: str = request.path_params["n"]
+    found = await _find(web, job_id) if _IMAGE_INDEX.fullmatch(n) else None
+    no_image = f"There is no image {quoted(n)} of web job {quoted(job_id)}."
+    if found is None:
+        return error_response(404, no_image, "not_found")
+    job, waiting = found
+    index = int(n)
+    try:  # acting on an image is using it: its job is charged like a download
+        png = await web.pickups.download(job, waiting, index)
+    except ImageGone as gone:
+        return error_response(410, f"{gone} Make a new image to act on.", "expired")
+    except StoreUnavailable:
+        return error_response(503, STORE_DOWN, "busy", retry_after=5)
+    if png is None:
+        return error_response(404, no_image, "not_found")
+    source = job.request
+    if job.result is not None and job.result.seeds:
+        source = source.with_seed(job.result.seeds[0])
+    action_request_ = await asyncio.to_thread(action_request, source, png, action, index)
+    if strength is not None:
+        action_request_ = replace(action_request_, strength=strength)
+    return await _submit(request, validate(action_request_))
 
 
 @router.get("/api/quota", response_model=Quota, summary="Your credits: used, left, and when they reset")
@@ -343,6 +415,7 @@ def create_app(
     app.add_middleware(ClientMiddleware, web=web)
     app.include_router(router)
     app.include_router(submitting)
+    app.include_router(acting)
     return app, web
 
 

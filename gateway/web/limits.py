@@ -1,10 +1,12 @@
-"""What ``POST /api/jobs`` checks before it reads a body, and the body read within its byte limit.
+"""What ``POST /api/jobs`` (and an image action) checks before it reads a body, and the body read
+within its byte limit.
 
 FastAPI reads and parses a route's body before any dependency runs, so the checks that need only
 the request head (stopping, the client's rate, the content type, the Idempotency-Key) run in
 :class:`JobPostRoute`, a custom ``APIRoute`` (FastAPI's documented hook), before FastAPI's own
-handler; that handler then gets a :class:`gateway.bodies.BoundedJSONRequest`, whose body stops
-at ``max_body_bytes``. The head and body deadlines are the server's (gateway/web/server.py).
+handler; that handler then gets a :class:`gateway.bodies.BoundedJSONRequest`, whose body stops at
+``max_image_body_bytes`` (room for a picture) or, for the actions, ``max_body_bytes``. The head
+and body deadlines are the server's (gateway/web/server.py).
 """
 
 from __future__ import annotations
@@ -21,14 +23,18 @@ from starlette.requests import Request
 from gateway.bodies import BoundedJSONRequest
 from gateway.messages import duration
 from gateway.web.schemas import BODY_HELP
-from gateway.web.state import client_of, web_of
+from gateway.web.state import WebOptions, client_of, web_of
 from gateway.web.views import error_response
 
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _JSON_TYPE = re.compile(r"application/(?:[\w.+-]+\+)?json\s*(?:;.*)?", re.IGNORECASE)
 
 
-def refused_by_head(request: Request) -> Response | None:
+def _no_body(request: Request) -> bool:
+    return request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers
+
+
+def refused_by_head(request: Request, *, body_required: bool = True) -> Response | None:
     """The answer for a job request refused on its head alone, or None to go on to the body."""
     web = web_of(request)
     if web.stopping.is_set():
@@ -43,7 +49,9 @@ def refused_by_head(request: Request) -> Response | None:
                 "rate_limited",
                 retry_after=wait,
             )
-    if not _JSON_TYPE.fullmatch(request.headers.get("content-type", "")):
+    if (body_required or not _no_body(request)) and not _JSON_TYPE.fullmatch(
+        request.headers.get("content-type", "")
+    ):
         return error_response(
             415, f"Send the request as JSON (Content-Type: application/json). {BODY_HELP}", "unsupported"
         )
@@ -58,16 +66,31 @@ def refused_by_head(request: Request) -> Response | None:
 
 
 class JobPostRoute(APIRoute):
-    """A route whose head is checked first and whose body is read within ``max_body_bytes``."""
+    """A route whose head is checked first and whose body is read within ``max_image_body_bytes``."""
+
+    #: An action's body is optional: with none, no Content-Type is needed either.
+    body_required = True
+
+    def body_limit(self, options: WebOptions) -> int:
+        return options.max_image_body_bytes
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
         async def checked(request: Request) -> Response:
-            refused = refused_by_head(request)
+            refused = refused_by_head(request, body_required=self.body_required)
             if refused is not None:
                 return refused
-            limit = web_of(request).options.max_body_bytes
+            limit = self.body_limit(web_of(request).options)
             return await handler(BoundedJSONRequest(request.scope, request.receive, limit=limit))
 
         return checked
+
+
+class ActionPostRoute(JobPostRoute):
+    """An image action (upscale, vary): the same head checks, a small optional body."""
+
+    body_required = False
+
+    def body_limit(self, options: WebOptions) -> int:
+        return options.max_body_bytes

@@ -8,7 +8,10 @@ the sentence its inline flag would get; the ``Field`` bounds are the same ranges
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -19,16 +22,19 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationIn
 from pydantic_core import PydanticCustomError
 
 from gateway.errors import InvalidRequest, elided
+from gateway.picture import MAX_PICTURE_BYTES
 from gateway.request import (
     MAX_GUIDANCE,
     MAX_IMAGES,
     MAX_SEED,
     MAX_SIDE,
     MAX_STEPS,
+    MAX_STRENGTH,
     MIN_GUIDANCE,
     MIN_IMAGES,
     MIN_SIDE,
     MIN_STEPS,
+    MIN_STRENGTH,
     SCHEDULERS,
     SIDE_STEP,
     check_field,
@@ -99,6 +105,35 @@ def _number(words: str) -> Callable[[object, ValidationInfo], object]:
     return check
 
 
+_DATA_URI = re.compile(r"data:image/(png|jpeg|webp);base64,", re.IGNORECASE)
+DATA_URI_PATTERN = "^data:image/(png|jpeg|webp);base64,[A-Za-z0-9+/]*={0,2}$"
+#: The longest ``image`` that can hold a picture of the largest size allowed.
+MAX_IMAGE_CHARS = len("data:image/jpeg;base64,") + 4 * -(-MAX_PICTURE_BYTES // 3)
+
+
+def _picture(value: object, info: ValidationInfo) -> object:
+    """A ``data:`` URI's picture as bytes; what the picture holds is checked by gateway.picture."""
+    if not isinstance(value, str):
+        raise _wrong_type(info.field_name, "a data: URI", value)
+    head = _DATA_URI.match(value)
+    if head is None:
+        raise _sentence(
+            "invalid_value",
+            '"image" must be a PNG, JPEG or WebP picture as a data: URI, '
+            f"like data:image/png;base64,...; got {elided(json.dumps(value[:60]))}.",
+        )
+    if len(value) > MAX_IMAGE_CHARS:
+        megabytes = (len(value) - head.end()) * 3 / 4 / 2**20
+        raise _sentence(
+            "invalid_value",
+            f"The picture is {megabytes:.1f} MB; the limit is {MAX_PICTURE_BYTES // 2**20} MB.",
+        )
+    try:
+        return base64.b64decode(value[head.end() :], validate=True)
+    except (binascii.Error, ValueError):
+        raise _sentence("invalid_value", '"image" is not valid base64 after "base64,".') from None
+
+
 Text = BeforeValidator(_text)
 WholeNumber = BeforeValidator(_number("a whole number"))
 Number = BeforeValidator(_number("a number"))
@@ -124,10 +159,73 @@ class JobRequest(BaseModel):
     seed: Annotated[int, Field(ge=0, le=MAX_SEED), WholeNumber] | None = None
     num_images: Annotated[int, Field(ge=MIN_IMAGES, le=MAX_IMAGES), WholeNumber] | None = None
     scheduler: Annotated[Literal[SCHEDULERS], Text] | None = None  # type: ignore[valid-type]
+    image: (
+        Annotated[
+            bytes,
+            Field(
+                description="An image prompt: the picture to start from, PNG, JPEG or WebP of at most "
+                "10 MB and 4096x4096, as a data: URI. The output takes its aspect ratio (fitted to "
+                "1024x1024) unless `--ar`/`--size`/width/height say otherwise.",
+                json_schema_extra={
+                    "type": "string",
+                    "format": None,
+                    "pattern": DATA_URI_PATTERN,
+                    "maxLength": MAX_IMAGE_CHARS,
+                },
+            ),
+            BeforeValidator(_picture),
+        ]
+        | None
+    ) = None
+    strength: (
+        Annotated[
+            float,
+            Field(
+                ge=MIN_STRENGTH,
+                le=MAX_STRENGTH,
+                description="How far the output may move from `image` (`--strength`); default 0.6.",
+            ),
+            Number,
+        ]
+        | None
+    ) = None
 
     def defaults(self) -> dict[str, Any]:
         """The typed fields that were given, for :func:`gateway.request.parse_prompt`."""
-        return self.model_dump(exclude={"prompt"}, exclude_none=True)
+        return self.model_dump(exclude={"prompt", "image"}, exclude_none=True)
+
+
+Strength = Literal["subtle", "strong"]
+
+
+def _vary_strength(value: object, info: ValidationInfo) -> object:
+    if value in ("subtle", "strong"):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _sentence(
+            "wrong_type",
+            f'"strength" must be "subtle", "strong" or a number from {MIN_STRENGTH:g} to '
+            f"{MAX_STRENGTH:g}; got {elided(json.dumps(value))}.",
+        )
+    _gateway_check("strength", value)
+    return float(value)
+
+
+class VaryRequest(BaseModel):
+    """How far a variation moves from its image: subtle (0.35, the default), strong (0.7) or a number."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strength: Annotated[
+        Strength | Annotated[float, Field(ge=MIN_STRENGTH, le=MAX_STRENGTH)],
+        BeforeValidator(_vary_strength),
+    ] = "subtle"
+
+
+class UpscaleRequest(BaseModel):
+    """An upscale takes no options: twice each side (up to 2048), its image's prompt and seed."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 #: Which of a body's problems is told: today's order is unknown fields, then each field's JSON
@@ -135,15 +233,25 @@ class JobRequest(BaseModel):
 _RANK = {"extra_forbidden": 0, "missing": 1, "wrong_type": 1}
 
 
-def _problem(error: dict[str, Any]) -> str:
+def _known_fields(path: str) -> str:
+    """The known fields of the body a route takes (the job's, or an action's)."""
+    model: type[BaseModel] = JobRequest
+    if path.endswith("/upscale"):
+        model = UpscaleRequest
+    elif path.endswith("/vary"):
+        model = VaryRequest
+    known = ", ".join(model.model_fields)
+    return f"the known fields are {known}" if known else "this request takes no fields"
+
+
+def _problem(error: dict[str, Any], path: str) -> str:
     loc = error.get("loc", ())
     kind = error.get("type")
     if kind == "json_invalid" or len(loc) < 2 or loc[0] != "body":
         return BODY_HELP
     name = loc[1]
     if kind == "extra_forbidden":
-        known = ", ".join(JobRequest.model_fields)
-        return f"Unknown field {elided(json.dumps(name))}; the known fields are {known}."
+        return f"Unknown field {elided(json.dumps(name))}; {_known_fields(path)}."
     if kind == "missing" and name == "prompt":
         return PROMPT_HELP
     message = str(error.get("msg", "is not valid"))
@@ -154,7 +262,8 @@ async def invalid_request(request: Request, exc: Exception) -> Response:
     """The one 400 for input FastAPI refuses: the sentence of the first problem, as every front says it."""
     assert isinstance(exc, RequestValidationError)
     errors = sorted(exc.errors(), key=lambda error: _RANK.get(error.get("type", ""), 2))
-    return error_response(400, _problem(errors[0]) if errors else BODY_HELP, "invalid")
+    problem = _problem(errors[0], request.url.path) if errors else BODY_HELP
+    return error_response(400, problem, "invalid")
 
 
 # --- what the routes answer (for the document; the routes write these shapes in views.py) --------
@@ -220,7 +329,7 @@ class ErrorBody(BaseModel):
 _DESCRIBED = {
     400: "The input cannot be used (nothing was charged).",
     403: "The address is blocked or the user is banned.",
-    404: "No such web job.",
+    404: "No such web job, or no such image of it.",
     409: "The Idempotency-Key was used for a different request.",
     410: "The image is no longer kept.",
     413: "The body is too large.",
@@ -260,6 +369,13 @@ IMAGE_NAME_PARAMETER: dict[str, Any] = {
     "required": True,
     "description": "`0.png` for the first image, `1.png` for the second, ...",
     "schema": {"type": "string", "pattern": "^[0-9]{1,2}[.]png$"},
+}
+IMAGE_INDEX_PARAMETER: dict[str, Any] = {
+    "name": "n",
+    "in": "path",
+    "required": True,
+    "description": "Which image of the job: 0 for the first, 1 for the second, ...",
+    "schema": {"type": "string", "pattern": "^[0-9]{1,2}$"},
 }
 POLL_PARAMETERS: list[dict[str, Any]] = [
     {

@@ -9,6 +9,7 @@ from typing import cast
 from starlette.requests import Request
 
 from gateway.pickup import PickupLimits, Pickups
+from gateway.picture import MAX_PICTURE_BYTES
 from gateway.service import ImagineService
 from gateway.settings import Settings
 from gateway.web.guard import Client, ClientResolver, RateLimiter
@@ -19,7 +20,11 @@ from gateway.web.page import Page
 class WebOptions:
     """Limits of the web front; the defaults are what `imagine web` runs with."""
 
+    #: Every JSON body but ``POST /api/jobs``'s (the image actions, for one).
     max_body_bytes: int = 16 * 1024
+    #: ``POST /api/jobs``: room for a picture of the largest size allowed as a base64 data URI
+    #: (4 characters for every 3 bytes), plus the rest of the body.
+    max_image_body_bytes: int = 16 * 1024 + 4 * -(-MAX_PICTURE_BYTES // 3)
     #: A finished image waits this long for its first download; then it is refunded.
     pickup_seconds: float = 300.0
     #: Images stay downloadable this long after the job ends (while the disk budget allows).
