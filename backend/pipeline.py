@@ -84,11 +84,45 @@ class BatchKey:
     steps: int
     guidance: float
     scheduler: str
+    #: "text" for text-to-image; an image prompt, upscale or vary runs img2img, at one strength a call.
+    kind: str = "text"
+    strength: float | None = None
 
 
 def batch_key(request: ImageRequest) -> BatchKey:
-    """Requests with equal keys can be batched: one call, one set of denoising steps."""
-    return BatchKey(request.width, request.height, request.steps, float(request.guidance), request.scheduler)
+    """Requests with equal keys can be batched: one call, one set of denoising steps.
+
+    Text and img2img never share a call (they are two pipelines), nor do img2img requests of
+    different strengths (one strength sets the call's timesteps).
+    """
+    image_to_image = request.init_image is not None
+    return BatchKey(
+        request.width,
+        request.height,
+        request.steps,
+        float(request.guidance),
+        request.scheduler,
+        request.kind if image_to_image else "text",
+        float(request.strength if request.strength is not None else 1.0) if image_to_image else None,
+    )
+
+
+def diffusers_strength(scheduler: Scheduler, steps: int, denoise_steps: int) -> float:
+    """The ``strength`` that makes diffusers' img2img run exactly ``denoise_steps`` timesteps of ``steps``.
+
+    diffusers keeps the schedule's timesteps from index ``(steps - int(steps * strength)) * order``
+    on. A product such as ``10 * 0.05`` would keep none (an error), float rounding could keep one
+    fewer than promised, and PNDM's schedule has one timestep more than ``steps`` (its warm-up runs
+    one twice), so one more would run. The count handed to diffusers is the largest that keeps
+    ``denoise_steps`` distinct timesteps, plus half a step against rounding.
+    """
+    scheduler.set_timesteps(steps)
+    timesteps = [float(t) for t in scheduler.timesteps]
+    order = int(getattr(scheduler, "order", 1))
+    for count in range(denoise_steps, 0, -1):
+        if len(set(timesteps[(steps - count) * order :])) == denoise_steps:
+            return min(1.0, (count + 0.5) / steps)
+    return min(1.0, (denoise_steps + 0.5) / steps)
 
 
 def default_device() -> str:
@@ -231,6 +265,7 @@ class DiffusionRunner:
         self._lock = threading.Lock()
         self._base_scheduler_config = model_scheduler_config(pipeline)
         self._schedulers: dict[str, Scheduler] = {"dpmpp": pipeline.scheduler}
+        self._image_to_image: StableDiffusionPipeline | None = None
 
     @classmethod
     def load(
@@ -277,6 +312,20 @@ class DiffusionRunner:
             self._schedulers[name] = make_scheduler(name, self._base_scheduler_config)
         return self._schedulers[name]
 
+    def image_to_image_pipeline(self) -> StableDiffusionPipeline:
+        """The img2img pipeline over the SAME loaded components: no second copy of the weights.
+
+        Built on first use from the text pipeline's modules (UNet, VAE, text encoder, safety
+        checker); only the small pipeline object is new.
+        """
+        if self._image_to_image is None:
+            from backend.tiny import diffusers_module
+
+            pipeline = diffusers_module().AutoPipelineForImage2Image.from_pipe(self.pipeline)
+            pipeline.set_progress_bar_config(disable=True)
+            self._image_to_image = pipeline
+        return self._image_to_image
+
     def warmup(self, width: int = 512, height: int = 512) -> float:
         """Run a two-step image so the first user does not pay for compiling and allocations."""
         started = time.perf_counter()
@@ -292,7 +341,9 @@ class DiffusionRunner:
     ) -> list[GenerationResult]:
         """Make every request's images in ONE pipeline call; one result per request, in order.
 
-        The requests must share :func:`batch_key` and have their seed set. ``progress`` is called
+        The requests must share :func:`batch_key` and have their seed set. A request with an
+        ``init_image`` runs img2img from that picture at its ``strength``: exactly
+        ``request.denoise_steps`` steps, the last ones of the schedule. ``progress`` is called
         from this thread after each step; ``cancel`` is checked before the first step and after
         each one, and a set flag raises :class:`GenerationCancelled`. Blocking: run it in a
         worker thread. Calls are serialised, since a pipeline and its schedulers hold state.
@@ -312,47 +363,61 @@ class DiffusionRunner:
 
         with self._lock:
             started = time.perf_counter()
-            pipeline = self.pipeline
-            pipeline.scheduler = self.scheduler(key.scheduler)
+            image_to_image = key.strength is not None
+            pipeline = self.image_to_image_pipeline() if image_to_image else self.pipeline
+            scheduler = pipeline.scheduler = self.scheduler(key.scheduler)
 
-            # 2. Lay the batch out image by image: prompts, negative prompts, one generator each
+            # 2. Lay the batch out image by image: prompts, negative prompts, pictures, one generator each
             prompts: list[str] = []
             negatives: list[str] = []
+            init_images: list[Any] = []
             generators: list[torch.Generator] = []
             for request in requests:
                 assert request.seed is not None
+                init_image = _init_image(request) if image_to_image else None
                 for i in range(request.num_images):
                     prompts.append(request.prompt)
                     negatives.append(request.negative_prompt)
+                    init_images.append(init_image)
                     generators.append(torch.Generator("cpu").manual_seed(request.seed + i))
             truncated = [self.prompt_truncated(request.prompt) for request in requests]
+            total_steps = requests[0].denoise_steps
+            if image_to_image:
+                call: dict[str, Any] = {
+                    "image": init_images,
+                    "strength": diffusers_strength(scheduler, key.steps, total_steps),
+                }
+            else:
+                call = {"width": key.width, "height": key.height}
 
-            # 3. Denoise, reporting each step and stopping between steps when cancelled
+            # 3. Denoise, reporting each step and stopping between steps when cancelled. A step is
+            #    a timestep: PNDM's warm-up runs the UNet twice on its first one, counted once.
             step_times: list[float] = []
+            timesteps_seen: list[float] = []
 
             def on_step_end(
                 pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]
             ) -> dict[str, Any]:
                 step_times.append(time.perf_counter())
-                total = int(pipe.num_timesteps)
-                if progress is not None:
-                    progress(step + 1, total)
+                if not timesteps_seen or float(timestep) != timesteps_seen[-1]:
+                    timesteps_seen.append(float(timestep))
+                    if progress is not None:
+                        progress(len(timesteps_seen), total_steps)
                 if is_cancelled():
-                    raise GenerationCancelled(step + 1, total)
+                    raise GenerationCancelled(len(timesteps_seen), total_steps)
                 return callback_kwargs
 
             if is_cancelled():
-                raise GenerationCancelled(0, key.steps)
+                raise GenerationCancelled(0, total_steps)
             output = pipeline(
                 prompt=prompts,
                 negative_prompt=negatives,
-                width=key.width,
-                height=key.height,
                 num_inference_steps=key.steps,
                 guidance_scale=key.guidance,
                 generator=generators,
                 output_type="pil",
                 callback_on_step_end=on_step_end,
+                **call,
             )
 
             # 4. Drop what the safety checker flagged, encode the rest as PNG
@@ -368,6 +433,7 @@ class DiffusionRunner:
             "denoise_time": denoise_time,
             "decode_time": finished - step_times[-1] if step_times else 0.0,
             "step_time": denoise_time / max(1, len(step_times)),
+            "denoise_steps": float(len(timesteps_seen)),
             "batch_images": float(len(pngs)),
         }
         results: list[GenerationResult] = []
@@ -470,6 +536,21 @@ def _cancel_check(cancel: CancelFlag | None) -> Callable[[], bool]:
     if isinstance(cancel, threading.Event):
         return cancel.is_set
     return cancel
+
+
+def _init_image(request: ImageRequest) -> Any:
+    """The request's picture as an RGB PIL image; it must already have the output's size."""
+    from PIL import Image
+
+    assert request.init_image is not None
+    with Image.open(io.BytesIO(request.init_image)) as opened:
+        image = opened.convert("RGB")
+    if image.size != (request.width, request.height):
+        raise ValueError(
+            f"The picture is {image.width}x{image.height}; the request is for "
+            f"{request.width}x{request.height}, and its picture must be resized to that first."
+        )
+    return image
 
 
 def _png_bytes(image: Any) -> bytes:

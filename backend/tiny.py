@@ -5,7 +5,9 @@ CLIP text encoder and tokenizer, scheduler) with tiny widths, saved once as an o
 checkpoint folder and then loaded through the same ``from_pretrained`` path as a real model,
 so everything between the prompt and the PNG is the real code. It keeps the real model's shape
 where the shape sets the cost: a four-block VAE (512x512 pixels are 64x64 latents) and UNet
-attention only at the small resolutions. Its images are noise.
+attention only at the small resolutions. Its UNet has random weights, so what it makes from a
+text prompt is noise; its VAE is set analytically (see :func:`set_round_trip_vae`) so a picture
+goes in and comes back out, and img2img, upscale and vary can be checked pixel by pixel.
 
 ``sd15`` is the full Stable Diffusion 1.5 architecture from its published configs, with random
 weights: for load-time and speed benchmarks on a GPU without fetching 4 GB.
@@ -27,8 +29,8 @@ from typing import Any
 
 import torch
 
-#: Bump when the tiny model's architecture or tokenizer changes: older caches are then rebuilt.
-TINY_VERSION = 1
+#: Bump when the tiny model's architecture, weights or tokenizer change: older caches are then rebuilt.
+TINY_VERSION = 2
 TINY_SEED = 20240601
 MODEL_MAX_LENGTH = 77
 BOS_TOKEN, EOS_TOKEN = "<|startoftext|>", "<|endoftext|>"
@@ -148,10 +150,12 @@ class Architecture:
     unet: dict[str, Any]
     vae: dict[str, Any]
     text_encoder: dict[str, Any]
+    #: A VAE that round-trips pictures (:func:`set_round_trip_vae`) instead of random weights.
+    round_trip_vae: bool = False
 
 
 VARIANTS: dict[str, Architecture] = {
-    "tiny": Architecture(TINY_UNET_CONFIG, TINY_VAE_CONFIG, TINY_TEXT_ENCODER_CONFIG),
+    "tiny": Architecture(TINY_UNET_CONFIG, TINY_VAE_CONFIG, TINY_TEXT_ENCODER_CONFIG, round_trip_vae=True),
     "sd15": Architecture(SD15_UNET_CONFIG, SD15_VAE_CONFIG, SD15_TEXT_ENCODER_CONFIG),
 }
 
@@ -266,6 +270,8 @@ def build_random_model(
             pad_token_id=vocab[EOS_TOKEN],
         )
         text_encoder: Any = CLIPTextModel(text_config)
+    if arch.round_trip_vae:
+        set_round_trip_vae(vae)
     if dtype != torch.float32:
         unet.to(dtype)
         vae.to(dtype)
@@ -284,6 +290,69 @@ def build_random_model(
     )
     pipeline.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+#: What the UNet sees of a picture: latents are ``LATENT_SCALE`` x the 8x8 block means of its RGB
+#: values in [-1, 1]. Bigger than SD's (about 1) so that the noise a random UNet cannot remove
+#: stays small against the picture at upscale and vary strengths.
+LATENT_SCALE = 4.0
+#: The level of the signal entering the VAE's last GroupNorms: its variance is then far below the
+#: norm's epsilon, which makes the norm a fixed scale instead of dividing by the picture's spread.
+_NORM_INPUT_LEVEL = 3e-5
+
+
+@torch.no_grad()
+def set_round_trip_vae(vae: Any) -> None:
+    """Set a four-block ``AutoencoderKL`` to encode 8x8 block means and decode them back, exactly.
+
+    Set analytically rather than trained, so the weights need no time and no randomness: every
+    residual branch (resnet ``conv2``, attention ``to_out``) is zero, so each block passes its
+    input through; a 1x1 shortcut or a quant conv is the identity; each downsampler averages 2x2
+    pixels (three of them: 8x8 blocks) and each upsampler repeats them. The one non-linear
+    stage on the path, ``GroupNorm -> SiLU`` before each ``conv_out``, is made linear: each
+    colour travels as the pair (+v, -v), so every group has mean zero; v is so small that the
+    group's variance is negligible beside the norm's epsilon (a fixed divisor); and ``conv_out``
+    takes ``silu(y) - silu(-y)``, which is ``y`` exactly. Latent channels 0-2 carry R, G and B,
+    channel 3 is zero, and the log-variance is the minimum, so sampling is the mean.
+    A decoded picture is the input's 8x8 block means (blocky, not blurred), accurate to about
+    one level of 255.
+    """
+    for parameter in vae.parameters():
+        parameter.zero_()
+    for module in vae.modules():
+        if isinstance(module, torch.nn.GroupNorm) and module.weight is not None:
+            module.weight.fill_(1.0)
+    for name, module in vae.named_modules():
+        if not isinstance(module, torch.nn.Conv2d):
+            continue
+        if name.endswith(("conv_shortcut", "quant_conv")) or ".upsamplers." in name:
+            _set_identity(module)
+        elif ".downsamplers." in name:
+            # A stride-2 3x3 conv over a right/bottom-padded input: its top-left 2x2 taps average.
+            for channel in range(module.out_channels):
+                module.weight[channel, channel, :2, :2] = 0.25
+    encoder_gain = _NORM_INPUT_LEVEL / vae.encoder.conv_norm_out.eps**0.5
+    decoder_gain = _NORM_INPUT_LEVEL / vae.decoder.conv_norm_out.eps**0.5
+    raw_latent_scale = LATENT_SCALE / vae.config.scaling_factor
+    encoder, decoder = vae.encoder, vae.decoder
+    for colour in range(3):
+        plus, minus = 2 * colour, 2 * colour + 1
+        encoder.conv_in.weight[plus, colour, 1, 1] = _NORM_INPUT_LEVEL
+        encoder.conv_in.weight[minus, colour, 1, 1] = -_NORM_INPUT_LEVEL
+        encoder.conv_out.weight[colour, plus, 1, 1] = raw_latent_scale / encoder_gain
+        encoder.conv_out.weight[colour, minus, 1, 1] = -raw_latent_scale / encoder_gain
+        decoder.conv_in.weight[plus, colour, 1, 1] = _NORM_INPUT_LEVEL / raw_latent_scale
+        decoder.conv_in.weight[minus, colour, 1, 1] = -_NORM_INPUT_LEVEL / raw_latent_scale
+        decoder.conv_out.weight[colour, plus, 1, 1] = 1 / decoder_gain
+        decoder.conv_out.weight[colour, minus, 1, 1] = -1 / decoder_gain
+    latent_channels = vae.config.latent_channels
+    encoder.conv_out.bias[latent_channels:] = -30.0  # diffusers' floor of the log-variance
+
+
+def _set_identity(conv: torch.nn.Conv2d) -> None:
+    centre = conv.kernel_size[0] // 2
+    for channel in range(min(conv.in_channels, conv.out_channels)):
+        conv.weight[channel, channel, centre, centre] = 1.0
 
 
 def diffusers_module() -> Any:

@@ -3,7 +3,8 @@
     python bench/worker.py                  # this CPU: the tiny model over HTTP at concurrency 1, 4, 8,
                                             # batching on and off; the full-size SD 1.5 architecture
                                             # (random fp16 weights): process start to weights loaded
-                                            # against the time to read the weight bytes
+                                            # against the time to read the weight bytes; in
+                                            # process, upscale and vary against a generation
     python bench/worker.py --quick          # a smoke run of the same code (tests/test_bench_worker.py)
     python bench/worker.py --device cuda    # one GPU, one command, under 8 minutes, no Hub: see below
     ... --json FILE                         # the figures as JSON too
@@ -18,7 +19,8 @@ and say so): the time to read the weight bytes; cold start of a worker process t
 dropped for the weight files), with its breakdown; 512x512 over HTTP at concurrency 1 and 4 with
 batching on, and at 4 with batching off (another cold start, page cache warm); in this process the
 plain diffusers default (fp16, the model's own PNDM scheduler, 50 steps) against the project's
-settings (DPM-Solver++, channels-last, SDPA) at 25 and 50 steps; images/s at batch 1, 4 and 8; then
+settings (DPM-Solver++, channels-last, SDPA) at 25 and 50 steps; images/s at batch 1, 4 and 8;
+upscale (1024x1024 from 512x512) and vary against the 512x512 generation at 25 steps; then
 ``IMAGINE_COMPILE=1``: compile time, compiled latency, and a cold start that reuses the compile cache.
 It needs PyTorch with CUDA and the project's dependencies (diffusers, transformers, fastapi,
 uvicorn, httpx, ...), nothing else.
@@ -279,6 +281,8 @@ def http_section(
 
 
 def run_cpu(args: argparse.Namespace, report: Report, work: Path) -> None:
+    global GPU
+    GPU = "cpu"  # measure_actions times in this process
     size, steps = (256, 2) if args.quick else (args.size, args.steps)
     inp = {"width": size, "height": size, "num_inference_steps": steps}
     levels = [(1, 2), (2, 2)] if args.quick else [(c, max(args.requests, 2 * c)) for c in (1, 4, 8)]
@@ -293,6 +297,17 @@ def run_cpu(args: argparse.Namespace, report: Report, work: Path) -> None:
         on, off = results["batching on"][concurrency], results["batching off"][concurrency]
         ratio = on["images_per_s"] / off["images_per_s"]
         report.add(section, f"batching on / off, concurrency {concurrency}", f"{ratio:.2f}x images/s")
+    from backend.pipeline import DiffusionRunner
+
+    measure_actions(
+        report,
+        f"Image actions, tiny model, {steps} steps, in process (CPU)",
+        DiffusionRunner.load("tiny", "cpu", cache_dir=Path(args.cache_dir) if args.cache_dir else None),
+        size,
+        steps,
+        1 if args.quick else args.runs,
+        "cpu.actions",
+    )
     if not args.quick:
         full_size_load(report, work, "cpu", args)
 
@@ -489,6 +504,62 @@ def measure_compiled(report: Report, settings: Any, runs: int) -> None:
         )
 
 
+def measure_actions(
+    report: Report, section: str, runner: Any, size: int, steps: int, runs: int, key: str
+) -> None:
+    """Upscale (2x each side) and vary against the size x size generation they start from, same steps."""
+    import io
+
+    from PIL import Image
+
+    from gateway.request import ImageRequest
+
+    def text() -> Any:
+        return runner.generate([ImageRequest(PROMPT, width=size, height=size, steps=steps, seed=1)])[0]
+
+    source = Image.open(io.BytesIO(text().images[0])).convert("RGB")
+
+    def png(image: Any) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    big = png(source.resize((2 * size, 2 * size), Image.Resampling.LANCZOS))
+    actions: dict[str, Callable[[], Any]] = {f"generate {size}x{size}": text}
+    for label, kind, strength, side, picture in (
+        (f"upscale to {2 * size}x{2 * size} (strength 0.3)", "upscale", 0.3, 2 * size, big),
+        ("vary subtle (strength 0.35)", "vary", 0.35, size, png(source)),
+        ("vary strong (strength 0.7)", "vary", 0.7, size, png(source)),
+    ):
+        request = ImageRequest(
+            PROMPT,
+            width=side,
+            height=side,
+            steps=steps,
+            seed=2,
+            kind=kind,
+            strength=strength,
+            init_image=picture,
+        )
+        actions[label] = functools.partial(runner.generate, [request])
+    medians: dict[str, float] = {}
+    for label, action in actions.items():
+        action()  # warm: the img2img pipeline object, allocations at this size
+        medians[label] = statistics.median(timed(action, runs))
+    base = medians[f"generate {size}x{size}"]
+    for (label, seconds), name in zip(
+        medians.items(), ("text", "upscale", "vary_subtle", "vary_strong"), strict=True
+    ):
+        target = " (target under 1.5x)" if name == "upscale" and key.startswith("cuda") else ""
+        report.add(
+            section,
+            label,
+            f"{seconds:.3f} s, {seconds / base:.2f}x the generation{target}",
+            key=f"{key}.{name}",
+            raw={"seconds": seconds, "ratio": seconds / base},
+        )
+
+
 def run_cuda(args: argparse.Namespace, report: Report, work: Path) -> None:
     import torch
 
@@ -547,6 +618,19 @@ def run_cuda(args: argparse.Namespace, report: Report, work: Path) -> None:
     measure_plain_default(report, folder, args.runs)
     free_cuda()
     measure_project(report, settings, args.runs)
+    free_cuda()
+    from backend.pipeline import DiffusionRunner
+
+    size, steps = (256, 2) if args.dry_run else (512, 25)
+    measure_actions(
+        report,
+        f"Image actions, {steps} steps, in process (CUDA)",
+        DiffusionRunner.load(str(folder), GPU),
+        size,
+        steps,
+        args.runs,
+        "cuda.actions",
+    )
     free_cuda()
 
     # 5. IMAGINE_COMPILE=1: compile once (cached), the compiled speed, a cold start from the cache.

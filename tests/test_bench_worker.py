@@ -35,6 +35,7 @@ def test_the_worker_bench_smoke_run_prints_its_table(tmp_path: Path) -> None:
     assert "| batching on, concurrency 1 | p50 " in table
     assert "| batching off, concurrency 2 | p50 " in table
     assert "| batching on / off, concurrency 2 |" in table
+    assert "| upscale to 512x512 (strength 0.3) | " in table and "| vary strong (strength 0.7) | " in table
     data = json.loads(figures.read_text())
     for key in ("http.batching on.c1", "http.batching on.c2", "http.batching off.c1", "http.batching off.c2"):
         assert data[key]["images_per_s"] > 0

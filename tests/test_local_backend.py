@@ -194,3 +194,17 @@ async def test_work_is_refused_at_no_charge_while_the_model_loads(
     await start
     loading.check_available()
     await loading.close()
+
+
+async def test_an_image_request_runs_img2img_with_its_own_step_count(backend: LocalBackend) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (256, 256), (200, 40, 40)).save(buffer, format="PNG")
+    job = request(kind="vary", strength=0.5, steps=6, init_image=buffer.getvalue())
+    steps: list[tuple[int, int]] = []
+    result = await backend.generate("job-v", job, lambda step, total: steps.append((step, total)))
+    await asyncio.sleep(0)
+    assert steps == [(1, 3), (2, 3), (3, 3)] and job.denoise_steps == 3
+    with Image.open(io.BytesIO(result.images[0])) as image:
+        assert image.size == (256, 256)
+        red, green, _ = image.convert("RGB").getpixel((128, 128))  # type: ignore[misc]
+    assert red > green

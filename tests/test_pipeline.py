@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from backend.pipeline import (
     SCHEDULER_CLASSES,
@@ -227,3 +227,170 @@ def test_download_model_builds_tiny_and_checks_folders(models_dir: Path, tmp_pat
         load_pipeline(str(tmp_path), "cpu")
     with pytest.raises(ModelUnavailable, match="neither a local model folder nor a Hugging Face model id"):
         load_pipeline(str(tmp_path / "no" / "such" / "folder"), "cpu")
+
+
+# Image actions: img2img from the same loaded components.
+
+
+def picture(size: int, seed: int) -> Image.Image:
+    """A smooth picture with a few discs: something an 8x8-block VAE keeps, unlike noise."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    waves = rng.uniform(0, 1, (3, 3))
+    channels = [127 + 120 * np.sin(2 * np.pi * (2 * a * x + 2 * b * y + c)) for a, b, c in waves]
+    image = Image.fromarray(np.stack(channels, axis=-1).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(4):
+        cx, cy, r = (int(v) for v in rng.integers(0, size, 3))
+        r = r // 4 + size // 16
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    return image
+
+
+def png_of(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def image_request(
+    source: Image.Image, kind: str = "vary", strength: float = 0.35, **fields: Any
+) -> ImageRequest:
+    fields = {"width": source.width, "height": source.height, "steps": 10, "seed": 3, **fields}
+    return request(kind=kind, strength=strength, init_image=png_of(source), **fields)
+
+
+def distance(a: bytes | Image.Image, b: bytes | Image.Image) -> float:
+    """Mean absolute difference per channel, in levels of 255."""
+    first = pixels(a) if isinstance(a, bytes) else np.asarray(a.convert("RGB")).astype(int)
+    second = pixels(b) if isinstance(b, bytes) else np.asarray(b.convert("RGB")).astype(int)
+    return float(np.abs(first - second).mean())
+
+
+@pytest.fixture(scope="module")
+def source() -> Image.Image:
+    return picture(256, seed=1)
+
+
+def test_img2img_runs_on_the_same_loaded_weights(runner: DiffusionRunner) -> None:
+    image_to_image = runner.image_to_image_pipeline()
+    assert type(image_to_image).__name__ == "StableDiffusionImg2ImgPipeline"
+    for name in ("unet", "vae", "text_encoder", "tokenizer", "safety_checker"):
+        assert getattr(image_to_image, name) is getattr(runner.pipeline, name), name
+    assert runner.image_to_image_pipeline() is image_to_image
+
+
+@pytest.mark.parametrize(("steps", "strength", "denoise_steps"), [(10, 0.3, 3), (25, 0.7, 17), (10, 0.05, 1)])
+def test_img2img_reports_exactly_the_steps_the_request_promised(
+    runner: DiffusionRunner, source: Image.Image, steps: int, strength: float, denoise_steps: int
+) -> None:
+    job = image_request(source, steps=steps, strength=strength)
+    assert job.denoise_steps == denoise_steps
+    seen: list[tuple[int, int]] = []
+    (result,) = runner.generate([job], progress=lambda step, total: seen.append((step, total)))
+    assert seen == [(step, denoise_steps) for step in range(1, denoise_steps + 1)]
+    with Image.open(io.BytesIO(result.images[0])) as image:
+        assert image.size == source.size
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_every_scheduler_runs_img2img_for_the_promised_steps(
+    runner: DiffusionRunner, source: Image.Image, name: str
+) -> None:
+    job = image_request(source, steps=6, strength=0.5, scheduler=name)
+    seen: list[int] = []
+    (result,) = runner.generate([job], progress=lambda step, total: seen.append(total))
+    assert result.images
+    assert job.denoise_steps == 3
+    assert len(seen) == 3 and set(seen) == {3}
+
+
+def test_cancelling_img2img_stops_at_the_end_of_the_current_step(
+    runner: DiffusionRunner, source: Image.Image
+) -> None:
+    cancel = threading.Event()
+    seen: list[int] = []
+
+    def progress(step: int, total: int) -> None:
+        seen.append(step)
+        if step == 2:
+            cancel.set()
+
+    job = image_request(source, steps=20, strength=0.5)
+    with pytest.raises(GenerationCancelled, match="after step 2 of 10"):
+        runner.generate([job], progress=progress, cancel=cancel)
+    assert seen == [1, 2]
+    with pytest.raises(GenerationCancelled, match="after step 0 of 10"):
+        runner.generate([job], cancel=lambda: True)
+
+
+def test_text_and_img2img_never_share_a_call(runner: DiffusionRunner, source: Image.Image) -> None:
+    text = request(steps=10, seed=3)
+    vary, strong = image_request(source), image_request(source, strength=0.7)
+    assert len({batch_key(text), batch_key(vary), batch_key(strong)}) == 3
+    assert batch_key(vary) != batch_key(image_request(source, kind="image"))
+    for mixed in ([text, vary], [vary, strong]):
+        with pytest.raises(ValueError, match="must share"):
+            runner.generate(mixed)
+
+
+def test_an_img2img_batch_makes_the_same_images_as_each_request_alone(
+    runner: DiffusionRunner, source: Image.Image
+) -> None:
+    pair = image_request(source, seed=20, num_images=2)
+    other = image_request(picture(256, seed=5), seed=11)
+    together = runner.generate([pair, other])
+    assert [r.seeds for r in together] == [[20, 21], [11]]
+    (pair_alone,) = runner.generate([pair])
+    (other_alone,) = runner.generate([other])
+    for batched, alone in zip(
+        [*together[0].images, *together[1].images], [*pair_alone.images, *other_alone.images], strict=True
+    ):
+        assert_same_image(batched, alone)
+    assert distance(pair_alone.images[0], pair_alone.images[1]) > 0  # seeds 20 and 21 differ
+
+
+def test_a_picture_not_at_the_output_size_is_refused(runner: DiffusionRunner, source: Image.Image) -> None:
+    job = image_request(source, width=320)
+    with pytest.raises(ValueError, match=r"The picture is 256x256; the request is for 320x256"):
+        runner.generate([job])
+
+
+def test_the_safety_checker_judges_img2img_too(models_dir: Path, source: Image.Image) -> None:
+    pipeline = load_pipeline("tiny", "cpu", cache_dir=models_dir)
+    pipeline.safety_checker = FlagEverySecondImage()
+    pipeline.feature_extractor = FeatureExtractor()
+    checked = DiffusionRunner(pipeline, "tiny")
+    (result,) = checked.generate([image_request(source, num_images=2, seed=5, steps=4)])
+    assert (result.seeds, result.blocked, len(result.images)) == ([5], 1, 1)
+
+
+def test_an_image_prompt_at_strength_005_stays_close_to_its_picture(
+    runner: DiffusionRunner, source: Image.Image
+) -> None:
+    (result,) = runner.generate([image_request(source, kind="image", strength=0.05)])
+    unrelated = distance(source, picture(256, seed=2))
+    assert unrelated > 60
+    assert distance(result.images[0], source) < 10 < unrelated / 8
+
+
+def test_vary_subtle_stays_closer_to_its_source_than_vary_strong(
+    runner: DiffusionRunner, source: Image.Image
+) -> None:
+    (subtle,) = runner.generate([image_request(source, strength=0.35, seed=8)])
+    (strong,) = runner.generate([image_request(source, strength=0.7, seed=8)])
+    subtle_distance, strong_distance = distance(subtle.images[0], source), distance(strong.images[0], source)
+    assert subtle_distance < 12
+    assert strong_distance > 2 * subtle_distance
+
+
+@pytest.mark.slow
+def test_upscale_to_1024_looks_like_its_512_source_when_shrunk_back(runner: DiffusionRunner) -> None:
+    source = picture(512, seed=1)
+    resized = source.resize((1024, 1024), Image.Resampling.LANCZOS)
+    (result,) = runner.generate([image_request(resized, kind="upscale", strength=0.3)])
+    with Image.open(io.BytesIO(result.images[0])) as upscaled:
+        assert upscaled.size == (1024, 1024)
+        shrunk = upscaled.convert("RGB").resize((512, 512), Image.Resampling.LANCZOS)
+    unrelated = distance(source, picture(512, seed=2))
+    assert distance(shrunk, source) < 10 < unrelated / 5

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from backend.pipeline import BatchKey, batch_key
 from backend.worker.schema import TERMINAL, encode_json, iso
 from gateway.backend import GenerationResult
 from gateway.cog import png_data_uri
@@ -34,12 +35,9 @@ class Prediction:
     canceled: bool = False
 
     @property
-    def batch_key(self) -> tuple[int, int, int, float, str, float | None]:
-        """What predictions must share to run in one pipeline call: img2img runs ``strength x steps``
-        from its pictures, so it never shares a call with text prompts or another strength."""
-        r = self.request
-        strength = None if r.init_image is None else r.strength
-        return (r.width, r.height, r.steps, r.guidance, r.scheduler, strength)
+    def batch_key(self) -> BatchKey:
+        """The pipeline's own key: text and img2img, or two strengths, never share a call."""
+        return batch_key(self.request)
 
     def finish(self, response: dict[str, Any]) -> bool:
         """Record the final response; False if it already had one (the first answer stands)."""
