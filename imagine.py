@@ -184,7 +184,7 @@ async def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_download_model(settings: Settings, args: argparse.Namespace) -> int:
-    from backend.pipeline import download_model
+    from backend.models import download_model
 
     model = args.model or settings.model
     path = download_model(model)

@@ -24,6 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backend.models import (
+    TINY_MODEL,
+    ModelUnavailable,
+    check_model_folder,
+    dtype_argument,
+    model_error_sentence,
+)
 from gateway.backend import GenerationResult
 from gateway.errors import BackendError
 from gateway.request import SCHEDULERS, ImageRequest
@@ -38,7 +45,6 @@ Scheduler = Any
 
 log = logging.getLogger(__name__)
 
-TINY_MODEL = "tiny"
 _MODEL_SCHEDULER_KEY = "_imagine_model_scheduler_config"
 
 #: The request's scheduler names and the diffusers classes (with options) they stand for.
@@ -69,10 +75,6 @@ class GenerationCancelled(Exception):
         super().__init__(f"The generation was cancelled after step {step} of {total}.")
         self.step = step
         self.total = total
-
-
-class ModelUnavailable(BackendError):
-    """The model could not be found locally or fetched; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -181,13 +183,13 @@ def load_pipeline(
     source = resolve_model(model, cache_dir)
     local = Path(source).is_dir()
     if local:
-        _check_model_folder(Path(source))
+        check_model_folder(Path(source))
 
     # 2. Load the weights through from_pretrained, as for any published checkpoint
     #    (on CUDA straight onto the GPU, without a stop in CPU memory, where diffusers can)
     say(f"loading the weights of {model}")
     started = time.perf_counter()
-    options: dict[str, Any] = {"use_safetensors": True, "local_files_only": local, **_dtype_argument(dtype)}
+    options: dict[str, Any] = {"use_safetensors": True, "local_files_only": local, **dtype_argument(dtype)}
     try:
         try:
             pipeline = diffusers.StableDiffusionPipeline.from_pretrained(
@@ -198,7 +200,7 @@ def load_pipeline(
                 raise
             pipeline = diffusers.StableDiffusionPipeline.from_pretrained(source, **options)
     except (OSError, ValueError) as exc:
-        raise ModelUnavailable(_model_error_sentence(model, exc)) from exc
+        raise ModelUnavailable(model_error_sentence(model, exc)) from exc
     pipeline.set_progress_bar_config(disable=True)
     timings["weights"] = time.perf_counter() - started
 
@@ -458,76 +460,6 @@ class DiffusionRunner:
                 )
             )
         return results
-
-
-def download_model(model: str, cache_dir: Path | None = None) -> Path:
-    """Fetch a model's weights ahead of time (``imagine download-model``, Docker builds); return its folder.
-
-    ``tiny`` is built into ``cache_dir`` (default ``$IMAGINE_CACHE_DIR``); a local folder is
-    returned as it is; a Hub id is downloaded (safetensors only) into ``cache_dir`` or the
-    Hugging Face cache, where :func:`load_pipeline` finds it later.
-    """
-    if model == TINY_MODEL:
-        from backend.tiny import tiny_model_path
-
-        return tiny_model_path(cache_dir)
-    if Path(model).is_dir():
-        _check_model_folder(Path(model))
-        return Path(model)
-    from backend.tiny import diffusers_module
-
-    try:
-        folder = diffusers_module().StableDiffusionPipeline.download(
-            model, cache_dir=cache_dir, use_safetensors=True
-        )
-    except (OSError, ValueError) as exc:
-        raise ModelUnavailable(_model_error_sentence(model, exc)) from exc
-    return Path(folder)
-
-
-def _check_model_folder(folder: Path) -> None:
-    if not (folder / "model_index.json").is_file():
-        raise ModelUnavailable(f"The folder {folder} is not a diffusers model (no model_index.json).")
-
-
-def _model_error_sentence(model: str, exc: BaseException) -> str:
-    """One sentence a user can act on, whatever diffusers and huggingface_hub raised."""
-    if isinstance(exc, ValueError) and not isinstance(exc, OSError):
-        return (
-            f"IMAGINE_MODEL={model!r} is neither a local model folder nor a Hugging Face model id "
-            "like CompVis/stable-diffusion-v1-4."
-        )
-    names = {type(e).__name__ for e in _exception_chain(exc)}
-    if names & {"RepositoryNotFoundError", "GatedRepoError"}:
-        return (
-            f"The model {model!r} is not a public model on the Hugging Face Hub; check the name, "
-            "or log in with `hf auth login` if it needs access."
-        )
-    if "EntryNotFoundError" in names or "safetensors" in str(exc).lower():
-        return f"The model {model!r} has no safetensors weights; use a model published with safetensors."
-    return (
-        f"The model {model!r} is not in the local cache and the Hugging Face Hub could not be reached; "
-        f"run `imagine download-model {model}` where the Hub is reachable, or set IMAGINE_MODEL=tiny "
-        "for the built-in offline model."
-    )
-
-
-def _exception_chain(exc: BaseException) -> list[BaseException]:
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    return chain
-
-
-def _dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """diffusers 0.42 deprecates ``torch_dtype`` for ``dtype``; older releases know only ``torch_dtype``."""
-    import diffusers
-    from packaging.version import Version
-
-    name = "dtype" if Version(diffusers.__version__).release >= (0, 42) else "torch_dtype"
-    return {name: dtype}
 
 
 def _cancel_check(cancel: CancelFlag | None) -> Callable[[], bool]:

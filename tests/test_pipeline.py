@@ -12,13 +12,13 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from backend.models import download_model
 from backend.pipeline import (
     SCHEDULER_CLASSES,
     DiffusionRunner,
     GenerationCancelled,
     ModelUnavailable,
     batch_key,
-    download_model,
     load_pipeline,
 )
 from backend.tiny import tiny_model_path

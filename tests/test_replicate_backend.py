@@ -14,14 +14,9 @@ from gateway import ImagineService, JobFailed, JobStatus, Settings, SettingsErro
 from gateway.cog import PNG_SIGNATURE, png_from_data_uri
 from gateway.fake_backend import solid_png
 from gateway.picture import vary
-from gateway.replicate_backend import (
-    LoopbackDelivery,
-    RefusedURL,
-    ReplicateBackend,
-    check_result_url,
-    is_public_address,
-)
+from gateway.replicate_backend import ReplicateBackend
 from gateway.request import ImageRequest, parse_prompt, validate
+from gateway.result_fetch import LoopbackDelivery, RefusedURL, check_result_url, is_public_address
 from storage import Database
 from tests.fakes.replicate_server import VERSION, FakeReplicate
 from tests.helpers.png import png_size
