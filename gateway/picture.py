@@ -124,34 +124,32 @@ def image_prompt(request: ImageRequest, data: bytes, *, keep_size: bool) -> Imag
 
 def upscale(source: ImageRequest, png: bytes, seed: int) -> ImageRequest:
     """One image of a result at twice each side (up to 2048), refined with its own prompt and seed."""
-    picture = read_picture(png)
-    w, h = picture.width, picture.height
-    size = scaled(w, h, min(2.0, MAX_UPSCALE_SIDE / w, MAX_UPSCALE_SIDE / h), MAX_UPSCALE_SIDE)
-    return replace(
-        source,
-        kind="upscale",
-        width=size[0],
-        height=size[1],
-        seed=seed,
-        num_images=1,
-        strength=UPSCALE_STRENGTH,
-        init_image=resized(picture, size),
+    return _act(
+        source, png, "upscale", grow=2.0, limit=MAX_UPSCALE_SIDE, seed=seed, strength=UPSCALE_STRENGTH
     )
 
 
 def vary(source: ImageRequest, png: bytes, *, strong: bool = False) -> ImageRequest:
     """One image of a result, varied: the composition kept (subtle) or loosened (strong), a new seed."""
+    strength = VARY_STRONG if strong else VARY_SUBTLE
+    return _act(source, png, "vary", grow=1.0, limit=MAX_SIDE, seed=None, strength=strength)
+
+
+def _act(
+    source: ImageRequest, png: bytes, kind: str, *, grow: float, limit: int, seed: int | None, strength: float
+) -> ImageRequest:
+    """One image at up to ``grow`` times its sides (within ``limit``), img2img at ``strength``."""
     picture = read_picture(png)
     w, h = picture.width, picture.height
-    size = scaled(w, h, min(1.0, MAX_SIDE / w, MAX_SIDE / h), MAX_SIDE)
+    size = scaled(w, h, min(grow, limit / w, limit / h), limit)
     return replace(
         source,
-        kind="vary",
+        kind=kind,
         width=size[0],
         height=size[1],
-        seed=None,
+        seed=seed,
         num_images=1,
-        strength=VARY_STRONG if strong else VARY_SUBTLE,
+        strength=strength,
         init_image=resized(picture, size),
     )
 
