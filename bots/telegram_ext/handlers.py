@@ -13,7 +13,7 @@ import contextlib
 import logging
 import re
 
-from telegram import Document, Message, PhotoSize, Update
+from telegram import CallbackQuery, Document, Message, PhotoSize, Update
 from telegram.error import TelegramError
 
 from bots.telegram_ext.context import SOMETHING_WENT_WRONG, Context, Where, job_id_of, user_of
@@ -96,14 +96,22 @@ async def _imagine(
     )
 
 
-async def reroll_button(update: Update, context: Context) -> None:
-    """Re-roll (same request, new seed) or variations (same prompt, several new seeds)."""
+async def _first_press(update: Update, context: Context) -> tuple[CallbackQuery, str, str] | None:
+    """The pressed button's query, its data and the new job's id; None for a press seen before."""
     query = update.callback_query
     assert query is not None and query.data is not None
     job_id = job_id_of(update)
     if not await context.bot_data.first_time(job_id):
+        return None
+    return query, query.data, job_id
+
+
+async def reroll_button(update: Update, context: Context) -> None:
+    """Re-roll (same request, new seed) or variations (same prompt, several new seeds)."""
+    if (pressed := await _first_press(update, context)) is None:
         return
-    action, _, original_id = query.data.partition(":")
+    query, data, job_id = pressed
+    action, _, original_id = data.partition(":")
     original = await context.bot_data.service.find_job(original_id)
     message = query.message
     if original is None or not isinstance(message, Message):
@@ -121,12 +129,10 @@ async def image_action_button(update: Update, context: Context) -> None:
 
     The image comes back from Telegram by the file id its delivery kept in the job's reply record.
     """
-    query = update.callback_query
-    assert query is not None and query.data is not None
-    job_id = job_id_of(update)
-    if not await context.bot_data.first_time(job_id):
+    if (pressed := await _first_press(update, context)) is None:
         return
-    button, _, source_id = query.data.partition(":")
+    query, data, job_id = pressed
+    button, _, source_id = data.partition(":")
     action, index = IMAGE_ACTIONS[button[0]], int(button[1:]) - 1
     source = await context.bot_data.service.find_job(source_id)
     files = (source.reply or {}).get("files", []) if source is not None else []
