@@ -29,7 +29,7 @@ log = logging.getLogger("imagine.telegram")
 COMMAND = re.compile(r"^/\S+")  # /imagine or /imagine@botname
 IMAGINE_CAPTION = re.compile(r"^/imagine(?:@(\w+))?(?=\s|$)")  # a picture's caption that asks for an image
 WELCOME = "Hi! I turn a description into a picture with Stable Diffusion."
-GONE = "That image is too old to re-roll; send /imagine again."
+GONE = "That image is no longer kept; send /imagine to make a new one."
 
 
 async def start_command(update: Update, context: Context) -> None:
