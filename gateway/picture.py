@@ -14,6 +14,7 @@ new seed).
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from dataclasses import dataclass, replace
 
@@ -34,6 +35,8 @@ MAX_PICTURE_SIDE = 4096
 FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP"}
 UPSCALE_STRENGTH = 0.3
 VARY_SUBTLE, VARY_STRONG = 0.35, 0.7
+DECODES_AT_ONCE = 2
+_decoding = threading.BoundedSemaphore(DECODES_AT_ONCE)
 
 
 @dataclass(frozen=True)
@@ -44,9 +47,19 @@ class Picture:
 
 
 def read_picture(data: bytes) -> Picture:
-    """The picture as RGB PNG bytes, or one sentence saying what is wrong with it."""
+    """The picture as RGB PNG bytes, or one sentence saying what is wrong with it.
+
+    At most :data:`DECODES_AT_ONCE` pictures are decoded at a time, whichever front sent them: a
+    4096x4096 picture takes about 50 MB while it is worked on, so memory stays bounded however many
+    arrive together (the others wait their turn on their own threads).
+    """
     if len(data) > MAX_PICTURE_BYTES:
         raise too_big(len(data))
+    with _decoding:
+        return _decode(data)
+
+
+def _decode(data: bytes) -> Picture:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

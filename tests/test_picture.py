@@ -123,3 +123,31 @@ def test_a_button_names_its_action_and_image() -> None:
     assert action_request(source, encoded((512, 512)), "vary_strong", 0).strength == VARY_STRONG
     with pytest.raises(InvalidRequest, match="Unknown image action"):
         action_request(source, encoded((512, 512)), "zoom", 0)
+
+
+def test_no_more_than_two_pictures_are_decoded_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory stays bounded when many pictures arrive together, whichever fronts they came from."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gateway import picture
+
+    decode, running, most = picture._decode, [0], [0]
+    lock = threading.Lock()
+
+    def counted(data: bytes) -> picture.Picture:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.02)  # a slow decode, so the threads overlap
+        try:
+            return decode(data)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(picture, "_decode", counted)
+    with ThreadPoolExecutor(8) as pool:
+        pictures = list(pool.map(read_picture, [encoded((64, 64))] * 8))
+    assert len(pictures) == 8 and most[0] == picture.DECODES_AT_ONCE

@@ -9,6 +9,7 @@ job, delivering and settling) are separate functions in ``progress`` and ``deliv
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -87,7 +88,12 @@ async def _imagine(
         image = None
         if picture is not None:
             image = await download_picture(context.bot, picture.file_id, declared=picture.file_size)
-        request = parse_prompt(text, image=image)
+        # Decoding a picture takes a while: off the event loop, as every front does.
+        request = (
+            await asyncio.to_thread(parse_prompt, text, image=image)
+            if image is not None
+            else parse_prompt(text)
+        )
     except InvalidRequest as error:
         await message.reply_text(str(error))
         return
@@ -143,7 +149,7 @@ async def image_action_button(update: Update, context: Context) -> None:
     await query.answer()
     try:
         png = await download_picture(context.bot, files[index])
-        request = action_request(source.request, png, action, index)
+        request = await asyncio.to_thread(action_request, source.request, png, action, index)
     except InvalidRequest as error:
         await message.reply_text(str(error))
         return
