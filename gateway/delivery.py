@@ -215,7 +215,6 @@ class Delivery:
                 assert job.error is not None
                 raise DeliveryRefused(str(job.error))
             self.instance.health.back()
-            job.claim_delivery()
 
     async def settle_delivery(self, job_id: str) -> None:
         """Charge a ``confirm_delivery`` job before its images are served (the web's first download).

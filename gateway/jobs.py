@@ -82,7 +82,6 @@ class Job:
     gpu_seconds: float = 0.0
     cancel_requested: bool = False
     cancel_reason: str = "The job was cancelled"
-    delivery_claimed: bool = False  # a front is posting the images
     delivered: bool = False  # charged for its images
     delivery_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     origin: Job | None = field(default=None, repr=False)  # a duplicate's handle follows its original
@@ -150,9 +149,6 @@ class Job:
     def stop_delivery(self) -> None:
         """Nothing is handed out any more: the job is being refunded (or was charged already)."""
         self.confirm_delivery = False
-
-    def claim_delivery(self) -> None:
-        self.delivery_claimed = True
 
     def mark_delivered(self) -> None:
         """Charged for its images: a later confirmation is a no-op."""

@@ -25,7 +25,6 @@ log = logging.getLogger("imagine.gateway")
 HEARTBEAT_SECONDS = 10.0
 #: A process whose heartbeat is older than this has lost its jobs: any live process refunds them.
 LEASE_SECONDS = 30.0
-INSTANCE_DEAD_AFTER = LEASE_SECONDS
 #: How soon a store operation that failed (a lock past the busy timeout, a full disk) is tried again.
 REPAIR_SECONDS = (0.2, 5.0)
 STORE_DOWN = "Imagine could not reach its database"
