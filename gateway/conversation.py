@@ -114,7 +114,12 @@ class Conversation:
 
     async def _push_notices(self, notify: Callable[[JobRecord], Awaitable[object]]) -> None:
         while True:
-            for record in await self.service.take_recovered(f"{self.platform}:"):
+            try:
+                records = await self.service.take_recovered(f"{self.platform}:")
+            except Exception:  # the loop outlives any one failure; the next round tries again
+                log.exception("could not read the %s recovery notices", self.platform)
+                records = []
+            for record in records:
                 try:
                     await notify(record)
                 except Exception:
