@@ -75,7 +75,7 @@ async def open_service(
     settings: Settings, *, backend: Backend | None = None
 ) -> AsyncIterator[ImagineService]:
     """Database, backend and gateway, started and closed in order."""
-    db = await Database.open(settings.db_path)
+    db = await Database.open(settings.store)
     try:
         backend = backend or create_backend(settings)
         await backend.start()
@@ -95,7 +95,7 @@ async def open_service(
 @contextlib.asynccontextmanager
 async def open_accounts(settings: Settings) -> AsyncIterator[Accounts]:
     """Quotas, bans and stats over the database alone, for admin commands (no backend is loaded)."""
-    db = await Database.open(settings.db_path)
+    db = await Database.open(settings.store)
     try:
         yield Accounts(settings, db)
     finally:

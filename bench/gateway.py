@@ -61,7 +61,7 @@ async def run_case(
             },
             env_file=None,
         )
-        db = await Database.open(settings.db_path, group_commit=group_commit)
+        db = await Database.open(settings.store, group_commit=group_commit)
         service = ImagineService(settings, db, ZeroLatencyBackend())
         await service.start()
         latencies: list[float] = []

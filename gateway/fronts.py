@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import unquote, urlsplit
 
 if TYPE_CHECKING:
     from gateway.service import ImagineService
@@ -96,11 +97,17 @@ register_front(
 )
 
 #: Secrets of the gateway itself, beside the fronts' own.
-GATEWAY_SECRETS = ("backend_api_key", "replicate_api_token")
+GATEWAY_SECRETS = ("backend_api_key", "replicate_api_token", "db_url")
 
 
 def secret_values(settings: Settings) -> list[str]:
     """Every configured secret, for the log filter."""
     names = [*GATEWAY_SECRETS, *(name for spec in FRONTS.values() for name in spec.secrets)]
     values = (getattr(settings, name) for name in names)
-    return [secret.get() for secret in values if secret]
+    found = [secret.get() for secret in values if secret]
+    if settings.db_url is not None:  # the password alone, wherever a driver might quote it
+        password = urlsplit(settings.db_url.get()).password
+        if password:
+            found.append(unquote(password))
+            found.append(password)
+    return found

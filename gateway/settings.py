@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class Secret:
@@ -46,6 +47,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 @dataclass(frozen=True)
 class Settings:
     db_path: Path = Path("data/imagine.sqlite3")
+    db_url: Secret | None = None  # IMAGINE_DB as a postgresql:// URL (it holds the password)
     backend: str = "local"
     model: str = "CompVis/stable-diffusion-v1-4"
     backend_urls: tuple[str, ...] = ()
@@ -97,8 +99,16 @@ class Settings:
 
         kw: dict[str, Any] = {}
         if (v := get("IMAGINE_DB")) is not None:
-            kw["db_path"] = Path(v)
-            kw["data_dir"] = Path(v).parent
+            if v.startswith(("postgresql://", "postgres://")):
+                kw["db_url"] = Secret(_postgres_url(v))
+            elif "://" in v:
+                scheme = v.split("://", 1)[0]
+                raise SettingsError(
+                    f"IMAGINE_DB must be a SQLite file or a postgresql:// URL; {scheme}:// is neither."
+                )
+            else:
+                kw["db_path"] = Path(v)
+                kw["data_dir"] = Path(v).parent
         if (v := get("IMAGINE_DATA_DIR")) is not None:
             kw["data_dir"] = Path(v)
         if (v := get("IMAGINE_BACKEND")) is not None:
@@ -113,12 +123,40 @@ class Settings:
         kw["extra"] = {k: v for k, v in env.items() if k.startswith("IMAGINE_FAKE_")}
         return cls(**kw)
 
+    @property
+    def store(self) -> str | Path:
+        """What ``storage.Database.open`` opens: the PostgreSQL URL, else the SQLite file."""
+        return self.db_url.get() if self.db_url else self.db_path
+
+    @property
+    def store_name(self) -> str:
+        """The store for logs and sentences: the file, or the URL without its password."""
+        if self.db_url is None:
+            return str(self.db_path)
+        parts = urlsplit(self.db_url.get())
+        host = parts.hostname or "localhost"
+        return f"postgresql://{host}{':' + str(parts.port) if parts.port else ''}{parts.path}"
+
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
     def describe(self) -> dict[str, str]:
         """Every setting as text, secrets hidden: for `imagine` start-up logs."""
         return {f.name: repr(getattr(self, f.name)) for f in fields(self) if f.name != "extra"}
+
+
+def _postgres_url(raw: str) -> str:
+    """A PostgreSQL URL that names a host and a database, or one sentence (never showing the password)."""
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        raise SettingsError("IMAGINE_DB is not a valid postgresql:// URL (check the port).") from None
+    if not parts.path.strip("/"):
+        raise SettingsError(
+            "IMAGINE_DB must name the database: postgresql://user:password@host:5432/imagine."
+        )
+    return raw
 
 
 def _int(name: str, raw: str, low: int) -> int:

@@ -7,13 +7,14 @@ from typing import Any
 
 from storage.jobs import count_jobs
 from storage.records import QuotaState
+from storage.sql import Conn
 
 
 def ensure_user(c: sqlite3.Connection, user_id: str, now: float) -> None:
     c.execute("INSERT OR IGNORE INTO users (id, created_at) VALUES (?, ?)", (user_id, now))
 
 
-def quota(c: sqlite3.Connection, user_id: str, *, day: str, default_allowance: int) -> QuotaState:
+def quota(c: Conn, user_id: str, *, day: str, default_allowance: int) -> QuotaState:
     row = c.execute(
         "SELECT u.daily_allowance AS override, u.bonus, COALESCE(d.used, 0) AS used, "
         "(SELECT COALESCE(SUM(cost), 0) FROM jobs j "
@@ -53,12 +54,12 @@ def unban(c: sqlite3.Connection, user_id: str) -> bool:
     return c.execute("DELETE FROM bans WHERE user_id = ?", (user_id,)).rowcount == 1
 
 
-def ban_reason(c: sqlite3.Connection, user_id: str) -> str | None:
+def ban_reason(c: Conn, user_id: str) -> str | None:
     row = c.execute("SELECT reason FROM bans WHERE user_id = ?", (user_id,)).fetchone()
     return None if row is None else str(row["reason"])
 
 
-def stats(c: sqlite3.Connection, *, day: str, since: float) -> dict[str, Any]:
+def stats(c: Conn, *, day: str, since: float) -> dict[str, Any]:
     by_status = {
         row["status"]: row["n"]
         for row in c.execute(

@@ -1,12 +1,15 @@
-"""The store the gateway holds: SQLite (aiosqlite, WAL) for users, quotas, the credit ledger, jobs and bans.
+"""The store the gateway holds: users, quotas, the credit ledger, jobs and bans, on one of two engines.
 
-Each operation is written once, as a function of a ``sqlite3.Connection`` in the module of what it
-is about (``ledger``, ``accounts``, ``jobs``, ``instances``, ``schema``); ``Database`` lists them
-and says how each runs. A write runs as one function on aiosqlite's connection thread in a
-``BEGIN IMMEDIATE`` transaction shared with the writes queued beside it (``group_commit``): one
-thread hop per batch, atomic against other coroutines and, through SQLite's write lock and busy
-timeout, against other processes sharing the file. Reads and single-statement updates (the
-heartbeat) run at once in autocommit mode, outside any batch.
+``Database.open(target)`` takes a SQLite file (``storage.sqlite``: the embedded default, one host)
+or a ``postgresql://`` URL (``storage.postgres``: one store for several hosts). Each operation is
+declared once below with its body on each engine:
+
+- a read (and a single-statement update such as the heartbeat) is one Python function of a
+  ``storage.sql.Conn``, the same on both engines;
+- a write is a function of a ``sqlite3.Connection`` run in SQLite's group-committed transaction,
+  and on PostgreSQL one statement (``storage.pg_ops``) pipelined in its group commit.
+
+The contract tests run every scenario on both engines.
 """
 
 from __future__ import annotations
@@ -16,12 +19,12 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from storage import accounts, jobs, schema
+from storage import accounts, jobs, pg_ops, schema
 from storage import instances as _instances  # the names `instances` and `ledger` are operations here
 from storage import ledger as _ledger
-from storage.connection import Connection
-from storage.errors import unavailable
-from storage.group_commit import GroupCommit
+from storage.postgres import Call, PostgresEngine, is_postgres_url
+from storage.sql import Conn
+from storage.sqlite import SqliteEngine
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -29,88 +32,99 @@ T = TypeVar("T")
 BUSY_TIMEOUT_MS = 30_000
 
 Body = Callable[Concatenate[sqlite3.Connection, P], T]
+Shared = Callable[Concatenate[Conn, P], T]
+Statement = Callable[P, Call[T]]
 Operation = Callable[Concatenate["Database", P], Coroutine[Any, Any, T]]
 
 
-def _operation(body: Body[P, T], *, grouped: bool) -> Operation[P, T]:
+def grouped(body: Body[P, T], postgres: Statement[P, T]) -> Operation[P, T]:
+    """A write: in the next group-committed transaction (on SQLite in its own savepoint)."""
+
     async def operation(db: Database, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        def work(c: sqlite3.Connection) -> T:
-            return body(c, *args, **kwargs)
+        engine = db.engine
+        if isinstance(engine, PostgresEngine):
+            result: T = await engine.writes.write(postgres(*args, **kwargs))
+            return result
+        return await engine.writes.write(lambda c: body(c, *args, **kwargs))  # type: ignore[no-any-return]
 
-        return await (db._writes.write(work) if grouped else db._run(work))
+    return _named(operation, body)
 
+
+def autocommit(body: Shared[P, T], postgres: Statement[P, T] | None = None) -> Operation[P, T]:
+    """A read, or an update of one statement: at once, each statement committed alone. The same
+    body on both engines unless PostgreSQL needs words of its own."""
+
+    async def operation(db: Database, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        engine = db.engine
+        if isinstance(engine, PostgresEngine):
+            if postgres is not None:
+                return await engine.call(postgres(*args, **kwargs))
+            return await engine.read(lambda c: body(c, *args, **kwargs))
+        return await engine.run(lambda c: body(c, *args, **kwargs))
+
+    return _named(operation, body)
+
+
+def _named(operation: Operation[P, T], body: Callable[..., Any]) -> Operation[P, T]:
     operation.__name__ = operation.__qualname__ = body.__name__
     operation.__doc__ = body.__doc__
     return operation
 
 
-def grouped(body: Body[P, T]) -> Operation[P, T]:
-    """An operation that runs in the next group-committed write transaction, in its own savepoint."""
-    return _operation(body, grouped=True)
-
-
-def autocommit(body: Body[P, T]) -> Operation[P, T]:
-    """An operation that runs at once on the connection thread, each statement committed alone
-    (reads, and updates of one statement)."""
-    return _operation(body, grouped=False)
-
-
 class Database:
     """The facade the gateway holds: open, close, and one awaitable per storage operation."""
 
-    def __init__(
-        self,
-        conn: Connection,
-        path: Path,
-        *,
-        group_commit: bool = True,
-        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
-    ) -> None:
-        self._connection = conn
-        self.path = path
-        self.busy_timeout_ms = busy_timeout_ms
-        self._writes = GroupCommit(self._run, enabled=group_commit)
+    def __init__(self, engine: SqliteEngine | PostgresEngine) -> None:
+        self.engine = engine
 
     @classmethod
     async def open(
-        cls, path: str | Path, *, group_commit: bool = True, busy_timeout_ms: int = BUSY_TIMEOUT_MS
+        cls, target: str | Path, *, group_commit: bool = True, busy_timeout_ms: int = BUSY_TIMEOUT_MS
     ) -> Database:
-        """Open (and migrate) the file; ``busy_timeout_ms`` is how long a write waits for a lock."""
-        path = Path(path)
-        if str(path) != ":memory:":
-            path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await Connection.open(str(path), busy_timeout_s=busy_timeout_ms / 1000)
-        db = cls(conn, path, group_commit=group_commit, busy_timeout_ms=busy_timeout_ms)
-        try:
-            await db._run(lambda c: schema.configure(c, busy_timeout_ms))
-            await db._run(schema.migrate)
-        except BaseException:
-            await conn.close()
-            raise
-        return db
+        """Open (and migrate) a SQLite file or a ``postgresql://`` database; ``busy_timeout_ms``
+        is how long a write waits for the store's write lock."""
+        if is_postgres_url(target):
+            return cls(
+                await PostgresEngine.open(
+                    str(target), group_commit=group_commit, busy_timeout_ms=busy_timeout_ms
+                )
+            )
+        return cls(
+            await SqliteEngine.open(Path(target), group_commit=group_commit, busy_timeout_ms=busy_timeout_ms)
+        )
 
     async def close(self) -> None:
-        await self._connection.close()
+        await self.engine.close()
+
+    @property
+    def kind(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.kind
+
+    def describe(self) -> str:
+        """Where the store is, for logs (a URL's password hidden)."""
+        return self.engine.describe()
+
+    async def run(self, fn: Callable[[Conn], T]) -> T:
+        """``fn`` on a connection of either engine, each statement committed alone: statements of
+        the caller's own (``imagine db copy``'s checks, tests that tamper with a balance)."""
+        engine = self.engine
+        if isinstance(engine, PostgresEngine):
+            return await engine.read(fn)
+        return await engine.run(fn)
 
     @property
     def group_commit(self) -> bool:
         """Off: one transaction per write (the benchmark's baseline)."""
-        return self._writes.enabled
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(sqlite3_connection)`` on the connection thread, the store's failures told apart."""
-        try:
-            return await self._connection.run(fn)
-        except sqlite3.OperationalError as exc:
-            raise unavailable(exc) from exc
+        return self.engine.writes.enabled
 
     # --- jobs and credits -------------------------------------------------------------
-    reserve = grouped(_ledger.reserve)
-    mark_running = grouped(jobs.mark_running)
-    mark_ready = grouped(jobs.mark_ready)
-    claim_delivery = grouped(jobs.claim_delivery)
-    settle = grouped(_ledger.settle)
-    refund = grouped(_ledger.refund)
+    reserve = grouped(_ledger.reserve, pg_ops.reserve)
+    mark_running = grouped(jobs.mark_running, pg_ops.mark_running)
+    mark_ready = grouped(jobs.mark_ready, pg_ops.mark_ready)
+    claim_delivery = grouped(jobs.claim_delivery, pg_ops.claim_delivery)
+    settle = grouped(_ledger.settle, pg_ops.settle)
+    refund = grouped(_ledger.refund, pg_ops.refund)
     set_reply = autocommit(jobs.set_reply)
     get_job = autocommit(jobs.get_job)
     count_waiting = autocommit(jobs.count_waiting)
@@ -118,19 +132,19 @@ class Database:
 
     # --- quota and admin --------------------------------------------------------------
     quota = autocommit(accounts.quota)
-    set_allowance = grouped(accounts.set_allowance)
-    grant = grouped(_ledger.grant)
-    ban = grouped(accounts.ban)
-    unban = grouped(accounts.unban)
+    set_allowance = grouped(accounts.set_allowance, pg_ops.set_allowance)
+    grant = grouped(_ledger.grant, pg_ops.grant)
+    ban = grouped(accounts.ban, pg_ops.ban)
+    unban = grouped(accounts.unban, pg_ops.unban)
     stats = autocommit(accounts.stats)
     ledger = autocommit(_ledger.ledger_rows)
     check_ledger = autocommit(_ledger.check_ledger)
-    integrity_check = autocommit(schema.integrity_check)
+    integrity_check = autocommit(schema.integrity_check, pg_ops.integrity_check)
 
     # --- process instances (crash recovery) -------------------------------------------
-    register_instance = grouped(_instances.register_instance)
+    register_instance = grouped(_instances.register_instance, pg_ops.register_instance)
     heartbeat = autocommit(_instances.heartbeat)
     stop_instance = autocommit(_instances.stop_instance)
     instances = autocommit(_instances.instances)
     open_jobs = autocommit(_instances.open_jobs)
-    take_notices = grouped(_instances.take_notices)
+    take_notices = grouped(_instances.take_notices, pg_ops.take_notices)

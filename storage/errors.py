@@ -45,6 +45,10 @@ class StoreError(ValueError):
     """An admin change that cannot be made (e.g. taking more bonus than a user has)."""
 
 
+def cannot_take_back(user_id: str, bonus: int, credits: int) -> StoreError:
+    return StoreError(f"{user_id} has {bonus} bonus credits; {-credits} cannot be taken back.")
+
+
 def unavailable(exc: BaseException) -> BaseException:
     """An operation's own error, with the store's failures (locks, disk) told apart from refusals."""
     if isinstance(exc, sqlite3.OperationalError):

@@ -6,6 +6,7 @@ import sqlite3
 
 from storage.jobs import SELECT_JOBS
 from storage.records import InstanceRecord, JobRecord, columns
+from storage.sql import Conn
 
 
 def register_instance(
@@ -18,23 +19,23 @@ def register_instance(
     )
 
 
-def heartbeat(c: sqlite3.Connection, instance_id: str, now: float) -> None:
+def heartbeat(c: Conn, instance_id: str, now: float) -> None:
     c.execute("UPDATE instances SET heartbeat_at = ? WHERE id = ?", (now, instance_id))
 
 
-def stop_instance(c: sqlite3.Connection, instance_id: str, now: float) -> None:
+def stop_instance(c: Conn, instance_id: str, now: float) -> None:
     c.execute(
         "UPDATE instances SET stopped_at = ?, heartbeat_at = ? WHERE id = ?",
         (now, now, instance_id),
     )
 
 
-def instances(c: sqlite3.Connection) -> list[InstanceRecord]:
+def instances(c: Conn) -> list[InstanceRecord]:
     rows = c.execute(f"SELECT {columns(InstanceRecord)} FROM instances")
     return [InstanceRecord.from_row(row) for row in rows]
 
 
-def open_jobs(c: sqlite3.Connection, instance_ids: list[str] | None = None) -> list[JobRecord]:
+def open_jobs(c: Conn, instance_ids: list[str] | None = None) -> list[JobRecord]:
     rows = c.execute(f"{SELECT_JOBS} WHERE status IN ('queued', 'running') ORDER BY created_at")
     jobs = [JobRecord.from_row(row) for row in rows]
     if instance_ids is not None:

@@ -7,6 +7,7 @@ import sqlite3
 from typing import Any
 
 from storage.records import JobRecord, columns
+from storage.sql import Conn
 
 SELECT_JOBS = f"SELECT {columns(JobRecord)} FROM jobs"
 #: Open jobs that still wait for the GPU: the global queue bound counts these (not finished images
@@ -14,21 +15,21 @@ SELECT_JOBS = f"SELECT {columns(JobRecord)} FROM jobs"
 WAITING = "status IN ('queued', 'running') AND ready_at IS NULL"
 
 
-def get_job(c: sqlite3.Connection, job_id: str) -> JobRecord | None:
+def get_job(c: Conn, job_id: str) -> JobRecord | None:
     row = c.execute(f"{SELECT_JOBS} WHERE id = ?", (job_id,)).fetchone()
     return JobRecord.from_row(row) if row else None
 
 
-def count_jobs(c: sqlite3.Connection, where: str, parameters: tuple[object, ...] = ()) -> int:
+def count_jobs(c: Conn, where: str, parameters: tuple[object, ...] = ()) -> int:
     return int(c.execute(f"SELECT COUNT(*) AS n FROM jobs WHERE {where}", parameters).fetchone()["n"])
 
 
-def count_waiting(c: sqlite3.Connection) -> int:
+def count_waiting(c: Conn) -> int:
     """Open jobs across every process that still wait for the GPU (what the queue bound counts)."""
     return count_jobs(c, WAITING)
 
 
-def position(c: sqlite3.Connection, job: JobRecord) -> int:
+def position(c: Conn, job: JobRecord) -> int:
     """Open jobs ahead of ``job`` across every process."""
     if not job.is_open:
         return 0
@@ -67,7 +68,7 @@ def claim_delivery(c: sqlite3.Connection, job_id: str, *, instance_id: str | Non
     return cur.rowcount == 1
 
 
-def set_reply(c: sqlite3.Connection, job_id: str, reply: dict[str, Any]) -> bool:
+def set_reply(c: Conn, job_id: str, reply: dict[str, Any]) -> bool:
     """Where a front answered, as it knows once the images are out (Telegram's file ids of them)."""
     cur = c.execute("UPDATE jobs SET reply = ? WHERE id = ?", (json.dumps(reply), job_id))
     return cur.rowcount == 1

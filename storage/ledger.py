@@ -12,9 +12,10 @@ import sqlite3
 from typing import Any
 
 from storage.accounts import ban_reason, ensure_user, quota
-from storage.errors import RefusedReason, ReservationRefused, StoreError
+from storage.errors import RefusedReason, ReservationRefused, cannot_take_back
 from storage.jobs import WAITING, count_jobs, get_job, position
 from storage.records import OPEN_STATUSES, JobRecord, NewJob, QuotaState, Reservation
+from storage.sql import Conn
 
 _ADD_ROW = (
     "INSERT INTO ledger (user_id, job_id, kind, credits, daily, bonus, day, note, created_at) "
@@ -149,7 +150,7 @@ def grant(c: sqlite3.Connection, user_id: str, credits: int, *, by: str, now: fl
     ensure_user(c, user_id, now)
     bonus = int(c.execute("SELECT bonus FROM users WHERE id = ?", (user_id,)).fetchone()["bonus"])
     if bonus + credits < 0:
-        raise StoreError(f"{user_id} has {bonus} bonus credits; {-credits} cannot be taken back.")
+        raise cannot_take_back(user_id, bonus, credits)
     c.execute(_ADD_ROW, (user_id, None, "grant", credits, 0, credits, None, f"by {by}", now))
     c.execute("UPDATE users SET bonus = bonus + ? WHERE id = ?", (credits, user_id))
     return bonus + credits
@@ -182,7 +183,7 @@ def _give_back(c: sqlite3.Connection, job: JobRecord, credits: int, now: float, 
         c.execute("UPDATE users SET bonus = bonus + ? WHERE id = ?", (bonus, job.user_id))
 
 
-def ledger_rows(c: sqlite3.Connection, user_id: str | None = None) -> list[dict[str, Any]]:
+def ledger_rows(c: Conn, user_id: str | None = None) -> list[dict[str, Any]]:
     rows = c.execute(
         "SELECT id, user_id, job_id, kind, credits, daily, bonus, day, note, created_at FROM ledger "
         + ("WHERE user_id = ? " if user_id else "")
@@ -192,7 +193,7 @@ def ledger_rows(c: sqlite3.Connection, user_id: str | None = None) -> list[dict[
     return [dict(row) for row in rows]
 
 
-def check_ledger(c: sqlite3.Connection) -> list[str]:
+def check_ledger(c: Conn) -> list[str]:
     """Every place where a stored balance differs from the ledger's sum (empty: all agree)."""
     problems = []
     for row in c.execute(

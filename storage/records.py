@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 OPEN_STATUSES = ("queued", "running")
+#: A row read by column name: ``sqlite3.Row``, or psycopg's dict row.
+Row = sqlite3.Row | Mapping[str, Any]
 
 
-def by_name(row: sqlite3.Row, names: list[str]) -> list[Any]:
+def by_name(row: Row, names: list[str]) -> list[Any]:
     """The row's values for ``names``, matched by column name (a row in that order already is taken whole)."""
     if row.keys() == names:
         return list(row)
@@ -70,7 +73,7 @@ class JobRecord:
         return self.status in OPEN_STATUSES
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> JobRecord:
+    def from_row(cls, row: Row) -> JobRecord:
         values = by_name(row, _JOB_FIELDS)
         request, reply = values[_REQUEST], values[_REPLY]  # JSON text in the table
         values[_REQUEST] = json.loads(request)
@@ -116,7 +119,7 @@ class InstanceRecord:
     ident: str | None = None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> InstanceRecord:
+    def from_row(cls, row: Row) -> InstanceRecord:
         return cls(*by_name(row, _INSTANCE_FIELDS))
 
 

@@ -6,6 +6,8 @@ import sqlite3
 import time
 from importlib import resources
 
+from storage.sql import Conn
+
 
 def configure(c: sqlite3.Connection, busy_timeout_ms: int) -> None:
     c.row_factory = sqlite3.Row  # rows are read by column name
@@ -25,10 +27,11 @@ def configure(c: sqlite3.Connection, busy_timeout_ms: int) -> None:
     c.execute("PRAGMA foreign_keys = ON")
 
 
-def migrations() -> list[tuple[int, str, str]]:
-    """Numbered ``NNNN_name.sql`` files shipped in ``storage/migrations``."""
+def migrations(package: str = "storage.migrations") -> list[tuple[int, str, str]]:
+    """Numbered ``NNNN_name.sql`` files shipped in ``package`` (``storage/pg_migrations`` holds
+    PostgreSQL's)."""
     found = []
-    for entry in resources.files("storage.migrations").iterdir():
+    for entry in resources.files(package).iterdir():
         name = entry.name
         if name.endswith(".sql") and name[:4].isdigit():
             found.append((int(name[:4]), name, entry.read_text(encoding="utf-8")))
@@ -75,10 +78,10 @@ def split_sql(sql: str) -> list[str]:
     return statements
 
 
-def secret(c: sqlite3.Connection, name: str) -> str:
+def secret(c: Conn, name: str) -> str:
     """A random secret made once per store (e.g. to key idempotency ids)."""
     return str(c.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()["value"])
 
 
-def integrity_check(c: sqlite3.Connection) -> str:
+def integrity_check(c: Conn) -> str:
     return str(c.execute("PRAGMA integrity_check").fetchone()["integrity_check"])

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.settings import Settings
 from tests.helpers.imagine_process import base_env, processes  # noqa: F401 (for the tests that start imagine)
+from tests.helpers.postgres import PostgresServer, start_or_skip
+
+#: The engines the storage and service contract suites run on.
+ENGINES = ["sqlite", "postgresql"]
 
 
 @pytest.fixture
@@ -26,6 +31,37 @@ def settings(data_dir: Path) -> Settings:
             "IMAGINE_DB": str(data_dir / "imagine.sqlite3"),
             "IMAGINE_BACKEND": "fake",
             "IMAGINE_MODEL": "tiny",
+        },
+        env_file=None,
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the whole run (started on first use)."""
+    server = start_or_skip()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh database on the test server."""
+    return postgres_server.new_database()
+
+
+@pytest.fixture(params=ENGINES)
+def engine_settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """``settings`` on each engine in turn: a contract suite takes it as its ``settings``."""
+    if request.param == "sqlite":
+        return settings
+    url = request.getfixturevalue("postgres_url")
+    return Settings.from_env(
+        {
+            "IMAGINE_DB": url,
+            "IMAGINE_BACKEND": "fake",
+            "IMAGINE_MODEL": "tiny",
+            "IMAGINE_DATA_DIR": str(settings.data_dir),
         },
         env_file=None,
     )

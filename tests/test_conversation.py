@@ -21,7 +21,7 @@ from storage import Database
 
 @pytest.fixture
 async def world(settings: Settings) -> AsyncIterator[tuple[ImagineService, Conversation, FakeBackend]]:
-    db = await Database.open(settings.db_path)
+    db = await Database.open(settings.store)
     backend = FakeBackend(settings)
     service = ImagineService(settings, db, backend)
     await service.start()

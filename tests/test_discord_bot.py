@@ -138,7 +138,7 @@ async def world(settings: Settings) -> AsyncIterator[World]:
         discord_gateway_url=fake.gateway_url,
         admins=frozenset({f"discord:{admin.id}"}),
     )
-    db = await Database.open(settings.db_path)
+    db = await Database.open(settings.store)
     world = World(fake, settings, db)
     await world.service.start()
     try:

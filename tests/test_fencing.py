@@ -64,7 +64,7 @@ async def test_a_store_that_stops_answering_refunds_its_jobs_and_the_loop_goes_o
     """Item 1: a settle and a mark-running that raise (lock held past the busy timeout) used to kill
     the job loop for good; now each job is refunded once the store answers and the next job runs."""
     settings = make_settings(data_dir)
-    db = await Database.open(settings.db_path, busy_timeout_ms=200)
+    db = await Database.open(settings.store, busy_timeout_ms=200)
     service, backend = await started(settings, db, capacity_value=1, delay=0.15)
     try:
         first = await service.submit("cli:ann", "a fox --steps 4", job_id="j1")
@@ -107,7 +107,7 @@ async def test_two_processes_that_are_both_pid_1_on_one_host_keep_their_jobs(dat
     """Item 3: host name + PID used to tell processes apart; two containers with host networking
     are both PID 1 there, and each refunded the other's live jobs at start."""
     settings = make_settings(data_dir)
-    db = await Database.open(settings.db_path)
+    db = await Database.open(settings.store)
     now = time.time()
     twin = "the-other-container"
     await db.register_instance(
@@ -137,7 +137,7 @@ async def test_a_job_another_process_refunded_is_never_delivered(data_dir: Path)
     """Item 3: a process that stalls past its lease comes back and must deliver nothing that the
     other process refunded meanwhile: no claim, no settle, no charge (the settle changes no row)."""
     settings = make_settings(data_dir, IMAGINE_MAX_QUEUED_PER_USER="5")
-    db = await Database.open(settings.db_path)
+    db = await Database.open(settings.store)
     stalled, backend = await started(settings, db)
     rescuer = past_the_lease(settings, db)
     try:
@@ -171,7 +171,7 @@ async def test_a_job_another_process_refunded_is_never_delivered(data_dir: Path)
 async def test_a_claimed_delivery_is_charged_by_recovery_never_refunded(data_dir: Path) -> None:
     """After a claim the images may be out: a process that dies mid-send is charged for them once."""
     settings = make_settings(data_dir)
-    db = await Database.open(settings.db_path)
+    db = await Database.open(settings.store)
     sender, _ = await started(settings, db)
     rescuer = past_the_lease(settings, db)
     try:
@@ -193,7 +193,7 @@ async def test_a_claimed_delivery_is_charged_by_recovery_never_refunded(data_dir
 async def test_finished_images_waiting_for_download_leave_the_global_queue_bound(data_dir: Path) -> None:
     """Item 4: never-downloaded web jobs filled the global queue, so honest users were refused."""
     settings = make_settings(data_dir, IMAGINE_MAX_QUEUE="2", IMAGINE_MAX_QUEUED_PER_USER="2")
-    db = await Database.open(settings.db_path)
+    db = await Database.open(settings.store)
     service, _ = await started(settings, db)
     try:
         for i in range(2):
@@ -212,7 +212,7 @@ async def test_finished_images_waiting_for_download_leave_the_global_queue_bound
 async def test_the_queue_length_counts_every_process_sharing_the_store(data_dir: Path) -> None:
     """Item 4: /metrics showed only this process's in-memory queue (0 while another process was full)."""
     settings = make_settings(data_dir)
-    db = await Database.open(settings.db_path)
+    db = await Database.open(settings.store)
     busy, backend = await started(settings, db, delay=10)
     idle, _ = await started(settings, db)
     try:
@@ -230,7 +230,7 @@ async def test_the_queue_length_counts_every_process_sharing_the_store(data_dir:
 async def test_finished_pixels_in_memory_stay_within_a_byte_budget(data_dir: Path) -> None:
     """Item 6: the service kept the images of its last 2,000 jobs (gigabytes with large images)."""
     settings = make_settings(data_dir, IMAGINE_FAKE_IMAGE_BYTES="100000", IMAGINE_MAX_QUEUED_PER_USER="50")
-    db = await Database.open(settings.db_path)
+    db = await Database.open(settings.store)
     service, _ = await started(settings, db)
     service.kept_image_budget = 350_000
     try:
@@ -259,7 +259,7 @@ async def test_recovery_notices_reach_the_front_of_any_process_once(data_dir: Pa
     """Item 11: notices lived in the memory of whichever process refunded a job (so a Discord user
     whose job the Telegram process recovered was never told), and web:/cli: ones piled up forever."""
     settings = make_settings(data_dir)
-    db = await Database.open(settings.db_path)
+    db = await Database.open(settings.store)
     now = time.time()
     await db.register_instance("crashed", host="elsewhere", pid=1, now=now - 600, ident=None)
     for job_id, user in (("d1", "discord:1"), ("t1", "telegram:2"), ("w1", "web:3.3.3.3")):

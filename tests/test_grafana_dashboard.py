@@ -132,7 +132,7 @@ async def exported(data_dir: Path) -> AsyncIterator[set[str]]:
         },
         env_file=None,
     )
-    db = await Database.open(settings.db_path)
+    db = await Database.open(settings.store)
     service = ImagineService(settings, db, FakeBackend(settings))
     await service.start()
     front = WebFront(settings, service, WebOptions(post_rate=None))

@@ -87,7 +87,7 @@ async def rig(data_dir: Path) -> AsyncIterator[RigFactory]:
         for worker in backend.workers:
             worker.breaker.threshold = int(tune.get("threshold", 5))
             worker.breaker.cooldown = tune.get("cooldown", 30.0)
-        db = await Database.open(settings.db_path)
+        db = await Database.open(settings.store)
         await backend.start()
         service = ImagineService(settings, db, backend)
         await service.start()

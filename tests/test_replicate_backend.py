@@ -63,7 +63,7 @@ async def service(data_dir: Path, fake: FakeReplicate) -> AsyncIterator[ServiceF
             # Mocks what cannot run here, public DNS and TLS: replicate.delivery is the fake.
             backend = ReplicateBackend(settings, loopback_delivery_for_tests=LoopbackDelivery(fake.port))
         backend.poll_interval = 0.02
-        db = await Database.open(settings.db_path)
+        db = await Database.open(settings.store)
         await backend.start()
         svc = ImagineService(settings, db, backend)
         await svc.start()

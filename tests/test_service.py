@@ -47,7 +47,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = await Database.open(settings.db_path)
+    database = await Database.open(settings.store)
     yield database
     assert await database.check_ledger() == []
     assert await database.integrity_check() == "ok"

@@ -50,7 +50,7 @@ async def test_ledger_check_finds_a_tampered_balance(tmp_path: Path) -> None:
         await db.settle("j1", delivered=2, seed=1, model="m", gpu_seconds=1.0, now=2.0)
         await db.grant("cli:a", 4, by="op", now=3.0)
         assert await db.check_ledger() == []
-        await db._run(lambda c: c.execute("UPDATE users SET bonus = 9 WHERE id = 'cli:a'"))
+        await db.run(lambda c: c.execute("UPDATE users SET bonus = 9 WHERE id = 'cli:a'"))
         assert await db.check_ledger() == ["cli:a: bonus 9 but the ledger sums to 4"]
     finally:
         await db.close()
@@ -88,7 +88,7 @@ async def test_foreign_keys_are_enforced(tmp_path: Path) -> None:
     db = await Database.open(tmp_path / "db.sqlite3")
     try:
         with pytest.raises(sqlite3.IntegrityError):
-            await db._run(
+            await db.run(
                 lambda c: c.execute(
                     "INSERT INTO ledger (user_id, kind, credits, created_at) VALUES ('nobody', 'grant', 1, 0)"
                 )

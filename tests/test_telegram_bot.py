@@ -146,7 +146,7 @@ async def make_world(
     backend: FakeBackend | None = None,
     service_class: type[ImagineService] = ImagineService,
 ) -> AsyncIterator[World]:
-    db = await Database.open(settings.db_path)
+    db = await Database.open(settings.store)
     world = World(fake, settings, db, backend or FakeBackend(), service_class)
     await world.service.start()
     try:
@@ -605,7 +605,7 @@ async def test_killed_mid_job_and_restarted_refunds_and_tells_the_user(
     assert second.returncode == 0
     assert b"imagine: stopped" in output
     assert fake.token.encode() not in output  # not even with -v (debug logging)
-    db = await Database.open(bot_settings.db_path)
+    db = await Database.open(bot_settings.store)
     try:
         job = await db.get_job(f"telegram:{update['update_id']}")
         assert job is not None and (job.status, job.refunded, job.spent) == ("failed", 1, 0)
@@ -821,7 +821,7 @@ async def test_imagine_run_keeps_both_fronts_when_set_my_commands_fails(
         await discord_fake.close()
     output = "".join(lines) + rest
     assert output.count("could not register the command list") == 1, output
-    db = await Database.open(bot_settings.db_path)
+    db = await Database.open(bot_settings.store)
     try:
         job = await db.get_job(f"telegram:{update['update_id']}")
         assert job is not None and (job.status, job.spent) == ("succeeded", 1)

@@ -65,7 +65,7 @@ class LiveServer:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         try:
-            self.db = await Database.open(self.settings.db_path, busy_timeout_ms=self.busy_timeout_ms)
+            self.db = await Database.open(self.settings.store, busy_timeout_ms=self.busy_timeout_ms)
             self.backend = FakeBackend(self.settings)
             self.service = ImagineService(self.settings, self.db, self.backend)
             await self.service.start()

@@ -39,7 +39,7 @@ class Server:
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        self.db = await Database.open(self.settings.db_path)
+        self.db = await Database.open(self.settings.store)
         service = ImagineService(self.settings, self.db, FakeBackend(self.settings))
         await service.start()
         front = WebFront(self.settings, service, WebOptions(post_rate=None))

@@ -43,7 +43,7 @@ Serve = Callable[..., Awaitable[WebFront]]
 @pytest.fixture
 async def serve(settings: Settings) -> AsyncIterator[Serve]:
     """Start web fronts on free loopback ports over one gateway: ``await serve(options, **settings)``."""
-    db = await Database.open(settings.db_path)
+    db = await Database.open(settings.store)
     service = ImagineService(settings, db, FakeBackend(settings))
     await service.start()
     fronts: list[WebFront] = []
