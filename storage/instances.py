@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 
 from storage.jobs import SELECT_JOBS
 from storage.records import InstanceRecord, JobRecord, columns
@@ -56,6 +57,6 @@ def take_notices(c: sqlite3.Connection, prefix: str, now: float, limit: int = 10
         "AND user_id LIKE ? ESCAPE '\\' ORDER BY finished_at LIMIT ?",
         (pattern, limit),
     ).fetchall()
-    jobs = [JobRecord.from_row(row) for row in rows]
+    jobs = [replace(JobRecord.from_row(row), notified_at=now) for row in rows]
     c.executemany("UPDATE jobs SET notified_at = ? WHERE id = ?", [(now, job.id) for job in jobs])
     return jobs

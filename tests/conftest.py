@@ -51,6 +51,15 @@ def postgres_url(postgres_server: PostgresServer) -> str:
 
 
 @pytest.fixture(params=ENGINES)
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """What ``Database.open`` takes, on each engine in turn: a SQLite file, a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.sqlite3")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture(params=ENGINES)
 def engine_settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
     """``settings`` on each engine in turn: a contract suite takes it as its ``settings``."""
     if request.param == "sqlite":

@@ -1,4 +1,5 @@
-"""The gateway core on a real SQLite file with the fake backend: reserve, settle, refund, bounds."""
+"""The gateway core with the fake backend, on each engine (a real SQLite file, a real PostgreSQL
+database): reserve, settle, refund, bounds."""
 
 from __future__ import annotations
 
@@ -38,6 +39,12 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+@pytest.fixture
+def settings(engine_settings: Settings) -> Settings:
+    """The contract suite: every test here runs on both engines."""
+    return engine_settings
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""storage/: migrations, pragmas, and the ledger check that every scenario's test relies on."""
+"""storage/: migrations, pragmas, and the ledger check that every scenario's test relies on; the
+tests that take ``store_target`` run on both engines."""
 
 from __future__ import annotations
 
@@ -43,8 +44,8 @@ async def test_migrations_apply_once_and_pragmas_hold(tmp_path: Path) -> None:
     conn.close()
 
 
-async def test_ledger_check_finds_a_tampered_balance(tmp_path: Path) -> None:
-    db = await Database.open(tmp_path / "db.sqlite3")
+async def test_ledger_check_finds_a_tampered_balance(store_target: str) -> None:
+    db = await Database.open(store_target)
     try:
         await reserve(db, "j1", cost=2)
         await db.settle("j1", delivered=2, seed=1, model="m", gpu_seconds=1.0, now=2.0)
@@ -56,10 +57,10 @@ async def test_ledger_check_finds_a_tampered_balance(tmp_path: Path) -> None:
         await db.close()
 
 
-async def test_refused_reservations_in_one_batch_leave_the_others_whole(tmp_path: Path) -> None:
+async def test_refused_reservations_in_one_batch_leave_the_others_whole(store_target: str) -> None:
     import asyncio
 
-    db = await Database.open(tmp_path / "db.sqlite3")
+    db = await Database.open(store_target)
     try:
         outcomes = await asyncio.gather(*(reserve(db, f"j{i}") for i in range(6)), return_exceptions=True)
         refused = [o for o in outcomes if isinstance(o, ReservationRefused)]
@@ -72,8 +73,8 @@ async def test_refused_reservations_in_one_batch_leave_the_others_whole(tmp_path
         await db.close()
 
 
-async def test_a_jobs_reply_record_can_be_completed_after_delivery(tmp_path: Path) -> None:
-    db = await Database.open(tmp_path / "db.sqlite3")
+async def test_a_jobs_reply_record_can_be_completed_after_delivery(store_target: str) -> None:
+    db = await Database.open(store_target)
     try:
         await reserve(db, "j1")
         assert await db.set_reply("j1", {"chat_id": 7, "files": ["AgAC1"]})
