@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import pytest
 
+from gateway import ImagineService, JobStatus, Settings
+from gateway.backend import GenerationResult, ProgressCallback
+from gateway.fake_backend import FakeBackend
 from gateway.jobs import Job
 from gateway.request import ImageRequest
 from gateway.turns import FairTurns, estimated_cost
+from storage import Database
 
 
 def job(name: str, *, size: int = 512, n: int = 1, steps: int = 25) -> Job:
@@ -159,3 +166,97 @@ def test_a_user_with_nothing_waiting_leaves_no_state() -> None:
         turns.pop()
     with pytest.raises(ValueError):
         turns.remove(a1)
+
+
+# --- through the service --------------------------------------------------------------------------
+
+
+@dataclass
+class Start:
+    job_id: str
+    queued_positions: dict[str, int]  # every waiting job's position as it was told, at this start
+
+
+class GatedBackend(FakeBackend):
+    """One job at a time; nothing runs until ``gate`` opens (``entered`` says the first job waits
+    there, taken from the queue); records what starts when."""
+
+    def __init__(self, service_jobs: dict[str, Job]) -> None:
+        super().__init__()
+        self.capacity_value = 1
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+        self.starts: list[Start] = []
+        self.jobs = service_jobs
+
+    async def generate(
+        self, job_id: str, request: ImageRequest, progress: ProgressCallback
+    ) -> GenerationResult:
+        self.entered.set()
+        await self.gate.wait()
+        queued = {j.id: j.position for j in self.jobs.values() if j.status is JobStatus.QUEUED}
+        self.starts.append(Start(job_id, queued))
+        return await super().generate(job_id, request, progress)
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    database = await Database.open(settings.db_path)
+    yield database
+    assert await database.check_ledger() == []
+    await database.close()
+
+
+async def test_light_users_run_within_the_first_turns_and_are_told_true_positions(
+    settings: Settings, db: Database
+) -> None:
+    jobs: dict[str, Job] = {}
+    backend = GatedBackend(jobs)
+    await backend.start()
+    service = ImagineService(settings.with_overrides(max_queued_per_user=10), db, backend)
+    await service.start()
+    try:
+        for k in range(1, 7):
+            jobs[f"heavy:{k}"] = await service.submit("cli:heavy", "x", job_id=f"heavy:{k}")
+            if k == 1:
+                await backend.entered.wait()  # taken at once: the heavy user was alone
+        for user in ("l1", "l2", "l3"):
+            jobs[f"{user}:1"] = await service.submit(f"cli:{user}", "x", job_id=f"{user}:1")
+        told = {name: j.position for name, j in jobs.items() if j.status is JobStatus.QUEUED}
+        backend.gate.set()
+        await asyncio.gather(*(j.wait() for j in jobs.values()))
+    finally:
+        await service.close()
+
+    order = [start.job_id for start in backend.starts]
+    expected = ["heavy:1", "heavy:2", "l1:1", "l2:1", "l3:1", "heavy:3", "heavy:4", "heavy:5", "heavy:6"]
+    assert order == expected
+    # heavy:1 was running when the others were queued: each was told how many start before it.
+    assert told == {name: order.index(name) for name in order[1:]}
+    for started, start in enumerate(backend.starts):
+        assert start.queued_positions == {name: order.index(name) - started for name in order[started + 1 :]}
+
+
+async def test_a_cancelled_job_gives_its_place_and_positions_follow(settings: Settings, db: Database) -> None:
+    jobs: dict[str, Job] = {}
+    backend = GatedBackend(jobs)
+    await backend.start()
+    service = ImagineService(settings.with_overrides(max_queued_per_user=10), db, backend)
+    await service.start()
+    try:
+        for name, user in (("a:1", "a"), ("a:2", "a"), ("a:3", "a"), ("b:1", "b"), ("c:1", "c")):
+            jobs[name] = await service.submit(f"cli:{user}", "x", job_id=name)
+            if name == "a:1":
+                await backend.entered.wait()
+        assert {name: j.position for name, j in jobs.items()} == {
+            "a:1": 0, "a:2": 1, "a:3": 4, "b:1": 2, "c:1": 3,
+        }  # fmt: skip
+        assert await service.cancel("b:1", by="cli:b")
+        assert [jobs[name].position for name in ("a:2", "c:1", "a:3")] == [1, 2, 3]
+        assert (await service.quota("cli:b")).remaining == settings.daily_quota
+        backend.gate.set()
+        for name in ("a:1", "a:2", "a:3", "c:1"):
+            await jobs[name].wait()
+    finally:
+        await service.close()
+    assert [start.job_id for start in backend.starts] == ["a:1", "a:2", "c:1", "a:3"]
