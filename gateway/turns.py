@@ -106,7 +106,8 @@ class FairTurns:
             self._drop(job.user_id)
 
     def order(self) -> list[Job]:
-        """The pops to come, worked out on a copy of the lanes: O(jobs + users x rounds)."""
+        """The pops to come, worked out on a copy of the lanes: O(jobs x users) at worst (each pop
+        may pass every other user's turn), O(jobs) when turns rarely end idle."""
         lanes = {
             user: _Lane(deque(lane.jobs), lane.deficit, lane.turn_begun) for user, lane in self._lanes.items()
         }
