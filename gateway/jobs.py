@@ -109,7 +109,8 @@ class Job:
     # --- state changes: each tells every reader of ``updates()`` -----------------------------
 
     def move_to(self, position: int) -> None:
-        """A job ahead in the queue started or left: this one moved up."""
+        """The number of jobs that run before this one changed: one started or left (it moved up), or
+        a newcomer's turn comes first (it moved back)."""
         self.position = position
         self._notify()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 
 from gateway.backend import Backend, GenerationResult
 from gateway.delivery import Delivery
@@ -27,42 +26,46 @@ from gateway.jobs import Job, JobResult
 from gateway.messages import RESTARTING
 from gateway.recovery import STORE_DOWN, Instance
 from gateway.settings import Settings
+from gateway.turns import FairTurns, Turns
 from storage import StoreUnavailable
 
 log = logging.getLogger("imagine.gateway")
 
 
 class JobQueue:
-    """Accepted jobs in order, and as many workers as the backend runs at once."""
+    """Accepted jobs taken in fair turns by user (:mod:`gateway.turns`), and as many workers as the
+    backend runs at once."""
 
     def __init__(self, settings: Settings, backend: Backend, instance: Instance, delivery: Delivery) -> None:
         self.settings = settings
         self.backend = backend
         self.instance = instance
         self.delivery = delivery
-        self._pending: deque[Job] = deque()
+        #: The order jobs are taken in; replaced only by benchmarks comparing orders (before ``start``).
+        self.turns: Turns = FairTurns()
         self._ready: asyncio.Queue[None] = asyncio.Queue()  # one token per queued job
         self._workers: list[asyncio.Task[None]] = []
         self._running: dict[str, asyncio.Task[GenerationResult]] = {}
         self._active: dict[str, Job] = {}  # taken from the queue, not finished
 
     def __len__(self) -> int:
-        return len(self._pending) + len(self._active)
+        return len(self.turns) + len(self._active)
 
     def start(self) -> None:
         for _ in range(max(1, self.backend.capacity)):
             self._workers.append(asyncio.create_task(self._worker(), name="imagine-worker"))
 
     def put(self, job: Job) -> None:
-        self._pending.append(job)
-        job.move_to(len(self._pending) - 1 + len(self._active))
-        self.instance.metrics.accepted(len(self._pending))
+        self.turns.put(job)
+        self._tell_positions()
+        self.instance.metrics.accepted(len(self.turns))
         self._ready.put_nowait(None)
 
     async def cancel(self, job: Job, reason: str) -> bool:
         """Take a queued job out, or stop a running one; either way it is refunded with ``reason``."""
-        if job in self._pending:
-            self._pending.remove(job)
+        if job in self.turns:
+            self.turns.remove(job)
+            self._tell_positions()
             await self.delivery.fail(job, Cancelled(self.delivery.refund_sentence(job, reason)))
             return True
         task = self._running.get(job.id)
@@ -74,8 +77,8 @@ class JobQueue:
 
     async def refund_waiting(self) -> None:
         """Imagine is stopping: every job still queued is refunded."""
-        while self._pending:
-            job = self._pending.popleft()
+        while self.turns:
+            job = self.turns.pop()
             await self.delivery.fail(job, Cancelled(self.delivery.refund_sentence(job, RESTARTING)))
 
     async def drain(self) -> None:
@@ -101,12 +104,11 @@ class JobQueue:
     async def _worker(self) -> None:
         while True:
             await self._ready.get()
-            if not self._pending:
+            if not self.turns:
                 continue  # its job was cancelled while queued
-            job = self._pending.popleft()
-            for i, waiting in enumerate(self._pending):
-                waiting.move_to(i + len(self._active) + 1)
+            job = self.turns.pop()
             self._active[job.id] = job
+            self._tell_positions()
             try:
                 await self._run(job)
             except asyncio.CancelledError:
@@ -123,6 +125,14 @@ class JobQueue:
                     await self.delivery.fail(job, BackendFailed(sentence))
             finally:
                 self._active.pop(job.id, None)
+
+    def _tell_positions(self) -> None:
+        """Tell each waiting job how many run before it: those running, then those the turns take
+        first. A newcomer's turn can come before a backlog's, so a position may grow; only the
+        jobs whose position changed are told. O(jobs) per change."""
+        for ahead, waiting in enumerate(self.turns.order(), start=len(self._active)):
+            if waiting.position != ahead:
+                waiting.move_to(ahead)
 
     async def _run(self, job: Job) -> None:
         started = time.monotonic()

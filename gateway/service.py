@@ -32,6 +32,7 @@ from gateway.queue import JobQueue
 from gateway.recovery import HEARTBEAT_SECONDS, LEASE_SECONDS, Instance
 from gateway.request import MAX_SEED, ImageRequest, parse_prompt
 from gateway.settings import Settings
+from gateway.turns import Turns
 from storage import Database, JobRecord, NewJob, QuotaState, ReservationRefused, StoreUnavailable
 
 # Kept importable from here, where fronts, tests and benches found them before the split.
@@ -72,6 +73,8 @@ class ImagineService:
     kept_image_budget: PartAttribute[int] = PartAttribute("_jobs", "image_budget")
     #: How many finished jobs are remembered for duplicate events and status polls.
     _finished_keep: PartAttribute[int] = PartAttribute("_jobs", "keep")
+    #: The order queued jobs are taken in (fair turns by user; a benchmark sets arrival order).
+    turns: PartAttribute[Turns] = PartAttribute("_queue", "turns")
 
     def __init__(
         self,
