@@ -75,9 +75,10 @@ async def script(db: Database) -> list[Any]:
     add(await db.count_waiting())
     add(await db.claim_delivery("j1", instance_id="host-b", now=104.0))
     add(await db.claim_delivery("j1", instance_id="host-a", now=104.0))
-    add(await db.settle("j1", delivered=1, seed=7, model="m", gpu_seconds=2.0, now=105.0, instance_id="host-b"))
-    add(await db.settle("j1", delivered=1, seed=7, model="m", gpu_seconds=2.0, now=105.0, instance_id="host-a"))
-    add(await db.settle("j1", delivered=1, seed=7, model="m", gpu_seconds=2.0, now=105.0))  # closed
+    done = {"delivered": 1, "seed": 7, "model": "m", "gpu_seconds": 2.0, "now": 105.0}
+    add(await db.settle("j1", **done, instance_id="host-b"))  # type: ignore[arg-type]
+    add(await db.settle("j1", **done, instance_id="host-a"))  # type: ignore[arg-type]
+    add(await db.settle("j1", **done))  # type: ignore[arg-type]  # closed already
     add(await db.refund("j1", error_kind="late", error="late", now=106.0))  # closed
     # j2: refunded (bonus first), then its notice taken once
     add(await db.refund("j2", error_kind="interrupted", error="host-a stopped", now=107.0, gpu_seconds=0.5))
