@@ -134,32 +134,37 @@ class Instance:
         the others are refunded, and a front of any process tells their users (:meth:`take_recovered`).
         """
         now = self.clock()
-        dead = {inst.id for inst in await self.db.instances() if inst.id != self.id and _gone(inst, now)}
+        mine = process_ident(os.getpid())
+        dead = {
+            inst.id: _proven_dead(inst, mine)
+            for inst in await self.db.instances()
+            if inst.id != self.id and _gone(inst, now, mine)
+        }
         orphans = [
             job for job in await self.db.open_jobs() if job.instance_id is None or job.instance_id in dead
         ]
         refunded = []
         for record in orphans:
-            if record.delivering_at is not None:
-                done = await self.db.settle(
-                    record.id,
-                    delivered=record.ready_count if record.ready_count is not None else record.cost,
-                    seed=None,
-                    model=None,
-                    gpu_seconds=record.gpu_seconds,
-                    now=now,
-                    note="delivery cut off",
-                    instance_id=record.instance_id,
-                )
-                if done is not None:
-                    self.metrics.job_finished("succeeded", spent=done.spent, refunded=done.refunded)
-                continue
+            cost = record.cost
             message = (
-                f"Imagine restarted while making your image; your {credits_word(record.cost)} "
-                f"{'was' if record.cost == 1 else 'were'} refunded. Please try again."
+                f"Imagine restarted while making your image; your {credits_word(cost)} "
+                f"{'was' if cost == 1 else 'were'} refunded. Please try again."
             )
-            done = await self.db.refund(record.id, error_kind="interrupted", error=message, now=now)
-            if done is not None:
+            # The store checks the owner's lease again as it closes the job: one that heartbeated
+            # since (only slow) keeps it, and one that claimed its delivery meanwhile is charged.
+            done = await self.db.recover(
+                record.id,
+                owner=record.instance_id,
+                lease_seconds=LEASE_SECONDS,
+                proven_dead=dead.get(record.instance_id or "", False),
+                message=message,
+                now=now,
+            )
+            if done is None:
+                continue
+            if done.status == "succeeded":
+                self.metrics.job_finished("succeeded", spent=done.spent, refunded=done.refunded)
+            else:
                 refunded.append(done)
                 self.metrics.job_finished("interrupted", refunded=done.refunded)
         if refunded:
@@ -196,13 +201,15 @@ def process_ident(pid: int) -> str | None:
     return f"{boot}/{namespace}/{pid}/{start}"
 
 
-def _gone(inst: InstanceRecord, now: float) -> bool:
+def _gone(inst: InstanceRecord, now: float, mine: str | None) -> bool:
     """Whether a registered process has lost its jobs: stopped, past its lease, or provably dead."""
     if inst.stopped_at is not None or now - inst.heartbeat_at > LEASE_SECONDS:
         return True
-    if inst.ident is None:
-        return False
-    mine = process_ident(os.getpid())
-    if mine is None or mine.rsplit("/", 2)[0] != inst.ident.rsplit("/", 2)[0]:
+    return _proven_dead(inst, mine)
+
+
+def _proven_dead(inst: InstanceRecord, mine: str | None) -> bool:
+    """A process on this kernel and in this PID namespace whose PID is gone or reused."""
+    if inst.ident is None or mine is None or mine.rsplit("/", 2)[0] != inst.ident.rsplit("/", 2)[0]:
         return False  # another kernel or PID namespace: only its heartbeat can tell
-    return process_ident(inst.pid) != inst.ident  # same namespace: the PID is gone or reused
+    return process_ident(inst.pid) != inst.ident

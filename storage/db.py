@@ -125,6 +125,7 @@ class Database:
     claim_delivery = grouped(jobs.claim_delivery, pg_ops.claim_delivery)
     settle = grouped(_ledger.settle, pg_ops.settle)
     refund = grouped(_ledger.refund, pg_ops.refund)
+    recover = grouped(_ledger.recover, pg_ops.recover)
     set_reply = autocommit(jobs.set_reply)
     get_job = autocommit(jobs.get_job)
     count_waiting = autocommit(jobs.count_waiting)

@@ -32,7 +32,7 @@ def stop_instance(c: Conn, instance_id: str, now: float) -> None:
 
 
 def instances(c: Conn) -> list[InstanceRecord]:
-    rows = c.execute(f"SELECT {columns(InstanceRecord)} FROM instances")
+    rows = c.execute(f"SELECT {columns(InstanceRecord)} FROM instances ORDER BY started_at, id")
     return [InstanceRecord.from_row(row) for row in rows]
 
 

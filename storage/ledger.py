@@ -237,3 +237,45 @@ def check_ledger(c: Conn) -> list[str]:
                 f"job {job_id}: cost {cost}, settled {settled}/{spent}, refunded {back}/{refunded}"
             )
     return problems
+
+
+def recover(
+    c: sqlite3.Connection,
+    job_id: str,
+    *,
+    owner: str | None,
+    lease_seconds: float,
+    proven_dead: bool,
+    message: str,
+    now: float,
+) -> JobRecord | None:
+    """Close an open job whose process is gone, the lease checked again in this transaction.
+
+    ``None`` (nothing changed) when the job is closed already, is not ``owner``'s, or its owner has
+    heartbeated within the lease since the caller looked (it was only slow), unless the caller has
+    ``proven_dead`` (same kernel, the PID gone). A job whose delivery was claimed is charged (its
+    images may be out); any other is refunded as ``interrupted`` with ``message``.
+    """
+    job = _open_job(c, job_id)
+    if job is None or job.instance_id != owner:
+        return None
+    if owner is not None and not proven_dead:
+        row = c.execute(
+            "SELECT 1 FROM instances WHERE id = ? AND stopped_at IS NULL AND heartbeat_at >= ?",
+            (owner, now - lease_seconds),
+        ).fetchone()
+        if row is not None:
+            return None  # its lease is held again
+    if job.delivering_at is not None:
+        delivered = job.ready_count if job.ready_count is not None else job.cost
+        return settle(
+            c,
+            job_id,
+            delivered=delivered,
+            seed=None,
+            model=None,
+            gpu_seconds=job.gpu_seconds,
+            now=now,
+            note="delivery cut off",
+        )
+    return refund(c, job_id, error_kind="interrupted", error=message, now=now)

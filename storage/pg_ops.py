@@ -186,3 +186,13 @@ def take_notices(prefix: str, now: float, limit: int = 100) -> Call[list[JobReco
 def integrity_check() -> Call[str]:
     """PostgreSQL keeps its own pages whole; this asks the server to answer at all."""
     return Call("SELECT 'ok'", (), str)
+
+
+def recover(
+    job_id: str, *, owner: str | None, lease_seconds: float, proven_dead: bool, message: str, now: float
+) -> Call[JobRecord | None]:
+    return Call(
+        "SELECT imagine_recover(%s, %s, %s, %s, %s, %s)",
+        (job_id, owner, lease_seconds, proven_dead, message, now),
+        _job,
+    )

@@ -88,6 +88,34 @@ async def script(db: Database) -> list[Any]:
     add(await db.set_reply("j6", {"files": ["AgAC"]}))
     add(await db.get_job("j6"))
     add(await db.get_job("missing"))
+    # recovery: host-b's lease lapsed (last heartbeat at 100); host-a's is held
+    await db.register_instance("host-c", host="c", pid=1, now=100.0)
+    for job_id, owner in (("k1", "host-b"), ("k2", "host-b"), ("k3", "host-a"), ("k4", "host-c")):
+        await db.reserve(
+            new_job(job_id, user="discord:8", instance=owner, max_user_open=9, max_open=99, allowance=9)
+        )
+    await db.mark_running("k2", 109.0)
+    await db.claim_delivery("k2", instance_id="host-b", now=109.0)  # images may be out: charged
+    again = {"lease_seconds": 30.0, "message": "restarted", "now": 140.0}
+    recovered = [
+        await db.recover("k1", owner="host-b", proven_dead=False, **again),  # type: ignore[arg-type]
+        await db.recover("k1", owner="host-b", proven_dead=False, **again),  # type: ignore[arg-type]
+        await db.recover("k2", owner="host-b", proven_dead=False, **again),  # type: ignore[arg-type]
+        await db.recover("k3", owner="host-b", proven_dead=False, **again),  # type: ignore[arg-type]
+    ]
+    await db.heartbeat("host-c", 135.0)  # slow, not gone: it heartbeated since the rescuer looked
+    recovered.append(await db.recover("k4", owner="host-c", proven_dead=False, **again))  # type: ignore[arg-type]
+    recovered.append(await db.recover("k4", owner="host-c", proven_dead=True, **again))  # type: ignore[arg-type]
+    outcome = [None if job is None else (job.id, job.status, job.spent, job.error_kind) for job in recovered]
+    assert outcome == [
+        ("k1", "failed", 0, "interrupted"),  # refunded
+        None,  # closed already
+        ("k2", "succeeded", 1, None),  # its delivery was claimed: charged, never refunded
+        None,  # not host-b's job
+        None,  # host-c holds its lease again
+        ("k4", "failed", 0, "interrupted"),  # unless it is proven dead
+    ]
+    seen.extend(recovered)
     await db.heartbeat("host-a", 110.0)
     await db.stop_instance("host-b", 111.0)
     add(await db.instances())
