@@ -214,8 +214,7 @@ class TelegramFront:
         application, self.application = self.application, None
         if application is None:
             return
-        if self.application is not None:
-            await self.application.bot_data.conversation.close()
+        await application.bot_data.conversation.close()  # the recovery notices' push loop
         if application.updater is not None and application.updater.running:
             await application.updater.stop()
         state = application.bot_data
