@@ -175,13 +175,19 @@ def test_a_copy_that_fails_its_check_is_rolled_back(
     assert asyncio.run(snapshot(postgres_url)) == empty  # not a row, and the target's own secret
 
 
-def test_a_missing_file_is_one_sentence_and_exit_2(
+def test_a_missing_or_foreign_file_is_one_sentence_and_exit_2(
     env: Path, postgres_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, out, err = run(capsys, "db", "copy", "nowhere.sqlite3", with_password(postgres_url))
     assert (code, out) == (imagine.EXIT_INVALID, "")
     assert err == "imagine: There is no SQLite file at nowhere.sqlite3.\n"
     assert not (env / "nowhere.sqlite3").exists()
+    (env / "notes.txt").write_text("not a database, only words " * 20)
+    code, out, err = run(capsys, "db", "copy", "notes.txt", postgres_url)
+    assert (code, err) == (
+        imagine.EXIT_INVALID,
+        "imagine: notes.txt is not a SQLite store: file is not a database.\n",
+    )
 
 
 def test_a_target_that_cannot_be_reached_never_shows_the_password(
