@@ -183,6 +183,24 @@ async def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_db_copy(settings: Settings, args: argparse.Namespace) -> int:
+    from storage.copy import CopyFailed, CopyInputError, TargetNotEmpty, copy_store
+
+    try:
+        report = await copy_store(Path(args.sqlite_file), args.postgres_url)
+    except CopyInputError as exc:
+        raise InvalidRequest(str(exc)) from None
+    except CopyFailed as exc:
+        print(f"imagine: {exc}", file=sys.stderr)
+        return EXIT_REFUSED if isinstance(exc, TargetNotEmpty) else EXIT_ERROR
+    print(f"imagine: copied {report.source} to {report.target} in {report.seconds:.1f} s")
+    width = max(map(len, report.rows))
+    for table, rows in report.rows.items():
+        print(f"  {table:<{width}}  {rows:>9}")
+    print("imagine: verified on the target: balances equal the ledger, every table's rows match. done")
+    return EXIT_OK
+
+
 def cmd_download_model(settings: Settings, args: argparse.Namespace) -> int:
     from backend.models import download_model
 
@@ -313,6 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="admin: jobs, credits and users of the last 24 hours")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_stats)
+
+    p = sub.add_parser("db", help="admin: the store itself")
+    dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dc = dsub.add_parser(
+        "copy",
+        help="move a SQLite store, ledger and all, into an empty PostgreSQL database (stop the bots first)",
+    )
+    dc.add_argument("sqlite_file", metavar="SQLITE_FILE")
+    dc.add_argument("postgres_url", metavar="POSTGRES_URL", help="postgresql://user:password@host:5432/db")
+    p.set_defaults(run=cmd_db_copy)
 
     p = sub.add_parser("download-model", help="fetch model weights ahead of time (Docker build)")
     p.add_argument("model", nargs="?")
