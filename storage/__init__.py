@@ -2,9 +2,10 @@
 
 from storage.db import Database
 from storage.errors import RefusedReason, ReservationRefused, StoreError, StoreUnavailable
-from storage.records import InstanceRecord, JobRecord, NewJob, QuotaState, Reservation
+from storage.records import BudgetState, InstanceRecord, JobRecord, NewJob, QuotaState, Reservation
 
 __all__ = [
+    "BudgetState",
     "Database",
     "InstanceRecord",
     "JobRecord",

@@ -126,6 +126,8 @@ class Database:
     settle = grouped(_ledger.settle, pg_ops.settle)
     refund = grouped(_ledger.refund, pg_ops.refund)
     recover = grouped(_ledger.recover, pg_ops.recover)
+    budget = autocommit(_ledger.budget)
+    set_budget = grouped(_ledger.set_budget, pg_ops.set_budget)
     set_reply = autocommit(jobs.set_reply)
     get_job = autocommit(jobs.get_job)
     count_waiting = autocommit(jobs.count_waiting)

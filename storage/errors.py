@@ -6,7 +6,7 @@ import sqlite3
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from storage.records import QuotaState
+    from storage.records import BudgetState, QuotaState
 
 
 class RefusedReason:
@@ -14,6 +14,9 @@ class RefusedReason:
     CREDITS = "credits"
     USER_QUEUE = "user_queue"
     QUEUE = "queue"
+    BUDGET = "budget"  # the month's GPU budget would be overrun
+    RELAX_USED = "relax_used"  # today's relax jobs are used up (or the lane is off)
+    RELAX_UNNEEDED = "relax_unneeded"  # credits are left: the relax lane is for when they are spent
 
 
 class ReservationRefused(Exception):
@@ -26,12 +29,14 @@ class ReservationRefused(Exception):
         quota: QuotaState | None = None,
         ban_reason: str = "",
         open_jobs: int = 0,
+        budget: BudgetState | None = None,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.quota = quota
         self.ban_reason = ban_reason
         self.open_jobs = open_jobs
+        self.budget = budget
 
 
 class StoreUnavailable(Exception):

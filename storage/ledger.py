@@ -14,7 +14,7 @@ from typing import Any
 from storage.accounts import ban_reason, ensure_user, quota
 from storage.errors import RefusedReason, ReservationRefused, cannot_take_back
 from storage.jobs import WAITING, count_jobs, get_job, position
-from storage.records import OPEN_STATUSES, JobRecord, NewJob, QuotaState, Reservation
+from storage.records import OPEN_STATUSES, BudgetState, JobRecord, NewJob, QuotaState, Reservation
 from storage.sql import Conn
 
 _ADD_ROW = (
@@ -40,21 +40,33 @@ def reserve(c: sqlite3.Connection, new: NewJob) -> Reservation:
         raise ReservationRefused(RefusedReason.QUEUE, open_jobs=open_total)
     ensure_user(c, new.user_id, new.now)
     before = quota(c, new.user_id, day=new.day, default_allowance=new.default_allowance)
-    if new.unlimited:
+    cost = new.cost
+    if new.relax:
+        if not new.unlimited and before.remaining >= new.cost:
+            raise ReservationRefused(RefusedReason.RELAX_UNNEEDED, quota=before)
+        relax_today = count_jobs(
+            c, "user_id = ? AND day = ? AND relax = 1 AND status != 'failed'", (new.user_id, new.day)
+        )
+        if relax_today >= new.relax_daily:
+            raise ReservationRefused(RefusedReason.RELAX_USED, quota=before, open_jobs=relax_today)
+        cost = 0
+    if new.unlimited or new.relax:
         daily = bonus = 0
     else:
         if before.remaining < new.cost:
             raise ReservationRefused(RefusedReason.CREDITS, quota=before)
         daily = min(new.cost, max(0, before.allowance - before.used))
         bonus = new.cost - daily
+    _hold_budget(c, new)
     c.execute(
         "INSERT INTO jobs (id, user_id, request, status, cost, day, daily, bonus, seed, reply, "
-        "instance_id, created_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?)",
+        "instance_id, created_at, relax, budget_hold_ms) "
+        "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             new.job_id,
             new.user_id,
             json.dumps(new.request),
-            new.cost,
+            cost,
             new.day,
             daily,
             bonus,
@@ -62,12 +74,14 @@ def reserve(c: sqlite3.Connection, new: NewJob) -> Reservation:
             json.dumps(new.reply) if new.reply is not None else None,
             new.instance_id,
             new.now,
+            int(new.relax),
+            new.budget_hold_ms,
         ),
     )
-    note = "unlimited" if new.unlimited else None
+    note = "relax" if new.relax else "unlimited" if new.unlimited else None
     c.execute(
         _ADD_ROW,
-        (new.user_id, new.job_id, "reserve", new.cost, daily, -bonus, new.day, note, new.now),
+        (new.user_id, new.job_id, "reserve", cost, daily, -bonus, new.day, note, new.now),
     )
     if daily:
         c.execute(
@@ -83,7 +97,7 @@ def reserve(c: sqlite3.Connection, new: NewJob) -> Reservation:
         before.allowance,
         before.used + daily,
         before.bonus - bonus,
-        before.reserved + new.cost,
+        before.reserved + cost,
         before.override,
         new.unlimited,
     )
@@ -115,10 +129,13 @@ def settle(
     spent = max(0, min(delivered, job.cost))
     c.execute(_ADD_ROW, (job.user_id, job.id, "settle", spent, 0, 0, job.day, note or None, now))
     _give_back(c, job, job.cost - spent, now, note or "not delivered")
+    used_ms = job.budget_hold_ms if gpu_seconds is None else max(0, round(gpu_seconds * 1000))
+    used_ms = used_ms if job.budget_hold_ms > 0 else 0  # a job that held no budget charges none
+    _close_budget(c, job, used_ms)
     c.execute(
         "UPDATE jobs SET status = 'succeeded', spent = ?, refunded = ?, seed = COALESCE(?, seed), "
-        "model = ?, gpu_seconds = ?, finished_at = ? WHERE id = ?",
-        (spent, job.cost - spent, seed, model, gpu_seconds, now, job_id),
+        "model = ?, gpu_seconds = ?, finished_at = ?, budget_spent_ms = ? WHERE id = ?",
+        (spent, job.cost - spent, seed, model, gpu_seconds, now, used_ms, job_id),
     )
     return _reread(c, job_id)
 
@@ -137,12 +154,60 @@ def refund(
     if job is None:
         return None
     _give_back(c, job, job.cost, now, error_kind)
+    _close_budget(c, job, 0)  # a failed job's GPU time goes back to the month, as its credits do
     c.execute(
         "UPDATE jobs SET status = 'failed', refunded = cost, error_kind = ?, error = ?, "
         "gpu_seconds = ?, finished_at = ? WHERE id = ?",
         (error_kind, error, gpu_seconds, now, job_id),
     )
     return _reread(c, job_id)
+
+
+def _hold_budget(c: sqlite3.Connection, new: NewJob) -> None:
+    """Hold the job's estimated GPU time against its month, or refuse it past the ceiling."""
+    if new.budget_hold_ms <= 0:
+        return
+    c.execute("INSERT OR IGNORE INTO budget_months (month) VALUES (?)", (new.month,))
+    state = budget(c, new.month, default_ceiling_ms=new.budget_ceiling_ms)
+    if (
+        state.ceiling_ms is not None
+        and state.spent_ms + state.held_ms + new.budget_hold_ms > state.ceiling_ms
+    ):
+        raise ReservationRefused(RefusedReason.BUDGET, budget=state)
+    c.execute(
+        "UPDATE budget_months SET held_ms = held_ms + ? WHERE month = ?", (new.budget_hold_ms, new.month)
+    )
+
+
+def _close_budget(c: sqlite3.Connection, job: JobRecord, used_ms: int) -> None:
+    """A job ends: its hold leaves the month, and ``used_ms`` joins the month's spend."""
+    if job.budget_hold_ms <= 0:
+        return
+    c.execute(
+        "UPDATE budget_months SET held_ms = held_ms - ?, spent_ms = spent_ms + ? WHERE month = ?",
+        (job.budget_hold_ms, used_ms, job.day[:7]),
+    )
+
+
+def budget(c: Conn, month: str, *, default_ceiling_ms: int | None) -> BudgetState:
+    """The month's GPU time: the ceiling in force (an admin's, else ``default_ceiling_ms``), spent, held."""
+    row = c.execute(
+        "SELECT ceiling_ms, spent_ms, held_ms FROM budget_months WHERE month = ?", (month,)
+    ).fetchone()
+    if row is None:
+        return BudgetState(month, default_ceiling_ms, 0, 0, False)
+    override = row["ceiling_ms"] is not None
+    ceiling = row["ceiling_ms"] if override else default_ceiling_ms
+    return BudgetState(month, ceiling, row["spent_ms"], row["held_ms"], override)
+
+
+def set_budget(c: sqlite3.Connection, month: str, ceiling_ms: int | None) -> None:
+    """An admin's ceiling for ``month`` (None: back to the setting)."""
+    c.execute(
+        "INSERT INTO budget_months (month, ceiling_ms) VALUES (?, ?) "
+        "ON CONFLICT (month) DO UPDATE SET ceiling_ms = excluded.ceiling_ms",
+        (month, ceiling_ms),
+    )
 
 
 def grant(c: sqlite3.Connection, user_id: str, credits: int, *, by: str, now: float) -> int:
@@ -235,6 +300,19 @@ def check_ledger(c: Conn) -> list[str]:
         if status not in OPEN_STATUSES and (settled != spent or back != refunded or spent + back != cost):
             problems.append(
                 f"job {job_id}: cost {cost}, settled {settled}/{spent}, refunded {back}/{refunded}"
+            )
+    for row in c.execute(
+        "SELECT b.month, b.held_ms, b.spent_ms, "
+        "COALESCE((SELECT SUM(budget_hold_ms) FROM jobs j WHERE substr(j.day, 1, 7) = b.month "
+        " AND j.status IN ('queued', 'running')), 0) AS held, "
+        "COALESCE((SELECT SUM(budget_spent_ms) FROM jobs j WHERE substr(j.day, 1, 7) = b.month "
+        " AND j.status NOT IN ('queued', 'running')), 0) AS spent "
+        "FROM budget_months b"
+    ):
+        if (row["held_ms"], row["spent_ms"]) != (row["held"], row["spent"]):
+            problems.append(
+                f"budget {row['month']}: held {row['held_ms']} ms, spent {row['spent_ms']} ms, "
+                f"but the jobs sum to {row['held']} ms and {row['spent']} ms"
             )
     return problems
 

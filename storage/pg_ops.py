@@ -12,7 +12,7 @@ from psycopg.types.json import Jsonb
 
 from storage.errors import ReservationRefused, cannot_take_back
 from storage.postgres import Call
-from storage.records import JobRecord, NewJob, QuotaState, Reservation
+from storage.records import BudgetState, JobRecord, NewJob, QuotaState, Reservation
 
 #: JSON writes 2.0 as 2: the columns that are floats in the table are floats in the record again.
 _FLOATS = [f.name for f in fields(JobRecord) if "float" in str(f.type)]
@@ -48,17 +48,23 @@ def reserve(new: NewJob) -> Call[Reservation]:
         "unlimited": new.unlimited,
         "max_user_open": new.max_user_open,
         "max_open": new.max_open,
+        "relax": new.relax,
+        "relax_daily": new.relax_daily,
+        "budget_hold_ms": new.budget_hold_ms,
+        "budget_ceiling_ms": new.budget_ceiling_ms,
     }
 
     def decode(value: dict[str, Any]) -> Reservation:
         refused = value.get("refused")
         if refused is not None:
             quota = value.get("quota")
+            budget = value.get("budget")
             raise ReservationRefused(
                 refused,
                 quota=_quota(quota) if quota else None,
                 ban_reason=value.get("ban_reason") or "",
                 open_jobs=value.get("open_jobs") or 0,
+                budget=BudgetState(**budget) if budget else None,
             )
         job = _record(value["job"])
         quota = value.get("quota")
@@ -195,4 +201,13 @@ def recover(
         "SELECT imagine_recover(%s, %s, %s, %s, %s, %s)",
         (job_id, owner, lease_seconds, proven_dead, message, now),
         _job,
+    )
+
+
+def set_budget(month: str, ceiling_ms: int | None) -> Call[None]:
+    return Call(
+        "INSERT INTO budget_months (month, ceiling_ms) VALUES (%s, %s) "
+        "ON CONFLICT (month) DO UPDATE SET ceiling_ms = excluded.ceiling_ms",
+        (month, ceiling_ms),
+        lambda _: None,
     )

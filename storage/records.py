@@ -67,6 +67,9 @@ class JobRecord:
     ready_count: int | None = None  # images made
     delivering_at: float | None = None  # a front claimed the delivery: the images may be out
     notified_at: float | None = None
+    relax: int = 0  # 1: a relax-lane job, which costs no credits
+    budget_hold_ms: int = 0  # estimated GPU time held against the month's budget while open
+    budget_spent_ms: int = 0  # GPU time charged to the month at its end
 
     @property
     def is_open(self) -> bool:
@@ -98,6 +101,26 @@ class NewJob:
     unlimited: bool
     max_user_open: int
     max_open: int
+    # the relax lane and the GPU budget
+    relax: bool = False  # costs no credits; allowed once the user's credits are spent
+    relax_daily: int = 0  # relax jobs a user may have per day (0: the lane is off)
+    budget_hold_ms: int = 0  # the job's estimated GPU time
+    budget_ceiling_ms: int | None = None  # the month's ceiling from the settings (None: off)
+
+    @property
+    def month(self) -> str:
+        return self.day[:7]
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    """One UTC month's GPU time: the ceiling in force, what finished jobs used, what open ones hold."""
+
+    month: str
+    ceiling_ms: int | None
+    spent_ms: int
+    held_ms: int
+    override: bool  # the ceiling was set by an admin for this month
 
 
 @dataclass(frozen=True)

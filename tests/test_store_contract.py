@@ -26,6 +26,10 @@ def new_job(job_id: str, user: str = "discord:1", cost: int = 1, **limits: Any) 
         max_user_open=limits.get("max_user_open", 3),
         max_open=limits.get("max_open", 6),
         instance_id=limits.get("instance", "host-a"),
+        relax=limits.get("relax", False),
+        relax_daily=limits.get("relax_daily", 0),
+        budget_hold_ms=limits.get("hold", 0),
+        budget_ceiling_ms=limits.get("ceiling"),
         reply={"channel": 5, "text": "ünïcode ✓"},
         now=100.0 + len(job_id) / 10,
     )
@@ -37,7 +41,7 @@ async def attempt(call: Any) -> Any:
         return await call
     except ReservationRefused as refused:
         quota = refused.quota
-        return ("refused", refused.reason, refused.open_jobs, refused.ban_reason, quota)
+        return ("refused", refused.reason, refused.open_jobs, refused.ban_reason, quota, refused.budget)
     except StoreError as error:
         return ("store error", str(error))
 
@@ -116,6 +120,33 @@ async def script(db: Database) -> list[Any]:
         ("k4", "failed", 0, "interrupted"),  # unless it is proven dead
     ]
     seen.extend(recovered)
+    # the month's GPU budget: 10 s, jobs holding 4 s each
+    month = {"user": "discord:10", "allowance": 9, "max_user_open": 9, "max_open": 99, "ceiling": 10_000}
+    add(await attempt(db.reserve(new_job("b1", hold=4000, **month))))
+    add(await attempt(db.reserve(new_job("b2", hold=4000, **month))))
+    add(await attempt(db.reserve(new_job("b3", hold=4000, **month))))  # would overrun: refused
+    add(await db.refund("b1", error_kind="failed", error="x", now=120.0))  # gives its hold back
+    add(await attempt(db.reserve(new_job("b4", hold=4000, **month))))
+    add(await db.settle("b2", delivered=1, seed=1, model="m", gpu_seconds=2.5, now=121.0))
+    add(await db.budget("2026-12", default_ceiling_ms=10_000))
+    add(await attempt(db.reserve(new_job("b5", hold=4000, **month))))  # 2.5 + 4 + 4 > 10
+    await db.set_budget("2026-12", 20_000)  # an admin raises it
+    add(await attempt(db.reserve(new_job("b6", hold=4000, **month))))
+    add(await db.budget("2026-12", default_ceiling_ms=10_000))
+    add(await db.budget("2027-01", default_ceiling_ms=10_000))  # a new month starts empty
+    # the relax lane: once credits are spent, one free job a day
+    relax = {"user": "discord:11", "allowance": 1, "relax_daily": 1, "max_user_open": 9, "max_open": 99}
+    add(await attempt(db.reserve(new_job("r1", relax=True, **relax))))  # credits left: not needed
+    add(await attempt(db.reserve(new_job("r2", **relax))))
+    add(await attempt(db.reserve(new_job("r3", relax=True, hold=1000, **relax))))
+    add(await attempt(db.reserve(new_job("r4", relax=True, **relax))))  # today's relax job is used
+    add(await db.quota("discord:11", day=DAY, default_allowance=1))
+    lanes = [
+        step[1] if isinstance(step, tuple) else step.job.id
+        for step in seen[-18:]
+        if hasattr(step, "job") or isinstance(step, tuple)
+    ]
+    assert lanes == ["b1", "b2", "budget", "b4", "budget", "b6", "relax_unneeded", "r2", "r3", "relax_used"]
     await db.heartbeat("host-a", 110.0)
     await db.stop_instance("host-b", 111.0)
     add(await db.instances())

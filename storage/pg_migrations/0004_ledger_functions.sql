@@ -29,6 +29,23 @@ CREATE FUNCTION imagine_position(p_job jobs) RETURNS INTEGER LANGUAGE sql STABLE
     END
 $$;
 
+-- The month's GPU time: the ceiling in force (an admin's, else the setting's), spent and held.
+CREATE FUNCTION imagine_budget(p_month TEXT, p_default BIGINT) RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(
+        (SELECT jsonb_build_object('month', p_month, 'ceiling_ms', COALESCE(ceiling_ms, p_default),
+                                   'spent_ms', spent_ms, 'held_ms', held_ms,
+                                   'override', ceiling_ms IS NOT NULL)
+         FROM budget_months WHERE month = p_month),
+        jsonb_build_object('month', p_month, 'ceiling_ms', p_default, 'spent_ms', 0, 'held_ms', 0,
+                           'override', false))
+$$;
+
+-- A job ends: its hold leaves the month, and `p_used` milliseconds join the month's spend.
+CREATE FUNCTION imagine_close_budget(p_job jobs, p_used BIGINT) RETURNS void LANGUAGE sql AS $$
+    UPDATE budget_months SET held_ms = held_ms - p_job.budget_hold_ms, spent_ms = spent_ms + p_used
+    WHERE month = left(p_job.day, 7) AND p_job.budget_hold_ms > 0
+$$;
+
 CREATE FUNCTION imagine_reserve(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     v_job jobs;
@@ -44,6 +61,12 @@ DECLARE
     v_left INTEGER;
     v_daily INTEGER := 0;
     v_bonus INTEGER := 0;
+    v_relax BOOLEAN := COALESCE((p->>'relax')::BOOLEAN, false);
+    v_cost_now INTEGER := (p->>'cost')::INTEGER;
+    v_relax_today INTEGER;
+    v_hold BIGINT := COALESCE((p->>'budget_hold_ms')::BIGINT, 0);
+    v_month TEXT := left(p->>'day', 7);
+    v_budget jsonb;
 BEGIN
     PERFORM imagine_write_lock();
     SELECT * INTO v_job FROM jobs WHERE id = p->>'job_id';
@@ -70,23 +93,42 @@ BEGIN
         imagine_quota(v_user, v_day, (p->>'default_allowance')::INTEGER),
         jsonb_build_object('user_id', v_user, 'day', v_day, 'allowance', (p->>'default_allowance')::INTEGER,
                            'used', 0, 'bonus', 0, 'reserved', 0, 'override', false));
-    IF NOT v_unlimited THEN
-        v_left := GREATEST(0, (v_quota->>'allowance')::INTEGER - (v_quota->>'used')::INTEGER);
+    v_left := GREATEST(0, (v_quota->>'allowance')::INTEGER - (v_quota->>'used')::INTEGER);
+    IF v_relax THEN
+        IF NOT v_unlimited AND v_left + (v_quota->>'bonus')::INTEGER >= v_cost THEN
+            RETURN jsonb_build_object('refused', 'relax_unneeded', 'quota', v_quota);
+        END IF;
+        SELECT COUNT(*) INTO v_relax_today FROM jobs
+        WHERE user_id = v_user AND day = v_day AND relax = 1 AND status <> 'failed';
+        IF v_relax_today >= COALESCE((p->>'relax_daily')::INTEGER, 0) THEN
+            RETURN jsonb_build_object('refused', 'relax_used', 'quota', v_quota, 'open_jobs', v_relax_today);
+        END IF;
+        v_cost_now := 0;
+    ELSIF NOT v_unlimited THEN
         IF v_left + (v_quota->>'bonus')::INTEGER < v_cost THEN
             RETURN jsonb_build_object('refused', 'credits', 'quota', v_quota);
         END IF;
         v_daily := LEAST(v_cost, v_left);
         v_bonus := v_cost - v_daily;
     END IF;
+    IF v_hold > 0 THEN
+        INSERT INTO budget_months (month) VALUES (v_month) ON CONFLICT (month) DO NOTHING;
+        v_budget := imagine_budget(v_month, (p->>'budget_ceiling_ms')::BIGINT);
+        IF (v_budget->>'ceiling_ms') IS NOT NULL AND (v_budget->>'spent_ms')::BIGINT
+                + (v_budget->>'held_ms')::BIGINT + v_hold > (v_budget->>'ceiling_ms')::BIGINT THEN
+            RETURN jsonb_build_object('refused', 'budget', 'budget', v_budget);
+        END IF;
+        UPDATE budget_months SET held_ms = held_ms + v_hold WHERE month = v_month;
+    END IF;
     INSERT INTO users (id, created_at) VALUES (v_user, v_now) ON CONFLICT (id) DO NOTHING;
     INSERT INTO jobs (id, user_id, request, status, cost, day, daily, bonus, seed, reply,
-                      instance_id, created_at)
-    VALUES (p->>'job_id', v_user, p->>'request', 'queued', v_cost, v_day, v_daily, v_bonus,
-            (p->>'seed')::BIGINT, p->>'reply', p->>'instance_id', v_now)
+                      instance_id, created_at, relax, budget_hold_ms)
+    VALUES (p->>'job_id', v_user, p->>'request', 'queued', v_cost_now, v_day, v_daily, v_bonus,
+            (p->>'seed')::BIGINT, p->>'reply', p->>'instance_id', v_now, v_relax::INTEGER, v_hold)
     RETURNING * INTO v_job;
     INSERT INTO ledger (user_id, job_id, kind, credits, daily, bonus, day, note, created_at)
-    VALUES (v_user, v_job.id, 'reserve', v_cost, v_daily, -v_bonus, v_day,
-            CASE WHEN v_unlimited THEN 'unlimited' END, v_now);
+    VALUES (v_user, v_job.id, 'reserve', v_cost_now, v_daily, -v_bonus, v_day,
+            CASE WHEN v_relax THEN 'relax' WHEN v_unlimited THEN 'unlimited' END, v_now);
     IF v_daily > 0 THEN
         INSERT INTO daily_usage (user_id, day, used) VALUES (v_user, v_day, v_daily)
         ON CONFLICT (user_id, day) DO UPDATE SET used = daily_usage.used + excluded.used;
@@ -99,7 +141,7 @@ BEGIN
         'quota', v_quota || jsonb_build_object(
             'used', (v_quota->>'used')::INTEGER + v_daily,
             'bonus', (v_quota->>'bonus')::INTEGER - v_bonus,
-            'reserved', (v_quota->>'reserved')::INTEGER + v_cost,
+            'reserved', (v_quota->>'reserved')::INTEGER + v_cost_now,
             'unlimited', v_unlimited));
 END
 $$;
@@ -132,6 +174,7 @@ CREATE FUNCTION imagine_settle(
 DECLARE
     v_job jobs;
     v_spent INTEGER;
+    v_used BIGINT;
 BEGIN
     PERFORM imagine_write_lock();
     SELECT * INTO v_job FROM jobs WHERE id = p_job_id AND status IN ('queued', 'running');
@@ -145,8 +188,12 @@ BEGIN
     INSERT INTO ledger (user_id, job_id, kind, credits, daily, bonus, day, note, created_at)
     VALUES (v_job.user_id, v_job.id, 'settle', v_spent, 0, 0, v_job.day, NULLIF(p_note, ''), p_now);
     PERFORM imagine_give_back(v_job, v_job.cost - v_spent, p_now, COALESCE(NULLIF(p_note, ''), 'not delivered'));
+    v_used := CASE WHEN v_job.budget_hold_ms <= 0 THEN 0  -- a job that held no budget charges none
+                   WHEN p_gpu IS NULL THEN v_job.budget_hold_ms ELSE GREATEST(0, round(p_gpu * 1000)) END;
+    PERFORM imagine_close_budget(v_job, v_used);
     UPDATE jobs SET status = 'succeeded', spent = v_spent, refunded = v_job.cost - v_spent,
-        seed = COALESCE(p_seed, seed), model = p_model, gpu_seconds = p_gpu, finished_at = p_now
+        seed = COALESCE(p_seed, seed), model = p_model, gpu_seconds = p_gpu, finished_at = p_now,
+        budget_spent_ms = v_used
     WHERE id = p_job_id RETURNING * INTO v_job;
     RETURN to_jsonb(v_job);
 END
@@ -164,6 +211,7 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM imagine_give_back(v_job, v_job.cost, p_now, p_error_kind);
+    PERFORM imagine_close_budget(v_job, 0);  -- a failed job's GPU time goes back to the month
     UPDATE jobs SET status = 'failed', refunded = cost, error_kind = p_error_kind, error = p_error,
         gpu_seconds = p_gpu, finished_at = p_now
     WHERE id = p_job_id RETURNING * INTO v_job;
