@@ -176,6 +176,20 @@ async def _admin(settings: Settings, command: str, args: argparse.Namespace) -> 
     return EXIT_OK
 
 
+async def cmd_budget(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.admin import run_budget
+
+    usage = (
+        f"AMOUNT must be a number (this month's ceiling) or `default`; got {quoted(args.amount)}."
+        if args.amount is not None
+        else ""
+    )
+    async with open_accounts(settings) as accounts:
+        words = [args.amount] if args.amount is not None else []
+        print(await run_budget(accounts, None, words, usage=usage))
+    return EXIT_OK
+
+
 async def cmd_stats(settings: Settings, args: argparse.Namespace) -> int:
     async with open_accounts(settings) as accounts:
         stats = await accounts.stats(None)
@@ -328,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("unban", help="admin: lift a ban")
     p.add_argument("user")
     p.set_defaults(run=cmd_unban)
+    p = sub.add_parser("budget", help="admin: this month's GPU budget; with AMOUNT, set this month's ceiling")
+    p.add_argument("amount", nargs="?", help="in the currency of IMAGINE_GPU_COST_PER_SECOND, or `default`")
+    p.set_defaults(run=cmd_budget)
     p = sub.add_parser("stats", help="admin: jobs, credits and users of the last 24 hours")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=cmd_stats)

@@ -5,13 +5,16 @@ Needs only the settings and the store, so the admin commands of the CLI use it w
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from gateway.budget import Budget
 from gateway.errors import (
     Banned,
+    BudgetSpent,
     Busy,
     ImagineError,
     InvalidRequest,
@@ -21,12 +24,14 @@ from gateway.errors import (
     quoted,
     shown,
 )
-from gateway.messages import next_reset, until_reset, utc_day
+from gateway.messages import next_month_start, next_reset, reset_words, until_reset, utc_day, utc_month
 from gateway.request import ImageRequest
 from gateway.settings import Settings
 from storage import Database, QuotaState, RefusedReason, ReservationRefused, StoreError
 
 MAX_GRANT = 1_000_000
+#: The largest monthly budget an admin may set (in the currency of IMAGINE_GPU_COST_PER_SECOND).
+MAX_BUDGET = 10_000_000.0
 #: Longer than any platform's ids (a Discord snowflake is 20 digits, an IPv6 address 45 characters), and
 #: short enough that every admin reply naming the user fits a chat message.
 MAX_USER_ID_CHARS = 64
@@ -39,6 +44,7 @@ class Accounts:
         self.settings = settings
         self.db = db
         self.clock = clock
+        self.budget = Budget(settings, clock)
 
     def is_admin(self, user_id: str) -> bool:
         return user_id in self.settings.admins
@@ -78,6 +84,27 @@ class Accounts:
                 f"The queue is full ({refused.open_jobs} jobs); try again in a minute. Nothing was charged.",
                 retry_after=60,
             )
+        if refused.reason == RefusedReason.BUDGET:
+            return BudgetSpent(
+                "This bot's GPU budget for the month is used up; it resets on "
+                f"{reset_words(now)}. Nothing was charged.",
+                resets_at=next_month_start(now),
+            )
+        if refused.reason == RefusedReason.RELAX_UNNEEDED:
+            left = refused.quota.remaining if refused.quota is not None else 0
+            return InvalidRequest(
+                f"You still have {credits_word(left)} today; --relax is for when they are spent. "
+                "Ask again without it."
+            )
+        if refused.reason == RefusedReason.RELAX_USED:
+            if self.settings.relax_daily == 0:
+                return InvalidRequest("This bot has no relax lane; ask again without --relax.")
+            return OutOfCredits(
+                f"You have used today's {self.settings.relax_daily} relax "
+                f"{'image' if self.settings.relax_daily == 1 else 'images'}; "
+                f"they come back at {until_reset(now)}.",
+                resets_at=next_reset(now),
+            )
         quota = refused.quota
         assert quota is not None
         need = credits_word(request.num_images)
@@ -92,7 +119,10 @@ class Accounts:
                 f"This needs {need} and you have {quota.remaining} left; "
                 f"ask for fewer images (--n) or wait for the reset at {until_reset(now)}."
             )
-        return OutOfCredits(text, resets_at=next_reset(now))
+        offer = self.settings.relax_daily > 0
+        if offer:
+            text += " Or add --relax for a free image that waits until the GPU is idle."
+        return OutOfCredits(text, resets_at=next_reset(now), relax_offer=offer)
 
     # --- admin -------------------------------------------------------------------------
     # ``actor`` is the admin asking, checked here; ``None`` is the operator at the command line.
@@ -111,6 +141,30 @@ class Accounts:
         if allowance is None:
             return f"{user_id} is back on the default allowance of {self.settings.daily_quota} a day."
         return f"{user_id} may now make {allowance} images a day."
+
+    async def show_budget(self, actor: str | None) -> str:
+        """This month's GPU budget: spent, held by open jobs, the ceiling, when it resets."""
+        self._check_admin(actor)
+        state = await self.db.budget(utc_month(self.clock()), default_ceiling_ms=self.budget.ceiling_ms())
+        return self.budget.describe(state)
+
+    async def set_budget(self, actor: str | None, amount: float | None) -> str:
+        """An admin's ceiling for this month, in the currency of IMAGINE_GPU_COST_PER_SECOND (None:
+        back to IMAGINE_MONTHLY_BUDGET)."""
+        self._check_admin(actor)
+        rate = self.settings.gpu_cost_per_second
+        if rate <= 0:
+            raise InvalidRequest(
+                "Set IMAGINE_GPU_COST_PER_SECOND (what a GPU second costs) before a budget; "
+                "nothing was changed."
+            )
+        if amount is not None and not 0 <= amount <= MAX_BUDGET:
+            raise InvalidRequest(
+                f"The budget must be a number from 0 to {MAX_BUDGET:g}; got {shown(amount)}."
+            )
+        ceiling_ms = None if amount is None else math.floor(amount / rate * 1000)
+        await self.db.set_budget(utc_month(self.clock()), ceiling_ms)
+        return await self.show_budget(actor)
 
     async def grant(self, actor: str | None, user_id: str, credits: int) -> str:
         self._check_admin(actor)

@@ -1,5 +1,6 @@
-"""Admin commands as words, parsed once: Telegram's /setquota, /grant, /ban, /unban and the CLI's
-`imagine quota set|grant|show`, `imagine ban|unban` take the same arguments and give the same answers.
+"""Admin commands as words, parsed once: Telegram's /setquota, /grant, /ban, /unban, /budget and the
+CLI's `imagine quota set|grant|show`, `imagine ban|unban`, `imagine budget` take the same arguments and
+give the same answers.
 
 A front finds the user the command is about (an id, or the author of a replied-to message) and the
 caller; :func:`run_admin` reads the rest and calls the accounts, which check that the caller is an
@@ -45,3 +46,21 @@ async def run_admin(
     if command == "unban":
         return await accounts.unban(actor, user)
     return accounts.quota_text(await accounts.quota(user))  # "show": anyone may read a quota
+
+
+async def run_budget(accounts: Accounts, actor: str | None, args: Sequence[str], *, usage: str) -> str:
+    """``budget`` shows this month's GPU budget; ``budget AMOUNT`` sets this month's ceiling, and
+    ``budget default`` goes back to IMAGINE_MONTHLY_BUDGET."""
+    if not args:
+        return await accounts.show_budget(actor)
+    if len(args) != 1:
+        raise InvalidRequest(usage)
+    if args[0].lower() in DEFAULT_WORDS:
+        return await accounts.set_budget(actor, None)
+    try:
+        amount = float(args[0])
+    except ValueError:
+        raise InvalidRequest(usage) from None
+    if amount != amount:  # NaN
+        raise InvalidRequest(usage)
+    return await accounts.set_budget(actor, amount)

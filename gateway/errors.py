@@ -42,9 +42,16 @@ class InvalidRequest(ImagineError):
 class OutOfCredits(ImagineError):
     kind = "out_of_credits"
 
-    def __init__(self, message: str, *, resets_at: datetime) -> None:
+    def __init__(self, message: str, *, resets_at: datetime, relax_offer: bool = False) -> None:
         super().__init__(message)
         self.resets_at = resets_at
+        self.relax_offer = relax_offer  # the relax lane is open: a front may offer a "Relax" button
+
+
+class BudgetSpent(OutOfCredits):
+    """The bot's GPU budget for the month is used up (``IMAGINE_MONTHLY_BUDGET``)."""
+
+    kind = "budget"
 
 
 class Busy(ImagineError):

@@ -58,6 +58,7 @@ class JobUpdate:
     total_steps: int
     result: JobResult | None = None
     error: ImagineError | None = None
+    relax: bool = False  # a relax-lane job: it waits until no paid job does
 
 
 @dataclass(eq=False)
@@ -104,6 +105,7 @@ class Job:
             self.total_steps,
             self.result,
             self.error,
+            self.request.relax,
         )
 
     # --- state changes: each tells every reader of ``updates()`` -----------------------------

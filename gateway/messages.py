@@ -21,6 +21,22 @@ def utc_day(now: float) -> str:
     return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
 
 
+def utc_month(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m")
+
+
+def next_month_start(now: float) -> datetime:
+    """00:00 UTC on the 1st after ``now``: when the month's GPU budget starts again."""
+    day = datetime.fromtimestamp(now, UTC)
+    return datetime(day.year + day.month // 12, day.month % 12 + 1, 1, tzinfo=UTC)
+
+
+def reset_words(now: float) -> str:
+    """``1 January at 00:00 UTC``."""
+    start = next_month_start(now)
+    return f"{start.day} {start:%B} at 00:00 UTC"
+
+
 def duration(seconds: float) -> str:
     """``3 h 12 min``, ``12 min``, ``40 s``."""
     seconds = max(0, int(seconds))
@@ -45,7 +61,7 @@ def result_caption(result: JobResult, *, limit: int | None = None) -> str:
     tail_parts = [
         f"seed {seeds}" if len(result.seeds) == 1 else f"seeds {seeds}",
         f"{result.elapsed:.1f} s",
-        f"{left} left",
+        "relax, no credits" if result.request.relax else f"{left} left",
     ]
     tail = " · ".join(tail_parts)
     notes = "".join(f"\n{note}" for note in result.notes)
@@ -58,17 +74,20 @@ def result_caption(result: JobResult, *, limit: int | None = None) -> str:
     return text
 
 
-def queue_text(position: int) -> str:
+def queue_text(position: int, *, relax: bool = False) -> str:
     if position <= 0:
-        return "Starting…"
+        return "Starting (relax)…" if relax else "Starting…"
+    if relax:
+        return f"Relax lane: {position} ahead of you; it runs when no paid image waits."
     return f"In the queue: {position} ahead of you."
 
 
 def status_text(update: JobUpdate) -> str:
     """What a front shows while a job waits or runs: its place in the queue, then its progress."""
     if update.status is JobStatus.QUEUED:
-        return queue_text(update.position)
-    return progress_text(update.step, update.total_steps)
+        return queue_text(update.position, relax=update.relax)
+    text = progress_text(update.step, update.total_steps)
+    return f"{text} (relax)" if update.relax else text
 
 
 def progress_text(step: int, total: int) -> str:
@@ -89,7 +108,8 @@ HELP = (
     "--guidance F  how closely to follow the prompt, 1 to 20 (default 7.5)\n"
     "--no TEXT  what to leave out (negative prompt)\n"
     "--n N  how many images, 1 to 4 (default 1)\n"
-    "--strength F  with a picture: how far the image may move from it, 0.05 to 1 (default 0.6)\n\n"
+    "--strength F  with a picture: how far the image may move from it, 0.05 to 1 (default 0.6)\n"
+    "--relax  once your credits are spent: a free image that waits until the GPU is idle\n\n"
     "Each image costs one credit; your daily credits reset at 00:00 UTC. /quota shows yours."
 )
 

@@ -11,6 +11,7 @@ import logging
 import time
 
 from gateway.backend import Backend, GenerationResult
+from gateway.budget import Budget
 from gateway.delivery import Delivery
 from gateway.errors import (
     BackendError,
@@ -26,7 +27,7 @@ from gateway.jobs import Job, JobResult
 from gateway.messages import RESTARTING
 from gateway.recovery import STORE_DOWN, Instance
 from gateway.settings import Settings
-from gateway.turns import FairTurns, Turns
+from gateway.turns import Lanes, Turns
 from storage import StoreUnavailable
 
 log = logging.getLogger("imagine.gateway")
@@ -36,13 +37,16 @@ class JobQueue:
     """Accepted jobs taken in fair turns by user (:mod:`gateway.turns`), and as many workers as the
     backend runs at once."""
 
-    def __init__(self, settings: Settings, backend: Backend, instance: Instance, delivery: Delivery) -> None:
+    def __init__(
+        self, settings: Settings, backend: Backend, instance: Instance, delivery: Delivery, budget: Budget
+    ) -> None:
         self.settings = settings
         self.backend = backend
         self.instance = instance
         self.delivery = delivery
+        self.budget = budget
         #: The order jobs are taken in; replaced only by benchmarks comparing orders (before ``start``).
-        self.turns: Turns = FairTurns()
+        self.turns: Turns = Lanes()
         self._ready: asyncio.Queue[None] = asyncio.Queue()  # one token per queued job
         self._workers: list[asyncio.Task[None]] = []
         self._running: dict[str, asyncio.Task[GenerationResult]] = {}
@@ -153,6 +157,7 @@ class JobQueue:
             return
         assert result is not None
         gpu_seconds = result.timings.get("predict_time", seconds)
+        self.budget.observe(job.request, gpu_seconds)
         if not result.images:
             sentence = self.delivery.refund_sentence(job, "The safety filter blocked the image")
             await self.delivery.fail(

@@ -27,7 +27,9 @@ MIN_RATIO, MAX_RATIO = 1 / 4, 4.0
 TARGET_PIXELS = 512 * 512
 SCHEDULERS = ("dpmpp", "euler", "euler_a", "ddim", "pndm", "lms")
 DEFAULT_SCHEDULER = "dpmpp"
-KNOWN_FLAGS = ("--ar", "--size", "--seed", "--steps", "--guidance", "--no", "--n", "--strength")
+KNOWN_FLAGS = ("--ar", "--size", "--seed", "--steps", "--guidance", "--no", "--n", "--strength", "--relax")
+#: Flags that take no value.
+SWITCHES = ("--relax",)
 MIN_STRENGTH, MAX_STRENGTH, DEFAULT_STRENGTH = 0.05, 1.0, 0.6
 #: An upscale is the only way past MAX_SIDE: twice the source's sides, up to this.
 MAX_UPSCALE_SIDE = 2048
@@ -56,6 +58,8 @@ class ImageRequest:
     guidance: float = DEFAULT_GUIDANCE
     seed: int | None = None
     num_images: int = 1
+    #: The relax lane: no credits, once they are spent; runs only when no paid job waits.
+    relax: bool = False
     scheduler: str = DEFAULT_SCHEDULER
     kind: str = "text"
     #: How far img2img may move from ``init_image`` (0 to 1); None for a text prompt.
@@ -109,6 +113,8 @@ class ImageRequest:
             parts.append(f"--n {self.num_images}")
         if self.seed is not None:
             parts.append(f"--seed {self.seed}")
+        if self.relax:
+            parts.append("--relax")
         return " ".join(parts)
 
 
@@ -364,6 +370,11 @@ def parse_prompt(text: str, *, image: bytes | None = None, **defaults: Any) -> I
                 raise InvalidRequest(f"{flag} is given twice; give it once.")
             raise InvalidRequest("Use either --ar or --size, not both.")
         seen.add(flag)
+        if flag in SWITCHES:
+            if value:
+                raise InvalidRequest(f"{flag} takes no value; put it after the prompt, e.g. `a fox {flag}`.")
+            fields["relax"] = True
+            continue
         if not value:
             raise InvalidRequest(f"{flag} needs a value; see /help for examples.")
         if flag != "--no" and len(value.split()) > 1:

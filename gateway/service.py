@@ -91,11 +91,12 @@ class ImagineService:
         self.metrics = metrics or Metrics()
         self.idempotency_secret = b""
         self.accounts = Accounts(settings, db, clock=clock)
+        self.budget = self.accounts.budget
         self._instance = Instance(db, self.metrics, clock=clock)
         self._health = self._instance.health
         self._jobs = JobMemory()
         self._delivery = Delivery(settings, self._instance, self._jobs, self.accounts)
-        self._queue = JobQueue(settings, backend, self._instance, self._delivery)
+        self._queue = JobQueue(settings, backend, self._instance, self._delivery, self.budget)
         self._background: list[asyncio.Task[None]] = []
         self._accepting = False
 
@@ -218,6 +219,10 @@ class ImagineService:
                     instance_id=self.instance_id,
                     reply=reply,
                     now=now,
+                    relax=request.relax,
+                    relax_daily=self.settings.relax_daily,
+                    budget_hold_ms=self.budget.hold_ms(request),
+                    budget_ceiling_ms=self.budget.ceiling_ms(),
                 )
             )
         except ReservationRefused as refused:

@@ -78,6 +78,8 @@ class Settings:
     compile: bool = False
     data_dir: Path = Path("data")
     gpu_cost_per_second: float = 0.0
+    monthly_budget: float | None = None  # GPU spend ceiling per UTC month (None: off)
+    relax_daily: int = 0  # relax-lane jobs per user per day (0: the lane is off)
     extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -120,6 +122,11 @@ class Settings:
                 kw[key] = parse(name, v)
         if kw.get("backend_timeout", 1.0) <= 0:
             raise SettingsError("IMAGINE_BACKEND_TIMEOUT must be more than 0 seconds.")
+        if kw.get("monthly_budget") is not None and kw.get("gpu_cost_per_second", 0.0) <= 0:
+            raise SettingsError(
+                "IMAGINE_MONTHLY_BUDGET needs IMAGINE_GPU_COST_PER_SECOND (what a GPU second costs) "
+                "to turn spend into GPU time."
+            )
         kw["extra"] = {k: v for k, v in env.items() if k.startswith("IMAGINE_FAKE_")}
         return cls(**kw)
 
@@ -311,6 +318,8 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
     ("IMAGINE_BACKEND_TIMEOUT", "backend_timeout", _float),
     ("IMAGINE_BATCH_WAIT_MS", "batch_wait_ms", _float),
     ("IMAGINE_GPU_COST_PER_SECOND", "gpu_cost_per_second", _float),
+    ("IMAGINE_MONTHLY_BUDGET", "monthly_budget", _float),
+    ("IMAGINE_RELAX_DAILY", "relax_daily", _at_least(0)),
     ("IMAGINE_COMPILE", "compile", _switch),
     ("IMAGINE_ADMINS", "admins", _users),
     ("IMAGINE_BLOCKED_IPS", "blocked_ips", _networks),

@@ -159,3 +159,33 @@ def _next_user(lanes: dict[str, _Lane], rotation: deque[str], quantum: float) ->
             for u in rotation:
                 lanes[u].deficit += max(rounds, 0) * quantum
             idle_turns = 0
+
+
+class Lanes:
+    """Paid jobs in fair turns first; relax-lane jobs (``--relax``) in fair turns of their own, taken
+    only when no paid job waits. Positions follow the same order, so a relax job's is honest."""
+
+    def __init__(self) -> None:
+        self.paid = FairTurns()
+        self.relax = FairTurns()
+
+    def _lane(self, job: Job) -> FairTurns:
+        return self.relax if job.request.relax else self.paid
+
+    def __len__(self) -> int:
+        return len(self.paid) + len(self.relax)
+
+    def __contains__(self, job: object) -> bool:
+        return job in self.paid or job in self.relax
+
+    def put(self, job: Job) -> None:
+        self._lane(job).put(job)
+
+    def pop(self) -> Job:
+        return self.paid.pop() if self.paid else self.relax.pop()
+
+    def remove(self, job: Job) -> None:
+        self._lane(job).remove(job)
+
+    def order(self) -> list[Job]:
+        return self.paid.order() + self.relax.order()

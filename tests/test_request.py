@@ -93,8 +93,10 @@ def test_typed_options_are_defaults_that_flags_override() -> None:
         (
             "a fox --style raw",
             "Unknown flag --style; the known flags are "
-            "--ar, --size, --seed, --steps, --guidance, --no, --n, --strength.",
+            "--ar, --size, --seed, --steps, --guidance, --no, --n, --strength, --relax.",
         ),
+        ("a fox --relax please", "--relax takes no value; put it after the prompt, e.g. `a fox --relax`."),
+        ("a fox --relax --relax", "--relax is given twice; give it once."),
         ("a fox --steps 0", "--steps must be a whole number from 1 to 50; got 0."),
         ("a fox --steps 51", "--steps must be a whole number from 1 to 50; got 51."),
         ("a fox --steps ten", "--steps takes a whole number from 1 to 50; got 'ten'."),

@@ -1,4 +1,4 @@
-"""``/admin quota|grant|ban|unban|stats``: the gateway checks IMAGINE_ADMINS; anyone else is told no."""
+"""``/admin quota|grant|ban|unban|budget|stats``: the gateway checks IMAGINE_ADMINS; others are told no."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from discord.ext import commands
 
 from bots.discord_ext.delivery import fit_message, with_retries
 from gateway import ImagineError, parse_user
+from gateway.accounts import MAX_BUDGET
 from gateway.service import MAX_GRANT
 
 if TYPE_CHECKING:
@@ -65,6 +66,28 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Imagine ad
     @app_commands.describe(user=USER_HELP)
     async def unban(self, interaction: discord.Interaction[Any], user: UserOption) -> None:
         await _answer(interaction, lambda actor: self.service.unban(actor, _user(user)))
+
+    @app_commands.command(name="budget", description="This month's GPU budget; with amount, set its ceiling")
+    @app_commands.describe(
+        amount="This month's ceiling, in the currency of IMAGINE_GPU_COST_PER_SECOND; leave out to see it",
+        default="Go back to IMAGINE_MONTHLY_BUDGET for this month",
+    )
+    async def budget(
+        self,
+        interaction: discord.Interaction[Any],
+        amount: app_commands.Range[float, 0, MAX_BUDGET] | None = None,
+        default: bool = False,
+    ) -> None:
+        accounts = self.service.accounts
+
+        async def text(actor: str) -> str:
+            if default:
+                return await accounts.set_budget(actor, None)
+            if amount is None:
+                return await accounts.show_budget(actor)
+            return await accounts.set_budget(actor, amount)
+
+        await _answer(interaction, text)
 
     @app_commands.command(name="stats", description="Jobs, images, credits and users of the last 24 hours")
     async def stats(self, interaction: discord.Interaction[Any]) -> None:

@@ -1,4 +1,4 @@
-"""Admin commands: ``/setquota``, ``/grant``, ``/ban``, ``/unban``, ``/stats``.
+"""Admin commands: ``/setquota``, ``/grant``, ``/ban``, ``/unban``, ``/budget``, ``/stats``.
 
 A caller who is not an admin gets the gateway's refusal from the service call itself; only the
 Telegram wording (usage lines) lives here.
@@ -10,7 +10,7 @@ from telegram import Message, Update
 
 from bots.telegram_ext.context import PLATFORM, Context, user_of
 from gateway import InvalidRequest, parse_user
-from gateway.admin import run_admin
+from gateway.admin import run_admin, run_budget
 
 USAGE = {
     "setquota": "Usage: /setquota <user id> <images a day, or default>; "
@@ -19,6 +19,8 @@ USAGE = {
     "or reply to the user's message with /grant <credits>.",
     "ban": "Usage: /ban <user id> [reason]; or reply to the user's message with /ban [reason].",
     "unban": "Usage: /unban <user id>; or reply to the user's message with /unban.",
+    "budget": "Usage: /budget to see this month's GPU budget; /budget <amount> to set this month's "
+    "ceiling, /budget default to go back to the setting.",
 }
 
 
@@ -43,6 +45,14 @@ async def _admin(update: Update, context: Context, command: str) -> None:
     actor, target, args, message = _admin_call(update, context, command)
     accounts = context.bot_data.service.accounts
     await message.reply_text(await run_admin(accounts, actor, command, target, args, usage=USAGE[command]))
+
+
+async def budget_command(update: Update, context: Context) -> None:
+    message, user = update.effective_message, update.effective_user
+    assert message is not None and user is not None
+    accounts = context.bot_data.service.accounts
+    answer = await run_budget(accounts, user_of(user.id), list(context.args or []), usage=USAGE["budget"])
+    await message.reply_text(answer)
 
 
 async def stats_command(update: Update, context: Context) -> None:

@@ -21,7 +21,14 @@ from telegram.ext import (
     filters,
 )
 
-from bots.telegram_ext.admin import ban_command, grant_command, setquota_command, stats_command, unban_command
+from bots.telegram_ext.admin import (
+    ban_command,
+    budget_command,
+    grant_command,
+    setquota_command,
+    stats_command,
+    unban_command,
+)
 from bots.telegram_ext.context import PLATFORM, Bot, BotState, TelegramApp
 from bots.telegram_ext.delivery import IMAGE_ACTIONS, REROLL, VARIATIONS
 from bots.telegram_ext.files import file_base_url
@@ -60,6 +67,7 @@ ADMIN_COMMANDS = (
     BotCommand("grant", "admin: bonus credits for a user"),
     BotCommand("ban", "admin: ban a user"),
     BotCommand("unban", "admin: lift a ban"),
+    BotCommand("budget", "admin: this month's GPU budget"),
     BotCommand("stats", "admin: the last 24 hours"),
 )
 
@@ -96,6 +104,7 @@ def build_application(
             CommandHandler("imagine", imagine_command, filters=new_messages),
             CommandHandler("quota", quota_command, filters=new_messages),
             CommandHandler("setquota", setquota_command, filters=new_messages),
+            CommandHandler("budget", budget_command, filters=new_messages),
             CommandHandler("grant", grant_command, filters=new_messages),
             CommandHandler("ban", ban_command, filters=new_messages),
             CommandHandler("unban", unban_command, filters=new_messages),
