@@ -9,6 +9,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.budget import Budget
@@ -21,6 +22,7 @@ from gateway.errors import (
     NotAllowed,
     OutOfCredits,
     credits_word,
+    elided,
     quoted,
     shown,
 )
@@ -35,6 +37,13 @@ MAX_BUDGET = 10_000_000.0
 #: Longer than any platform's ids (a Discord snowflake is 20 digits, an IPv6 address 45 characters), and
 #: short enough that every admin reply naming the user fits a chat message.
 MAX_USER_ID_CHARS = 64
+#: Callers who proved themselves to this process rather than by a chat id: the web admin page (its
+#: token). A chat caller is always ``platform:id``, so no chat user can be one of these.
+WEB_ADMIN = "web-admin"
+TRUSTED_ACTORS = frozenset({WEB_ADMIN})
+#: Users shown by name in the chat reply (the JSON and the web page show all ten the store ranks).
+TOP_USERS_IN_TEXT = 5
+USERS_PAGE_MAX = 200
 
 
 class Accounts:
@@ -128,7 +137,7 @@ class Accounts:
     # ``actor`` is the admin asking, checked here; ``None`` is the operator at the command line.
 
     def _check_admin(self, actor: str | None) -> None:
-        if actor is not None and not self.is_admin(actor):
+        if actor is not None and actor not in TRUSTED_ACTORS and not self.is_admin(actor):
             raise NotAllowed("Only Imagine admins can do that; nothing was changed.")
 
     async def set_allowance(self, actor: str | None, user_id: str, allowance: int | None) -> str:
@@ -200,28 +209,125 @@ class Accounts:
     async def stats(
         self, actor: str | None, *, queue_here: int = 0, backend: str | None = None
     ) -> dict[str, Any]:
-        """The last 24 hours; ``queue_here`` and ``backend`` are the asking process's (none at the CLI)."""
+        """The last 24 hours, and spend today, this month and by hour over 7 days (UTC);
+        ``queue_here`` and ``backend`` are the asking process's (none at the CLI)."""
         self._check_admin(actor)
         now = self.clock()
         stats = await self.db.stats(day=utc_day(now), since=now - 86400)
         stats["queue_here"] = queue_here
         stats["backend"] = self.settings.backend if backend is None else backend
+        stats.update(await self.spend(now))
         return stats
+
+    async def spend(self, now: float) -> dict[str, Any]:
+        """The store's GPU seconds priced at ``IMAGINE_GPU_COST_PER_SECOND`` (the operator's currency),
+        and the month projected to its end at the pace so far: its spend / the share of it gone."""
+        rate = self.settings.gpu_cost_per_second
+        today = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        month = today.replace(day=1)
+        next_month = month.replace(year=month.year + month.month // 12, month=month.month % 12 + 1)
+        this_hour = now - now % 3600
+        spend = await self.db.spend(
+            day_start=today.timestamp(),
+            month_start=month.timestamp(),
+            hours_start=this_hour - (7 * 24 - 1) * 3600,
+            now=now,
+        )
+
+        def cost(gpu_seconds: float) -> float:
+            return significant(gpu_seconds * rate)
+
+        elapsed = (now - month.timestamp()) / (next_month.timestamp() - month.timestamp())
+        month_cost = cost(spend["month"]["gpu_seconds"])
+        spend["today"]["cost"] = cost(spend["today"]["gpu_seconds"])
+        spend["month"].update(
+            month=month.strftime("%Y-%m"),
+            cost=month_cost,
+            elapsed_fraction=round(elapsed, 6),
+            projected_cost=significant(month_cost / elapsed) if elapsed > 0 else month_cost,
+        )
+        for row in (*spend["top_users"], *spend["hourly"]):
+            row["cost"] = cost(row["gpu_seconds"])
+        return {"gpu_cost_per_second": rate, **spend}
 
     def stats_text(self, stats: dict[str, Any]) -> str:
         jobs = stats["jobs"]
         by_status = ", ".join(f"{k} {v}" for k, v in sorted(jobs.items())) or "none"
-        return "\n".join(
-            [
-                "Last 24 hours:",
-                f"Jobs: {sum(jobs.values())} ({by_status})",
-                f"Images delivered: {stats['images']}; credits refunded: {stats['credits_refunded']}",
-                f"GPU seconds: {stats['gpu_seconds']:.1f}",
-                f"Active users today: {stats['active_users_today']} of {stats['users']}",
-                f"Banned: {stats['banned']}",
-                f"Open jobs: {stats['open_jobs']}; backend: {stats['backend']}",
-            ]
-        )
+        lines = [
+            "Last 24 hours:",
+            f"Jobs: {sum(jobs.values())} ({by_status})",
+            f"Images delivered: {stats['images']}; credits refunded: {stats['credits_refunded']}",
+            f"GPU seconds: {stats['gpu_seconds']:.1f}",
+            f"Active users today: {stats['active_users_today']} of {stats['users']}",
+            f"Banned: {stats['banned']}",
+            f"Open jobs: {stats['open_jobs']}; backend: {stats['backend']}",
+        ]
+        if "month" in stats:
+            lines += self._spend_lines(stats)
+        return "\n".join(lines)
+
+    def _spend_lines(self, stats: dict[str, Any]) -> list[str]:
+        today, month = stats["today"], stats["month"]
+        priced = stats["gpu_cost_per_second"] > 0
+
+        def window(figures: dict[str, Any]) -> str:
+            seconds = f"{figures['gpu_seconds']:,.1f} GPU s, {figures['images']} images"
+            return f"{figures['cost']:,.2f} ({seconds})" if priced else seconds
+
+        lines = [
+            "",
+            f"Spend (UTC; GPU seconds x {stats['gpu_cost_per_second']:g} a second, in your currency):"
+            if priced
+            else "Spend (UTC; set IMAGINE_GPU_COST_PER_SECOND to see it in money):",
+            f"Today: {window(today)}",
+            f"This month: {window(month)}",
+        ]
+        if priced:
+            lines.append(
+                f"Projected to month end: {month['projected_cost']:,.2f} "
+                f"(this month's spend over the {month['elapsed_fraction']:.0%} of it gone)"
+            )
+        per_image = stats["gpu_seconds_per_image"]
+        if per_image["jobs"]:
+            lines.append(
+                f"GPU seconds per image: p50 {per_image['p50']:.2f}, p95 {per_image['p95']:.2f} "
+                f"({per_image['jobs']} jobs this month)"
+            )
+        top = stats["top_users"][:TOP_USERS_IN_TEXT]
+        if top:
+            shown = "; ".join(
+                f"{elided(u['user'])} {u['images']} images, {u['gpu_seconds']:,.1f} GPU s" for u in top
+            )
+            lines.append(f"Top users this month: {shown}")
+        refunds = stats["refunds"]
+        if refunds:
+            shown = "; ".join(
+                f"{elided(r['reason'])} {r['jobs']} jobs, {credits_word(r['credits'])}" for r in refunds[:8]
+            )
+            lines.append(f"Refunds this month: {shown}")
+        return lines
+
+    async def users(self, actor: str | None, *, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+        """A page of the users table, by id: the allowance each has today (an admin's or the
+        default), used today, bonus, and the ban reason."""
+        self._check_admin(actor)
+        if not 0 <= offset <= 10**9 or not 1 <= limit <= USERS_PAGE_MAX:
+            raise InvalidRequest(
+                f"Ask for 1 to {USERS_PAGE_MAX} users from an offset of 0 or more; "
+                f"got {shown(limit)} from {shown(offset)}."
+            )
+        total, rows = await self.db.users_page(day=utc_day(self.clock()), offset=offset, limit=limit)
+        default = self.settings.daily_quota
+        for row in rows:
+            row["override"] = row["allowance"] is not None
+            row["allowance"] = default if row["allowance"] is None else row["allowance"]
+            row["admin"] = self.is_admin(row["id"])
+        return {"total": total, "offset": offset, "limit": limit, "users": rows}
+
+
+def significant(amount: float) -> float:
+    """Money to 6 significant digits: exact enough at any price a second, free of float noise."""
+    return float(f"{amount:.6g}")
 
 
 def parse_user(text: str, platform: str) -> str:

@@ -97,7 +97,7 @@ register_front(
 )
 
 #: Secrets of the gateway itself, beside the fronts' own.
-GATEWAY_SECRETS = ("backend_api_key", "replicate_api_token", "db_url")
+GATEWAY_SECRETS = ("backend_api_key", "replicate_api_token", "db_url", "admin_token")
 
 
 def secret_values(settings: Settings) -> list[str]:

@@ -80,6 +80,7 @@ class Settings:
     gpu_cost_per_second: float = 0.0
     monthly_budget: float | None = None  # GPU spend ceiling per UTC month (None: off)
     relax_daily: int = 0  # relax-lane jobs per user per day (0: the lane is off)
+    admin_token: Secret | None = None  # IMAGINE_ADMIN_TOKEN: the web /admin page; off without it
     extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -302,6 +303,7 @@ _VARIABLES: tuple[tuple[str, str, Callable[[str, str], Any]], ...] = (
     ("DISCORD_TOKEN", "discord_token", _secret),
     ("TELEGRAM_TOKEN", "telegram_token", _secret),
     ("TELEGRAM_WEBHOOK_SECRET", "telegram_webhook_secret", _secret),
+    ("IMAGINE_ADMIN_TOKEN", "admin_token", _secret),
     ("IMAGINE_REPLICATE_MODEL", "replicate_model", _text),
     ("REPLICATE_BASE_URL", "replicate_base_url", _text),
     ("DISCORD_API_BASE_URL", "discord_api_base_url", _text),

@@ -140,6 +140,8 @@ class Database:
     ban = grouped(accounts.ban, pg_ops.ban)
     unban = grouped(accounts.unban, pg_ops.unban)
     stats = autocommit(accounts.stats)
+    spend = autocommit(accounts.spend)
+    users_page = autocommit(accounts.users_page)
     ledger = autocommit(_ledger.ledger_rows)
     check_ledger = autocommit(_ledger.check_ledger)
     integrity_check = autocommit(schema.integrity_check, pg_ops.integrity_check)

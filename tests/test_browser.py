@@ -6,18 +6,22 @@ them skips this test and says why; in CI (CI or IMAGINE_REQUIRE_BROWSER set) the
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from gateway.messages import utc_day
+from storage import Database, NewJob
 from tests.helpers.imagine_process import imagine_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,9 +63,59 @@ def fake_web_url(browser: None, data_dir: Path) -> Iterator[str]:
     yield from _serve(data_dir, "fake")
 
 
-def _serve(data_dir: Path, backend: str) -> Iterator[str]:
+ADMIN_TOKEN = "browser-admin-token"
+ADMIN_ENV = {"IMAGINE_ADMIN_TOKEN": ADMIN_TOKEN, "IMAGINE_GPU_COST_PER_SECOND": "0.0125"}
+
+
+@pytest.fixture
+def admin_web_url(browser: None, data_dir: Path) -> Iterator[str]:
+    """`imagine web` with the admin page on, over a store with a few finished jobs and a ban."""
+    asyncio.run(_seed_jobs(data_dir / "browser.sqlite3"))
+    yield from _serve(data_dir, "fake", **ADMIN_ENV)
+
+
+async def _seed_jobs(path: Path) -> None:
+    db = await Database.open(path)
+    now = time.time()
+    try:
+        for job_id, user, cost, gpu_seconds, failed in [
+            ("b1", "discord:7", 2, 12.0, False),
+            ("b2", "telegram:8", 1, 3.0, True),
+            ("b3", "discord:9", 1, 4.5, False),
+        ]:
+            await db.reserve(
+                NewJob(
+                    job_id=job_id,
+                    user_id=user,
+                    request={"prompt": "a fox", "seed": 1},
+                    cost=cost,
+                    day=utc_day(now),
+                    default_allowance=25,
+                    unlimited=False,
+                    max_user_open=2,
+                    max_open=10,
+                    instance_id=None,
+                    reply=None,
+                    now=now - 300,
+                )
+            )
+            if failed:
+                await db.refund(
+                    job_id, error_kind="timeout", error="slow", now=now - 60, gpu_seconds=gpu_seconds
+                )
+            else:
+                await db.settle(
+                    job_id, delivered=cost, seed=1, model="tiny", gpu_seconds=gpu_seconds, now=now - 120
+                )
+        await db.ban("discord:66", "spam", by="operator", now=now)
+    finally:
+        await db.close()
+
+
+def _serve(data_dir: Path, backend: str, **extra: str) -> Iterator[str]:
     env = {
         **os.environ,
+        **extra,
         "IMAGINE_DB": str(data_dir / "browser.sqlite3"),
         "IMAGINE_MODEL": "tiny",
         "IMAGINE_BACKEND": backend,
@@ -175,3 +229,73 @@ def test_a_person_upscales_a_result_and_starts_from_their_own_picture(
     assert seen["quota"] == "21 credits left · resets at 00:00 UTC"
     for name in ("upscale", "picked", "upload", "drop"):
         assert (ARTIFACTS / f"browser-{name}.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_admin_page_needs_its_token_and_shows_the_stats_figures(
+    admin_web_url: str, data_dir: Path
+) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    run = subprocess.run(
+        ["node", "admin.mjs", admin_web_url, ADMIN_TOKEN, str(ARTIFACTS)],
+        cwd=BROWSER_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr + run.stdout
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    cli = subprocess.run(
+        [*imagine_command(), "stats", "--json"],
+        cwd=data_dir,
+        env={
+            **os.environ,
+            **ADMIN_ENV,
+            "IMAGINE_DB": str(data_dir / "browser.sqlite3"),
+            "PYTHONPATH": str(ROOT),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    stats = json.loads(cli.stdout)
+
+    assert (seen["noToken"], seen["wrongToken"]) == (401, 401)
+    assert seen["pageStatus"] == 200 and seen["address"] == admin_web_url + "admin", (
+        "the token left the address"
+    )
+    assert seen["consoleErrors"] == []
+    assert all(url.startswith(admin_web_url) for url in seen["requests"]), "nothing is fetched from elsewhere"
+
+    figures = {key: figure["value"] for key, figure in seen["figures"].items()}
+    for key in ("today.cost", "month.cost", "today.gpu_seconds", "month.gpu_seconds"):
+        section, name = key.split(".")
+        assert float(figures[key]) == stats[section][name], key
+    for key in ("today.images", "month.images"):
+        section, name = key.split(".")
+        assert int(figures[key]) == stats[section][name] == 3, key
+    assert float(figures["month.projected_cost"]) == pytest.approx(stats["month"]["projected_cost"], rel=1e-3)
+    per_image = stats["gpu_seconds_per_image"]
+    assert (float(figures["gpu_seconds_per_image.p50"]), float(figures["gpu_seconds_per_image.p95"])) == (
+        per_image["p50"],
+        per_image["p95"],
+    )
+    assert int(figures["users"]) == stats["users"] and int(figures["banned"]) == stats["banned"] == 1
+    assert stats["month"]["gpu_seconds"] == 19.5 and stats["month"]["cost"] == pytest.approx(19.5 * 0.0125)
+    assert seen["figures"]["month.cost"]["text"] == f"{stats['month']['cost']:,.2f}"
+
+    assert seen["charts"]["chart-jobs"]["total"] == sum(hour["jobs"] for hour in stats["hourly"]) == 3
+    assert seen["charts"]["chart-spend"]["total"] == pytest.approx(
+        sum(hour["cost"] for hour in stats["hourly"])
+    )
+    assert seen["charts"]["chart-jobs"]["bars"] >= 1
+    assert seen["topUsers"] == [user["user"] for user in stats["top_users"]]
+    assert seen["refunds"] == [["timeout", "1", "1"]]
+    assert seen["users"] == ["discord:66", "discord:7", "discord:9", "telegram:8"]
+    assert "0.0125 a second" in seen["note"]
+
+    assert seen["picked"] == "discord:7"
+    assert seen["granted"] == "Granted 5 credits to discord:7; bonus now 5."
+    for name in ("admin", "admin-granted"):
+        assert (ARTIFACTS / f"{name}.png").stat().st_size > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import subprocess
 import sys
@@ -69,7 +70,11 @@ def test_admin_commands_share_the_database(env: Path, capsys: pytest.CaptureFixt
     assert run(capsys, "unban", user)[1].strip() == f"{user} is no longer banned."
     assert run(capsys, "generate", "a fox", "-o", "a.png")[0] == 0
     code, out, _ = run(capsys, "stats")
-    assert code == 0 and "Jobs: 1 (succeeded 1)" in out
+    assert code == 0 and "Jobs: 1 (succeeded 1)" in out and "Today: " in out
+    code, out, _ = run(capsys, "stats", "--json")
+    figures = json.loads(out)
+    assert figures["images"] == 1 and figures["today"]["images"] == 1 and figures["month"]["jobs"] == 1
+    assert {"gpu_cost_per_second", "gpu_seconds_per_image", "top_users", "refunds", "hourly"} <= set(figures)
 
 
 @pytest.mark.parametrize(

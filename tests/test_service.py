@@ -27,7 +27,7 @@ from gateway import (
 )
 from gateway.errors import BackendFailed, Cancelled, SafetyBlocked, TimedOut
 from gateway.fake_backend import FakeBackend
-from storage import Database
+from storage import Database, NewJob
 from tests.helpers.png import png_size
 
 NOON = datetime(2026, 11, 26, 12, 0, tzinfo=UTC).timestamp()
@@ -378,6 +378,65 @@ async def test_stats_and_quota_text(service: ImagineService) -> None:
     assert stats["images"] == 2 and stats["jobs"] == {"succeeded": 1}
     text = service.quota_text(await service.quota("cli:a"))
     assert "Used today: 2 of 25" in text and "Left: 23 credits" in text
+
+
+async def test_spend_is_priced_projected_and_worded(settings: Settings, db: Database, clock: Clock) -> None:
+    """Nov 26 12:00 is 25.5 of 30 days gone: the month's spend is projected at that pace."""
+    from dataclasses import replace
+
+    from gateway.accounts import Accounts
+
+    priced = replace(settings, gpu_cost_per_second=0.01)
+    accounts = Accounts(priced, db, clock=clock)
+    job = NewJob(
+        job_id="p1",
+        user_id="discord:7",
+        request={"prompt": "x", "seed": 1},
+        cost=2,
+        day="2026-11-26",
+        default_allowance=25,
+        unlimited=False,
+        max_user_open=2,
+        max_open=10,
+        instance_id=None,
+        reply=None,
+        now=NOON - 7200,
+    )
+    await db.reserve(job)
+    await db.settle("p1", delivered=2, seed=1, model="m", gpu_seconds=30.0, now=NOON - 3600)
+    await db.reserve(replace(job, job_id="p2", cost=1))
+    await db.refund("p2", error_kind="timeout", error="slow", now=NOON - 60, gpu_seconds=10.0)
+    stats = await accounts.stats(None)
+    assert stats["gpu_cost_per_second"] == 0.01
+    assert stats["today"] == {"jobs": 2, "images": 2, "gpu_seconds": 40.0, "cost": 0.4}
+    month = stats["month"]
+    assert (month["month"], month["cost"], month["elapsed_fraction"]) == ("2026-11", 0.4, 0.85)
+    assert month["projected_cost"] == pytest.approx(0.4 / 0.85, rel=1e-5)
+    assert stats["gpu_seconds_per_image"] == {"p50": 15.0, "p95": 15.0, "jobs": 1}
+    assert stats["top_users"] == [
+        {"user": "discord:7", "jobs": 2, "images": 2, "gpu_seconds": 40.0, "cost": 0.4}
+    ]
+    assert stats["refunds"] == [{"reason": "timeout", "jobs": 1, "credits": 1}]
+    # 11:00 and 11:59 fall in the hour before this one, which has none yet
+    assert stats["hourly"][-1] == {"start": NOON, "jobs": 0, "images": 0, "gpu_seconds": 0.0, "cost": 0.0}
+    assert stats["hourly"][-2] == {
+        "start": NOON - 3600,
+        "jobs": 2,
+        "images": 2,
+        "gpu_seconds": 40.0,
+        "cost": 0.4,
+    }
+    text = accounts.stats_text(stats)
+    assert text.startswith("Last 24 hours:\n")
+    assert "Spend (UTC; GPU seconds x 0.01 a second, in your currency):" in text
+    assert "Today: 0.40 (40.0 GPU s, 2 images)" in text
+    assert "Projected to month end: 0.47 (this month's spend over the 85% of it gone)" in text
+    assert "GPU seconds per image: p50 15.00, p95 15.00 (1 jobs this month)" in text
+    assert "Top users this month: discord:7 2 images, 40.0 GPU s" in text
+    assert "Refunds this month: timeout 1 jobs, 1 credit" in text
+    assert len(text) < 2000, "fits a Discord message"
+    unpriced = Accounts(settings, db, clock=clock)
+    assert "set IMAGINE_GPU_COST_PER_SECOND" in unpriced.stats_text(await unpriced.stats(None))
 
 
 def test_parse_user() -> None:

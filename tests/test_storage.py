@@ -135,3 +135,47 @@ def test_records_are_made_by_column_name_in_any_column_order() -> None:
     assert (job.id, job.user_id, job.status, job.cost, job.day) == ("j", "cli:a", "queued", 2, "2026-11-26")
     assert (job.request, job.reply, job.created_at) == ({"prompt": "x"}, {"chat": 1}, None)
     conn.close()
+
+
+async def test_spend_counts_windows_percentiles_users_refunds_and_hours(store_target: str) -> None:
+    db = await Database.open(store_target)
+    hour = 3600.0
+    try:
+        # cli:a: three images in two jobs; cli:b: one image, and one job failed after 4 GPU seconds
+        for job_id, user, cost in [
+            ("a1", "cli:a", 2),
+            ("a2", "cli:a", 1),
+            ("b1", "cli:b", 1),
+            ("b2", "cli:b", 1),
+        ]:
+            await reserve(db, job_id, user=user, cost=cost)
+        await db.settle("a1", delivered=2, seed=1, model="m", gpu_seconds=6.0, now=10 * hour + 5)
+        await db.settle("a2", delivered=1, seed=1, model="m", gpu_seconds=2.0, now=30 * hour)
+        await db.settle("b1", delivered=1, seed=1, model="m", gpu_seconds=1.0, now=30 * hour + 1)
+        await db.refund("b2", error_kind="backend", error="down", now=31 * hour, gpu_seconds=4.0)
+        spend = await db.spend(day_start=24 * hour, month_start=0.0, hours_start=0.0, now=32 * hour)
+        assert spend["today"] == {"jobs": 3, "images": 2, "gpu_seconds": 7.0}
+        assert spend["month"] == {"jobs": 4, "images": 4, "gpu_seconds": 13.0}
+        assert spend["gpu_seconds_per_image"] == {"p50": 2.0, "p95": 3.0, "jobs": 3}
+        assert spend["top_users"] == [
+            {"user": "cli:a", "jobs": 2, "images": 3, "gpu_seconds": 8.0},
+            {"user": "cli:b", "jobs": 2, "images": 1, "gpu_seconds": 5.0},
+        ]
+        assert spend["refunds"] == [{"reason": "backend", "jobs": 1, "credits": 1}]
+        busy = {i: h for i, h in enumerate(spend["hourly"]) if h["jobs"]}
+        assert len(spend["hourly"]) == 7 * 24 and spend["hourly"][1]["start"] == hour
+        assert {i: (h["jobs"], h["images"], h["gpu_seconds"]) for i, h in busy.items()} == {
+            10: (1, 2, 6.0),
+            30: (2, 2, 3.0),
+            31: (1, 0, 4.0),
+        }
+        await db.ban("cli:z", "spam", by="op", now=1.0)  # banned before ever asking: listed too
+        await db.set_allowance("cli:b", 7, now=1.0)
+        total, users = await db.users_page(day="2026-11-26", offset=1, limit=5)
+        assert total == 3
+        assert users == [
+            {"id": "cli:b", "allowance": 7, "used_today": 1, "bonus": 0, "banned": None},
+            {"id": "cli:z", "allowance": None, "used_today": 0, "bonus": 0, "banned": "spam"},
+        ]
+    finally:
+        await db.close()

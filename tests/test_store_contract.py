@@ -153,6 +153,12 @@ async def script(db: Database) -> list[Any]:
     add(await db.open_jobs())
     add(await db.open_jobs(["host-b"]))
     add(await db.stats(day=DAY, since=0.0))
+    add(await db.spend(day_start=0.0, month_start=0.0, hours_start=0.0, now=200.0))
+    # j1 finished at 105, j2 at 107: 0.9999 and 1.0004 hours after this start, so buckets 0 and 1
+    # on both engines (PostgreSQL's CAST would round the first up)
+    add(await db.spend(day_start=106.0, month_start=0.0, hours_start=105.5 - 3600, now=200.0))
+    add(await db.users_page(day=DAY, offset=0, limit=100))
+    add(await db.users_page(day=DAY, offset=1, limit=2))
     add(await db.ledger("discord:1"))
     add(await db.check_ledger())
     add(await db.integrity_check())

@@ -31,6 +31,8 @@ from gateway.picture import action_request
 from gateway.request import ImageRequest, parse_prompt, validate
 from gateway.service import ImagineService
 from gateway.settings import Settings
+from gateway.web import admin
+from gateway.web.admin import ADMIN_PAGE
 from gateway.web.guard import Client, ClientResolver, RateLimiter
 from gateway.web.limits import ActionPostRoute, JobPostRoute
 from gateway.web.longpoll import wait_for_change, wait_seconds
@@ -392,6 +394,7 @@ def create_app(
         resolver=ClientResolver(trusted_proxies=settings.trusted_proxies, blocked=settings.blocked_ips),
         limiter=RateLimiter(options.post_rate, options.post_burst) if options.post_rate else None,
         page=Page.load(),
+        admin_page=Page.load(ADMIN_PAGE),
         pickups=Pickups(service, images, options.pickup),
     )
     app = FastAPI(
@@ -416,6 +419,8 @@ def create_app(
     app.include_router(router)
     app.include_router(submitting)
     app.include_router(acting)
+    app.include_router(admin.page_router)
+    app.include_router(admin.router)
     return app, web
 
 

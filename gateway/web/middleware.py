@@ -8,12 +8,26 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.web.state import CLIENT_KEY, WebState
 from gateway.web.views import error_response
 
-_ROUTES = frozenset({"/", "/api/jobs", "/api/quota", "/healthz", "/metrics", "/openapi.json"})
+_ROUTES = frozenset(
+    {
+        "/",
+        "/api/jobs",
+        "/api/quota",
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+        "/admin",
+        "/admin/api/stats",
+        "/admin/api/users",
+    }
+)
 
 
 def route_label(path: str) -> str:
     if path.startswith("/api/jobs/"):
         return "/api/jobs/{id}/images/{n}" if "/images/" in path else "/api/jobs/{id}"
+    if path.startswith("/admin/api/users/"):
+        return "/admin/api/users/{id}/{action}"
     return path if path in _ROUTES else "other"
 
 

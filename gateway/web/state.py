@@ -65,6 +65,8 @@ class WebState:
     resolver: ClientResolver
     limiter: RateLimiter | None
     page: Page
+    #: ``/admin``: the operator's page (served only with ``IMAGINE_ADMIN_TOKEN``).
+    admin_page: Page
     pickups: Pickups
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
