@@ -148,7 +148,7 @@ def test_200_requests_over_two_processes_spend_exactly_the_5_credits(
     """200 concurrent requests of one user with 5 credits, 100 to each process: exactly 5 accepted.
 
     Each process's rate limit lets a burst of 10 of the user's requests through (it lives in the
-    process's memory), so 20 reach the store at once and the store alone decides which 5 of
+    process's memory), so at least 20 reach the store at once and the store alone decides which 5 of
     them are paid for; the rest are refused for the rate, none for the queue bound."""
     env = {"IMAGINE_DAILY_QUOTA": "5", "IMAGINE_MAX_QUEUED_PER_USER": "500", "IMAGINE_FAKE_DELAY": "0.05"}
     (_, url_a), (_, url_b) = start_webs(processes, data_dir, web_env("a", **env), web_env("b", **env))
@@ -170,7 +170,8 @@ def test_200_requests_over_two_processes_spend_exactly_the_5_credits(
     counts = {kind: kinds.count(kind) for kind in set(kinds)}
     assert counts.get("accepted") == 5, counts
     assert set(counts) <= {"accepted", "out_of_credits", "rate_limited"}, counts
-    assert counts["accepted"] + counts["out_of_credits"] == 20, counts  # both bursts reached the store
+    # Both bursts reached the store (and what the limiter refilled meanwhile, 0.5 a second each).
+    assert counts["accepted"] + counts["out_of_credits"] >= 20, counts
 
     async def check(db: Database) -> None:
         quota = await db.quota(USER, day=today(), default_allowance=5)
