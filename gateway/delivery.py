@@ -95,13 +95,17 @@ class Delivery:
             # The images wait for their front: they leave the global queue bound, and recovery
             # knows how many a cut-off delivery charges.
             try:
-                await self.instance.db.mark_ready(
+                ready = await self.instance.db.mark_ready(
                     job.id, len(job.result.images), instance_id=self.instance.id, now=self.instance.clock()
                 )
             except StoreUnavailable as exc:
                 self.instance.health.failed(
                     exc, job.id
                 )  # only the queue count lags; the delivery fences itself
+            else:
+                if not ready and await self._closed(job.id):
+                    await self.fenced(job)  # refunded by another process while this one made it
+                    return
         else:
             # Returned only once charged, in the same step (the fence for fronts that read the result).
             try:
@@ -142,6 +146,13 @@ class Delivery:
                 cost_per_second=self.settings.gpu_cost_per_second,
             )
         return record
+
+    async def _closed(self, job_id: str) -> bool:
+        """Whether the store has closed the job (unknown, when it does not answer: not closed)."""
+        with contextlib.suppress(StoreUnavailable):
+            record = await self.instance.db.get_job(job_id)
+            return record is not None and not record.is_open
+        return False
 
     async def fenced(self, job: Job) -> None:
         """Another process closed this job (its lease lapsed): deliver nothing, say what happened."""

@@ -129,6 +129,11 @@ class PostgresEngine:
         engine = cls(url, group_commit=group_commit, busy_timeout_ms=busy_timeout_ms)
         try:
             await engine._writer.run(migrate)
+        except StoreUnavailable as exc:
+            await engine.close()
+            # At start the sentence is all an operator sees: say which store, never its password.
+            reason = _first_line(exc.__cause__ or exc)
+            raise StoreUnavailable(f"the database {engine.describe()} did not answer: {reason}") from exc
         except BaseException:
             await engine.close()
             raise

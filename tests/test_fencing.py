@@ -168,6 +168,29 @@ async def test_a_job_another_process_refunded_is_never_delivered(data_dir: Path)
         await db.close()
 
 
+async def test_images_made_after_another_process_refunded_the_job_fail_it(data_dir: Path) -> None:
+    """A job whose front confirms delivery (web, chat) and that was still generating when another
+    process refunded it used to finish as ``succeeded`` here (its mark-ready, fenced, changed no
+    row): the web front showed a finished job whose images answered 410. Now it fails with the
+    sentence of the refund."""
+    settings = make_settings(data_dir)
+    db = await Database.open(settings.store)
+    stalled, _ = await started(settings, db, delay=0.2)
+    rescuer = past_the_lease(settings, db)
+    try:
+        web = await stalled.submit("web:1.2.3.4", "a hen --steps 3", job_id="web", confirm_delivery=True)
+        await until(lambda: web.step >= 1)
+        assert [job.id for job in await rescuer.recover()] == ["web"]
+        with pytest.raises(DeliveryRefused, match="Imagine restarted while making your image"):
+            await web.wait()
+        assert web.status.value == "failed"
+        assert [row["kind"] for row in await db.ledger("web:1.2.3.4")] == ["reserve", "refund"]
+        assert await db.check_ledger() == []
+    finally:
+        await stalled.close()
+        await db.close()
+
+
 async def test_a_claimed_delivery_is_charged_by_recovery_never_refunded(data_dir: Path) -> None:
     """After a claim the images may be out: a process that dies mid-send is charged for them once."""
     settings = make_settings(data_dir)

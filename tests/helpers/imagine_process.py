@@ -13,6 +13,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -64,6 +65,7 @@ class Imagine:
             text=True,
         )
         self.lines: list[str] = []
+        self._reader: threading.Thread | None = None
 
     def read_until(self, marker: str) -> str:
         assert self.proc.stdout is not None
@@ -73,10 +75,26 @@ class Imagine:
                 return line
         raise AssertionError(f"imagine never printed {marker!r}:\n" + "\n".join(self.lines))
 
+    def keep_reading(self) -> None:
+        """Read the rest of the output on a thread, so that a process that logs a lot while the
+        test does something else never blocks on a full pipe."""
+        assert self.proc.stdout is not None and self._reader is None
+        stdout = self.proc.stdout
+
+        def read() -> None:
+            for line in stdout:
+                self.lines.append(line.rstrip("\n"))
+
+        self._reader = threading.Thread(target=read, daemon=True)
+        self._reader.start()
+
     def finish(self, timeout: float = 60) -> int:
         code = self.proc.wait(timeout=timeout)
         assert self.proc.stdout is not None
-        self.lines += self.proc.stdout.read().splitlines()
+        if self._reader is not None:
+            self._reader.join(timeout)
+        else:
+            self.lines += self.proc.stdout.read().splitlines()
         self.proc.stdout.close()
         return code
 
