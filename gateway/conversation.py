@@ -19,11 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from gateway.errors import AmbiguousDelivery, DeliveryRefused
 from gateway.jobs import Job, JobResult, JobUpdate
+from gateway.request import ImageRequest
 from gateway.service import ImagineService
 from storage import JobRecord
 
@@ -32,6 +35,35 @@ log = logging.getLogger("imagine.conversation")
 #: How often the store is asked for this platform's recovered jobs.
 NOTICE_SECONDS = 5.0
 SEEN_EVENTS = 10_000
+
+
+#: Sentence of a Relax button whose request this process no longer keeps (a restart, or too old).
+RELAX_GONE = "That request is no longer kept; type it again with --relax."
+
+
+class RelaxOffers:
+    """Requests refused for want of credits, kept a while under a short key, so that a "Relax" button
+    (whose id holds 64 bytes at most on Telegram) can ask again in the relax lane. Bounded: the
+    oldest go first, and only the user who was refused can take theirs."""
+
+    def __init__(self, keep: int = 1000, seconds: float = 900.0) -> None:
+        self._offers: OrderedDict[str, tuple[str, ImageRequest, float]] = OrderedDict()
+        self._keep = keep
+        self._seconds = seconds
+
+    def keep(self, user_id: str, request: ImageRequest) -> str:
+        key = secrets.token_hex(8)
+        self._offers[key] = (user_id, request, time.monotonic())
+        while len(self._offers) > self._keep:
+            self._offers.popitem(last=False)
+        return key
+
+    def take(self, user_id: str, key: str) -> ImageRequest | None:
+        offer = self._offers.get(key)
+        if offer is None or offer[0] != user_id or time.monotonic() - offer[2] > self._seconds:
+            return None
+        del self._offers[key]
+        return offer[1]
 
 
 class Conversation:
@@ -43,6 +75,7 @@ class Conversation:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._remember = remember
         self._notices: asyncio.Task[None] | None = None
+        self.relax_offers = RelaxOffers()
 
     def user(self, platform_id: int | str) -> str:
         return f"{self.platform}:{platform_id}"

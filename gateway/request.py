@@ -82,6 +82,10 @@ class ImageRequest:
         """The same request with a new (random) seed: the re-roll button."""
         return replace(self, seed=None)
 
+    def as_relax(self) -> ImageRequest:
+        """The same request in the relax lane (the Relax button under an out-of-credits sentence)."""
+        return replace(self, relax=True)
+
     def variations(self) -> ImageRequest:
         """The same prompt, as many images as a request may ask, each with a new seed."""
         return replace(self, seed=None, num_images=MAX_IMAGES)

@@ -128,7 +128,8 @@ class World:
 
 
 @pytest.fixture
-async def world(settings: Settings) -> AsyncIterator[World]:
+async def world(settings: Settings, request: pytest.FixtureRequest) -> AsyncIterator[World]:
+    """The world; a test may change settings with ``parametrize("world", [{...}], indirect=True)``."""
     fake = FakeDiscord(token=TOKEN, recommended_shards=2)
     await fake.start()
     admin = fake.add_user("admin")
@@ -137,6 +138,7 @@ async def world(settings: Settings) -> AsyncIterator[World]:
         discord_api_base_url=fake.api_base_url,
         discord_gateway_url=fake.gateway_url,
         admins=frozenset({f"discord:{admin.id}"}),
+        **getattr(request, "param", {}),
     )
     db = await Database.open(settings.store)
     world = World(fake, settings, db)
@@ -162,7 +164,7 @@ async def test_start_logs_in_syncs_commands_and_connects_every_shard(world: Worl
     assert options["image"]["type"] == OptionType.ATTACHMENT
     assert options["count"]["max_value"] == 4
     admin = {o["name"] for o in fake.commands()["admin"]["options"]}
-    assert admin == {"quota", "grant", "ban", "unban", "stats"}
+    assert admin == {"quota", "grant", "ban", "unban", "budget", "stats"}
     assert all(identify["intents"] == 0 for identify in fake.identifies)  # no privileged intents
     await world.stop_bot()
     assert await world.start_bot() == "Discord as Imagine#0001 (2 shards)"
@@ -271,6 +273,40 @@ async def test_buttons_reroll_after_a_restart_cost_credits_and_only_the_requeste
     await world.fake.dispatch_component(delete, result.id)
     await world.fake.wait_for(lambda: result.deleted)
     assert (await world.service.quota(user)).used == 6  # deleting refunds nothing and costs nothing
+
+
+@pytest.mark.parametrize("world", [{"daily_quota": 1, "relax_daily": 1}], indirect=True)
+async def test_out_of_credits_offers_a_relax_button_that_asks_again_for_free(world: World) -> None:
+    user = f"discord:{world.alice}"
+    await world.result_of(await world.imagine("a lighthouse --seed 1"))  # the one credit of the day
+    refused = await world.imagine("a lighthouse at dusk --seed 2")
+    sentence = await world.said(refused, "Or add --relax for a free image")
+    [relax] = sentence.custom_ids()
+    assert relax.startswith("imagine:relax:")
+
+    stranger = await world.fake.dispatch_component(relax, sentence.id, user_id=world.bob)
+    await world.said(stranger, images_ext.RELAX_GONE)  # only the one refused may use it
+
+    pressed = await world.fake.dispatch_component(relax, sentence.id)
+    result = await world.result_of(pressed)
+    assert (
+        result.content.startswith("a lighthouse at dusk\nseed 2 ") and "relax, no credits" in result.content
+    )
+    quota = await world.service.quota(user)
+    assert (quota.used, quota.remaining) == (1, 0)  # the relax image cost nothing
+    again = await world.fake.dispatch_component(relax, sentence.id)
+    await world.said(again, images_ext.RELAX_GONE)  # a button asks once
+
+
+@pytest.mark.parametrize("world", [{"gpu_cost_per_second": 0.001, "monthly_budget": 5.0}], indirect=True)
+async def test_admin_budget_shows_and_sets_this_months_ceiling(world: World) -> None:
+    refused = await world.admin_command("budget", {"amount": 1.0}, user_id=world.bob)
+    await world.said(refused, "Only Imagine admins can do that; nothing was changed.")
+    shown = await world.admin_command("budget", {}, user_id=world.admin)
+    answer = await world.said(shown, "GPU budget for ")
+    assert answer.ephemeral and "a ceiling of 5.00" in answer.content
+    raised = await world.admin_command("budget", {"amount": 7.5}, user_id=world.admin)
+    await world.said(raised, "a ceiling of 7.50 (set by an admin)")
 
 
 async def test_admin_grant_is_refused_for_a_non_admin_and_works_for_an_admin(world: World) -> None:

@@ -263,6 +263,32 @@ async def test_stop_cancels_refunds_and_tells_what_outlasts_the_grace(
     assert await world.used(ALICE) == 0
 
 
+async def test_out_of_credits_offers_a_relax_button_that_asks_again_for_free(
+    fake: FakeTelegram, bot_settings: Settings
+) -> None:
+    settings = bot_settings.with_overrides(daily_quota=1, relax_daily=1)
+    async for world in make_world(fake, settings):
+        await world.start_bot(stop_grace=1.0)
+        first = world.says(ALICE, "/imagine a blue bird --seed 7")
+        await fake.wait_for_call("sendPhoto")
+        await world.settled(f"telegram:{first['update_id']}")
+        world.says(ALICE, "/imagine a red bird --seed 8")
+        refusal = await fake.wait_for_call(
+            "editMessageText", lambda c: "Or add --relax for a free image" in c.params["text"]
+        )
+        status = fake.message(ALICE, refusal.result["message_id"])
+        [relax] = callback_data(status)
+        assert relax.startswith("relax:")
+
+        press = fake.press_button(ALICE, status.message_id, relax)
+        photo = await fake.wait_for_call("sendPhoto", n=2)
+        assert photo.params["caption"].startswith("a red bird\nseed 8 · ")
+        assert "relax, no credits" in photo.params["caption"]
+        assert await world.settled(f"telegram:{press['update_id']}") == "succeeded"
+        assert await world.used(ALICE) == 1  # the relax image cost nothing
+        assert callback_data(fake.message(ALICE, status.message_id)) == []  # the button asks once
+
+
 async def test_reroll_gives_a_new_seed_and_charges_again_variations_an_album(world: World) -> None:
     fake = world.fake
     first = world.says(ALICE, "/imagine a blue bird --seed 7")

@@ -75,7 +75,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Imagine ad
     async def budget(
         self,
         interaction: discord.Interaction[Any],
-        amount: app_commands.Range[float, 0, MAX_BUDGET] | None = None,
+        amount: app_commands.Range[float, 0.0, MAX_BUDGET] | None = None,
         default: bool = False,
     ) -> None:
         accounts = self.service.accounts

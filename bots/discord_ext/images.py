@@ -39,9 +39,10 @@ from gateway import (
     JobRecord,
     JobResult,
     JobStatus,
+    OutOfCredits,
     parse_prompt,
 )
-from gateway.conversation import Conversation
+from gateway.conversation import RELAX_GONE, Conversation
 from gateway.messages import RESTARTING, result_caption, status_text
 from gateway.picture import action_request
 from gateway.request import MAX_IMAGES, MAX_NEGATIVE_CHARS, MAX_PROMPT_CHARS, MAX_SEED, size_for_aspect_ratio
@@ -196,6 +197,18 @@ class ImageCommands(commands.Cog):
             return
         await self.run_job(interaction, request, job_id=f"discord:{interaction.id}")
 
+    async def on_relax(self, interaction: discord.Interaction[Any], key: str) -> None:
+        """The Relax button under an out-of-credits sentence: the same request in the relax lane."""
+        if not self.conversation.first_time(str(interaction.id)):
+            return
+        if not await _defer(interaction, thinking=True):
+            return
+        request = self.conversation.relax_offers.take(f"discord:{interaction.user.id}", key)
+        if request is None:
+            await Reply.from_interaction(self.bot, interaction).tell(RELAX_GONE)
+            return
+        await self.run_job(interaction, request.as_relax(), job_id=f"discord:{interaction.id}")
+
     async def _delete(self, interaction: discord.Interaction[Any], source_id: str) -> None:
         if not await _defer(interaction, thinking=False):
             return
@@ -223,6 +236,15 @@ class ImageCommands(commands.Cog):
             job = await self.service.submit(
                 user, request, job_id=job_id, reply=reply.to_json(), confirm_delivery=True
             )
+        except OutOfCredits as exc:
+            if not exc.relax_offer:
+                await reply.tell(str(exc))
+                return
+            with contextlib.suppress(*SEND_ERRORS):  # the sentence, with a button that asks again in relax
+                await reply.send(
+                    str(exc), view=relax_view(self.conversation.relax_offers.keep(user, request))
+                )
+            return
         except ImagineError as exc:
             await reply.tell(str(exc))
             return
@@ -372,6 +394,45 @@ class ImageButton(
             await cog.on_image_action(interaction, self.action, self.index, self.job_id)
 
 
+class RelaxButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"imagine:relax:(?P<key>[0-9a-f]{1,32})"
+):
+    """Under an out-of-credits sentence: ask again in the relax lane (the request is kept in memory
+    for a while; after a restart the button says to type it again with --relax)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Relax",
+                emoji="🐢",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"imagine:relax:{key}",
+            )
+        )
+        self.key = key
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> RelaxButton:
+        return cls(match["key"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        cog = cast("ImageCommands | None", interaction.client.get_cog("ImageCommands"))  # type: ignore[attr-defined]
+        if cog is not None:
+            await cog.on_relax(interaction, self.key)
+
+
+def relax_view(key: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(RelaxButton(key))
+    return view
+
+
 def result_view(job_id: str, images: int) -> discord.ui.View:
     """The buttons under a result: a row each of U, V and V strong (one per image, at most 4, so
     within Discord's 5 per row), then re-roll, variations and delete. All are dynamic items, so
@@ -406,4 +467,4 @@ async def _refuse_privately(interaction: discord.Interaction[Any], sentence: str
 
 async def setup(bot: commands.Bot) -> None:
     await bot.add_cog(ImageCommands(cast("ImagineBot", bot)))
-    bot.add_dynamic_items(ResultButton, ImageButton)
+    bot.add_dynamic_items(ResultButton, ImageButton, RelaxButton)

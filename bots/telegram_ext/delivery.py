@@ -46,6 +46,7 @@ SEND_ATTEMPTS = 3  # tries of a result send whose request never reached Telegram
 SEND_RETRY_PAUSE = 1.0  # seconds before the second try; doubles after
 RESULT_READ_TIMEOUT = 30.0  # seconds for Telegram's answer to an upload; a late answer is ambiguous
 REROLL, VARIATIONS = "reroll", "vary"
+RELAX = "relax"  # the button under an out-of-credits sentence: ``relax:<key>``
 #: The per-image buttons' callback_data starts with one of these and the image's number, e.g. ``U2:``.
 IMAGE_ACTIONS = {"U": "upscale", "V": "vary", "S": "vary_strong"}
 MORE_LIKE_THESE = "More like these?"

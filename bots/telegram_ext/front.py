@@ -30,7 +30,7 @@ from bots.telegram_ext.admin import (
     unban_command,
 )
 from bots.telegram_ext.context import PLATFORM, Bot, BotState, TelegramApp
-from bots.telegram_ext.delivery import IMAGE_ACTIONS, REROLL, VARIATIONS
+from bots.telegram_ext.delivery import IMAGE_ACTIONS, RELAX, REROLL, VARIATIONS
 from bots.telegram_ext.files import file_base_url
 from bots.telegram_ext.handlers import (
     IMAGINE_CAPTION,
@@ -41,6 +41,7 @@ from bots.telegram_ext.handlers import (
     picture_prompt,
     prompt_message,
     quota_command,
+    relax_button,
     reroll_button,
     start_command,
 )
@@ -119,6 +120,7 @@ def build_application(
                 picture_prompt,
             ),
             CallbackQueryHandler(reroll_button, pattern=f"^({REROLL}|{VARIATIONS}):"),
+            CallbackQueryHandler(relax_button, pattern=f"^{RELAX}:[0-9a-f]+$"),
             CallbackQueryHandler(image_action_button, pattern=f"^[{''.join(IMAGE_ACTIONS)}][0-9]+:"),
         ]
     )

@@ -14,14 +14,23 @@ import contextlib
 import logging
 import re
 
-from telegram import CallbackQuery, Document, Message, PhotoSize, Update
+from telegram import (
+    CallbackQuery,
+    Document,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    PhotoSize,
+    Update,
+)
 from telegram.error import TelegramError
 
 from bots.telegram_ext.context import SOMETHING_WENT_WRONG, Context, Where, job_id_of, user_of
-from bots.telegram_ext.delivery import IMAGE_ACTIONS, VARIATIONS, deliver_and_settle
+from bots.telegram_ext.delivery import IMAGE_ACTIONS, RELAX, VARIATIONS, deliver_and_settle
 from bots.telegram_ext.files import download_picture, picture_of
-from bots.telegram_ext.progress import follow, show
-from gateway import ImageRequest, ImagineError, InvalidRequest, JobStatus, parse_prompt
+from bots.telegram_ext.progress import follow, quietly, show
+from gateway import ImageRequest, ImagineError, InvalidRequest, JobStatus, OutOfCredits, parse_prompt
+from gateway.conversation import RELAX_GONE
 from gateway.messages import HELP, queue_text
 from gateway.picture import action_request
 
@@ -130,6 +139,24 @@ async def reroll_button(update: Update, context: Context) -> None:
     )
 
 
+async def relax_button(update: Update, context: Context) -> None:
+    """Under an out-of-credits sentence: the same request in the relax lane."""
+    if (pressed := await _first_press(update, context)) is None:
+        return
+    query, data, job_id = pressed
+    user_id = user_of(query.from_user.id)
+    request = context.bot_data.conversation.relax_offers.take(user_id, data.partition(":")[2])
+    message = query.message
+    if request is None or not isinstance(message, Message):
+        await query.answer(RELAX_GONE, show_alert=True)
+        return
+    await query.answer()
+    await quietly(message.edit_reply_markup(reply_markup=None))  # the button asks once
+    await make_images(
+        context, job_id=job_id, user_id=user_id, request=request.as_relax(), where=Where.of(message)
+    )
+
+
 async def image_action_button(update: Update, context: Context) -> None:
     """``U2`` (upscale the second image), ``V1`` (vary the first), ``S1`` (vary it strongly).
 
@@ -194,6 +221,15 @@ async def make_images(
     # 2. Reserve credits and queue (refusals cost nothing and replace the status text).
     try:
         job = await service.submit(user_id, request, job_id=job_id, reply=reply, confirm_delivery=True)
+    except OutOfCredits as error:
+        # With the relax lane open, a button under the sentence asks again there, for free.
+        key = state.conversation.relax_offers.keep(user_id, request) if error.relax_offer else None
+        markup = None
+        if key is not None:
+            button = InlineKeyboardButton("🐢 Relax", callback_data=f"{RELAX}:{key}")
+            markup = InlineKeyboardMarkup([[button]])
+        await quietly(status.edit_text(str(error), reply_markup=markup))
+        return
     except ImagineError as error:
         await show(status, str(error))
         return

@@ -148,6 +148,7 @@ class BotApiRoutes(TelegramFaults):
             "setMyCommands": self._set_my_commands,
             "sendMessage": self._send_message,
             "editMessageText": self._edit_message_text,
+            "editMessageReplyMarkup": self._edit_message_reply_markup,
             "deleteMessage": self._delete_message,
             "sendChatAction": self._send_chat_action,
             "sendPhoto": self._send_photo,
@@ -285,6 +286,13 @@ class BotApiRoutes(TelegramFaults):
             raise ApiError(400, NOT_MODIFIED)
         stored.data["text"] = text
         stored.content_key = key
+        return self._finish_edit(stored, markup)
+
+    def _edit_message_reply_markup(self, params: dict[str, Any], files: list[UploadedFile]) -> JSON:
+        stored = self._editable(params)
+        markup = _inline_markup(params.get("reply_markup"))
+        if markup == stored.data.get("reply_markup"):
+            raise ApiError(400, NOT_MODIFIED)
         return self._finish_edit(stored, markup)
 
     def _editable(self, params: dict[str, Any]) -> StoredMessage:
