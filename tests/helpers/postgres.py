@@ -39,8 +39,12 @@ def free_port() -> int:
 
 
 class PostgresServer:
-    def __init__(self, bin_dir: Path) -> None:
+    """``durable=True`` keeps the server's default fsync and synchronous commit, as in production
+    (the benchmarks); the tests' throwaway clusters turn both off."""
+
+    def __init__(self, bin_dir: Path, *, durable: bool = False) -> None:
         self.bin = bin_dir
+        self.durable = durable
         self.folder = Path(tempfile.mkdtemp(prefix="imagine-pg-"))
         self.data = self.folder / "data"
         self.port = free_port()
@@ -56,10 +60,9 @@ class PostgresServer:
         if self._as_postgres:
             shutil.chown(self.folder, "postgres")
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8")
-        options = (
-            f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c max_connections=300 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"  # a throwaway cluster
-        )
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c max_connections=300"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.folder / "log"), "-w", "start"
         )
