@@ -131,12 +131,14 @@ async def fake() -> AsyncIterator[FakeTelegram]:
 
 
 @pytest.fixture
-def bot_settings(settings: Settings, fake: FakeTelegram) -> Settings:
+def bot_settings(settings: Settings, fake: FakeTelegram, request: pytest.FixtureRequest) -> Settings:
+    """A test may change them with ``parametrize("bot_settings", [{...}], indirect=True)``."""
+    changes = {"daily_quota": 10, **getattr(request, "param", {})}
     return settings.with_overrides(
         telegram_token=Secret(fake.token),
         telegram_api_base_url=fake.base_url,
         admins=frozenset({f"telegram:{ADMIN}"}),
-        daily_quota=10,
+        **changes,
     )
 
 
@@ -263,30 +265,28 @@ async def test_stop_cancels_refunds_and_tells_what_outlasts_the_grace(
     assert await world.used(ALICE) == 0
 
 
-async def test_out_of_credits_offers_a_relax_button_that_asks_again_for_free(
-    fake: FakeTelegram, bot_settings: Settings
-) -> None:
-    settings = bot_settings.with_overrides(daily_quota=1, relax_daily=1)
-    async for world in make_world(fake, settings):
-        await world.start_bot(stop_grace=1.0)
-        first = world.says(ALICE, "/imagine a blue bird --seed 7")
-        await fake.wait_for_call("sendPhoto")
-        await world.settled(f"telegram:{first['update_id']}")
-        world.says(ALICE, "/imagine a red bird --seed 8")
-        refusal = await fake.wait_for_call(
-            "editMessageText", lambda c: "Or add --relax for a free image" in c.params["text"]
-        )
-        status = fake.message(ALICE, refusal.result["message_id"])
-        [relax] = callback_data(status)
-        assert relax.startswith("relax:")
+@pytest.mark.parametrize("bot_settings", [{"daily_quota": 1, "relax_daily": 1}], indirect=True)
+async def test_out_of_credits_offers_a_relax_button_that_asks_again_for_free(world: World) -> None:
+    fake = world.fake
+    first = world.says(ALICE, "/imagine a blue bird --seed 7")
+    await fake.wait_for_call("sendPhoto")
+    await world.settled(f"telegram:{first['update_id']}")
+    world.says(ALICE, "/imagine a red bird --seed 8")
+    refusal = await fake.wait_for_call(
+        "editMessageText", lambda c: "Or add --relax for a free image" in c.params["text"]
+    )
+    status = fake.message(ALICE, refusal.result["message_id"])
+    [relax] = callback_data(status)
+    assert relax.startswith("relax:")
 
-        press = fake.press_button(ALICE, status.message_id, relax)
-        photo = await fake.wait_for_call("sendPhoto", n=2)
-        assert photo.params["caption"].startswith("a red bird\nseed 8 · ")
-        assert "relax, no credits" in photo.params["caption"]
-        assert await world.settled(f"telegram:{press['update_id']}") == "succeeded"
-        assert await world.used(ALICE) == 1  # the relax image cost nothing
-        assert callback_data(fake.message(ALICE, status.message_id)) == []  # the button asks once
+    press = fake.press_button(ALICE, status.message_id, relax)
+    photo = await fake.wait_for_call("sendPhoto", n=2)
+    assert photo.params["caption"].startswith("a red bird\nseed 8 · ")
+    assert "relax, no credits" in photo.params["caption"]
+    await fake.wait_until(lambda: callback_data(fake.message(ALICE, status.message_id)) == [])  # asks once
+    job = await world.db.get_job(f"telegram:{press['update_id']}")
+    assert job is not None and job.relax == 1 and job.cost == 0
+    assert await world.used(ALICE) == 1  # the relax image cost nothing
 
 
 async def test_reroll_gives_a_new_seed_and_charges_again_variations_an_album(world: World) -> None:
