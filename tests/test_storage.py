@@ -38,7 +38,7 @@ async def test_migrations_apply_once_and_pragmas_hold(tmp_path: Path) -> None:
     await db.close()
     conn = sqlite3.connect(path)
     versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations")]
-    assert versions == [number for number, _, _ in migrations()] == [1, 2]
+    assert versions == [number for number, _, _ in migrations()] == [1, 2, 3]
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
 
