@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect
 
 from gateway.bodies import BodyEndedEarly, BodyTooLarge
 from gateway.errors import ImagineError, elided, quoted
-from gateway.images import ImageStore
+from gateway.images import ImageStore, open_image_store
 from gateway.jobs import Job
 from gateway.pickup import ImageGone, Pickups, Waiting
 from gateway.picture import action_request
@@ -215,7 +215,7 @@ async def get_job(request: Request) -> Response:
             pace=web.options.poll_pace_seconds,
             queued_pace=web.options.queued_poll_pace_seconds,
         )
-    stored = web.pickups.seen(job, waiting)
+    stored = await web.pickups.seen(job, waiting)
     return JSON(job_view(job, waiting, stored), headers=NO_STORE)
 
 
@@ -358,9 +358,9 @@ async def metrics(request: Request) -> Response:
         "# HELP imagine_web_jobs_kept Web jobs kept for status and download.\n"
         "# TYPE imagine_web_jobs_kept gauge\n"
         f"imagine_web_jobs_kept {len(web.pickups.jobs)}\n"
-        "# HELP imagine_web_images_stored_bytes PNG bytes waiting on disk for download.\n"
+        "# HELP imagine_web_images_stored_bytes PNG bytes stored for download (folder or database).\n"
         "# TYPE imagine_web_images_stored_bytes gauge\n"
-        f"imagine_web_images_stored_bytes {web.pickups.images.bytes}\n"
+        f"imagine_web_images_stored_bytes {web.pickups.images.stored_bytes}\n"
         "# HELP imagine_store_up 1 while the database answers, 0 while it fails.\n"
         "# TYPE imagine_store_up gauge\n"
         f"imagine_store_up {int(service.store_ok)}\n"
@@ -380,11 +380,12 @@ def create_app(
     """The ASGI app and its state; :class:`WebFront` serves it, tests may too."""
     options = options or WebOptions()
     if images is None:
-        images = ImageStore(
+        images = open_image_store(
+            service.db,
             settings.data_dir / "web-images",
             budget_bytes=options.image_cache_bytes,
             ttl_seconds=options.image_ttl_seconds,
-        ).open()
+        )
     web = WebState(
         settings=settings,
         service=service,
