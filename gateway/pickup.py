@@ -142,6 +142,8 @@ class Pickups:
         """
         if waiting is not None and waiting.refund_error is not None:
             raise ImageGone(waiting.refund_error)
+        if waiting is None and job.status is JobStatus.FAILED and job.error is not None:
+            raise ImageGone(str(job.error))  # read back refunded (on another host, or before a restart)
         if job.status is not JobStatus.SUCCEEDED:
             return None
         # 1. The bytes first (memory, or the image store): nothing is charged for an image that is gone.
