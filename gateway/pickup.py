@@ -34,9 +34,9 @@ log = logging.getLogger("imagine.pickup")
 class PickupLimits:
     #: A finished image waits this long for its first download; then it is refunded.
     pickup_seconds: float = 300.0
-    #: Images stay downloadable this long after the job ends (while the disk budget allows).
+    #: Images stay downloadable this long after they are made (while the byte budget allows).
     image_ttl_seconds: float = 3600.0
-    #: PNG bytes kept on disk for download; the oldest go first past it.
+    #: PNG bytes kept for download (on every host together on PostgreSQL); the oldest go first past it.
     image_cache_bytes: int = 1024 * 1024 * 1024
     max_kept_jobs: int = 20_000
 
