@@ -143,8 +143,13 @@ def test_the_owners_pickup_timer_does_not_refund_what_another_host_charged(
         httpx.Client(base_url=host_a.url, timeout=30) as a,
         httpx.Client(base_url=host_b.url, timeout=30) as b,
     ):
-        job_id = a.post("/api/jobs", json={"prompt": "a heron"}).json()["id"]
+        created = a.post("/api/jobs", json={"prompt": "a heron"}).json()
+        started = time.monotonic()
+        polled = b.get(f"/api/jobs/{created['id']}", params={"wait": 25, "after": created["tag"]})
+        assert time.monotonic() - started < 10, "a long poll on B reads the job from the store again"
+        job_id = created["id"]
         image = ready_on(b, job_id)["images"][0]
+        assert polled.status_code == 200
         served = b.get(image)
         assert served.status_code == 200 and served.content.startswith(PNG)
         time.sleep(1.5)  # past A's pickup time: its timer finds the job charged, not unfetched

@@ -33,7 +33,7 @@ from gateway.service import ImagineService
 from gateway.settings import Settings
 from gateway.web.guard import Client, ClientResolver, RateLimiter
 from gateway.web.limits import ActionPostRoute, JobPostRoute
-from gateway.web.longpoll import wait_for_change, wait_seconds
+from gateway.web.longpoll import wait_for_change, wait_in_store, wait_seconds
 from gateway.web.middleware import ClientMiddleware
 from gateway.web.page import Page
 from gateway.web.schemas import (
@@ -206,7 +206,15 @@ async def get_job(request: Request) -> Response:
     if found is None:
         return error_response(404, f"There is no web job {quoted(job_id)}.", "not_found")
     job, waiting = found
-    if wait > 0 and after != "" and not job.status.finished:
+    if wait > 0 and after != "" and not job.status.finished and web.service.job(job_id) is None:
+
+        async def reread() -> Job | None:
+            again = await _find(web, job_id)
+            return None if again is None else again[0]
+
+        seconds = min(wait, web.options.max_wait_seconds)
+        job = await wait_in_store(job, after or tag(job), seconds, web.stopping, reread)
+    elif wait > 0 and after != "" and not job.status.finished:
         await wait_for_change(
             job,
             after or tag(job),
