@@ -172,10 +172,14 @@ class Delivery:
         job.fail(error)
         self.jobs.forget_later(job)
 
-    async def refund(self, job: Job, error: ImagineError, *, gpu_seconds: float | None) -> None:
-        """Refund now, or (when the store fails) as soon as it answers again: never skipped."""
+    async def refund(self, job: Job, error: ImagineError, *, gpu_seconds: float | None) -> bool:
+        """Refund now, or (when the store fails) as soon as it answers again: never skipped.
 
-        async def write() -> None:
+        False when the store says the job was closed already (charged by another host's download,
+        or refunded by recovery): nothing was given back here.
+        """
+
+        async def write() -> JobRecord | None:
             record = await self.instance.db.refund(
                 job.id,
                 error_kind=error.kind,
@@ -187,14 +191,23 @@ class Delivery:
                 self.instance.metrics.job_finished(
                     error.kind, refunded=record.refunded, seconds=gpu_seconds or 0.0
                 )
+            return record
 
         try:
-            await write()
+            record = await write()
         except StoreUnavailable as exc:
             self.instance.health.failed(exc, job.id)
             self.instance.health.repair_later(job.id, write)
-        else:
-            self.instance.health.back()
+            return True
+        self.instance.health.back()
+        return record is not None
+
+    async def charged_elsewhere(self, job_id: str) -> bool:
+        """Whether the store shows the job charged (a settle this process did not write)."""
+        with contextlib.suppress(StoreUnavailable):
+            record = await self.instance.db.get_job(job_id)
+            return record is not None and record.status == "succeeded"
+        return False
 
     # --- the front's side of a ``confirm_delivery`` job ------------------------------------
 
@@ -220,7 +233,7 @@ class Delivery:
             except StoreUnavailable as exc:
                 self.instance.health.failed(exc, job_id)
                 error = await self._end_delivery(job, STORE_DOWN)
-                raise DeliveryRefused(str(error)) from None
+                raise DeliveryRefused(str(error) if error is not None else REFUNDED_NOT_SENT) from None
             if not claimed:
                 await self.fenced(job)
                 assert job.error is not None
@@ -246,12 +259,41 @@ class Delivery:
             except StoreUnavailable as exc:
                 self.instance.health.failed(exc, job_id)
                 raise
-            if record is None:
+            if record is None and not await self.charged_elsewhere(job_id):
                 await self.fenced(job)
                 assert job.error is not None
                 raise DeliveryRefused(str(job.error))
+            # Charged, here or by another host's first download (``settle_download``): serve it.
             job.mark_delivered()
             self.jobs.forget_later(job)
+
+    async def settle_download(self, job_id: str) -> None:
+        """Charge a web job whose images wait in the shared store, on a host that does not run it.
+
+        The rule (``storage.ledger.settle_ready``): the first download on any host charges the job
+        while it is open and ready, whichever process owns it; the ledger is the fence. A job
+        refunded first (by recovery, whose owner died before any download claimed it, or by its
+        owner's pickup timer) is never charged nor served; one charged first (by its owner's or
+        another host's download) is served without a second charge. The owner copes with losing
+        that race: its settle or refund finds the job closed and reads it back charged.
+
+        Raises :class:`DeliveryRefused` when the job was refunded, and lets
+        :class:`StoreUnavailable` through (nothing was charged: try again).
+        """
+        try:
+            record = await self.instance.db.settle_ready(job_id, now=self.instance.clock())
+        except StoreUnavailable as exc:
+            self.instance.health.failed(exc, job_id)
+            raise
+        self.instance.health.back()
+        if record is not None:
+            self.instance.metrics.job_finished("succeeded", spent=record.spent, refunded=record.refunded)
+            return
+        current = await self.instance.db.get_job(job_id)
+        if current is not None and current.status == "succeeded":
+            return  # charged already, by the first download on some host
+        refused = current.error if current is not None and current.status == "failed" else None
+        raise DeliveryRefused(refused or REFUNDED_NOT_SERVED)
 
     async def delivered(self, job_id: str) -> None:
         """A front posted the images (or may have: an ambiguous send): charge the credits.
@@ -275,7 +317,11 @@ class Delivery:
             self.jobs.forget_later(job)
 
     async def delivery_failed(self, job_id: str, reason: str) -> ImagineError | None:
-        """A front could not post the images: refund, and return the sentence to tell the user."""
+        """A front could not post the images: refund, and return the sentence to tell the user.
+
+        None when there is nothing to refund: the job is no longer waiting for its delivery, or
+        another host's download charged it first (then it is marked delivered here).
+        """
         job = self.jobs.get(job_id)
         if job is None:
             return None
@@ -284,10 +330,14 @@ class Delivery:
                 return None
             return await self._end_delivery(job, reason)
 
-    async def _end_delivery(self, job: Job, reason: str) -> ImagineError:
+    async def _end_delivery(self, job: Job, reason: str) -> ImagineError | None:
         job.stop_delivery()
         error = BackendFailed(self.refund_sentence(job, reason))
-        await self.refund(job, error, gpu_seconds=None)
+        refunded = await self.refund(job, error, gpu_seconds=None)
         job.release_images()
+        if not refunded and await self.charged_elsewhere(job.id):
+            job.mark_delivered()  # another host's first download charged it: nothing to refund
+            self.jobs.forget_later(job)
+            return None
         self.jobs.forget_later(job)
         return error

@@ -84,6 +84,9 @@ class Job:
     cancel_requested: bool = False
     cancel_reason: str = "The job was cancelled"
     delivered: bool = False  # charged for its images
+    #: Read back from the store: still open, its images made (this many) and waiting for their first
+    #: download; None otherwise (and for a live job, whose own state says it).
+    ready_count: int | None = None
     delivery_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     origin: Job | None = field(default=None, repr=False)  # a duplicate's handle follows its original
     _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)

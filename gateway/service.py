@@ -274,6 +274,11 @@ class ImagineService:
         """Charge a ``confirm_delivery`` job before its images are served (the web's first download)."""
         await self._delivery.settle_delivery(job_id)
 
+    async def settle_download(self, job_id: str) -> None:
+        """Charge a web job another process runs (or ran) on its first download here; see
+        :meth:`gateway.delivery.Delivery.settle_download` for the rule."""
+        await self._delivery.settle_download(job_id)
+
     async def delivered(self, job_id: str) -> None:
         """A front posted the images (or may have: an ambiguous send): charge the credits."""
         await self._delivery.delivered(job_id)
@@ -369,4 +374,5 @@ def _job_from_record(record: JobRecord) -> Job:
             if status is JobStatus.FAILED
             else None
         ),
+        ready_count=record.ready_count if record.is_open and record.ready_at is not None else None,
     )

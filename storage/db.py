@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from storage import accounts, jobs, pg_ops, schema
+from storage import accounts, jobs, pg_ops, schema, web_images
 from storage import instances as _instances  # the names `instances` and `ledger` are operations here
 from storage import ledger as _ledger
 from storage.postgres import Call, PostgresEngine, is_postgres_url
@@ -124,6 +124,7 @@ class Database:
     mark_ready = grouped(jobs.mark_ready, pg_ops.mark_ready)
     claim_delivery = grouped(jobs.claim_delivery, pg_ops.claim_delivery)
     settle = grouped(_ledger.settle, pg_ops.settle)
+    settle_ready = grouped(_ledger.settle_ready, pg_ops.settle_ready)
     refund = grouped(_ledger.refund, pg_ops.refund)
     recover = grouped(_ledger.recover, pg_ops.recover)
     budget = autocommit(_ledger.budget)
@@ -153,3 +154,11 @@ class Database:
     instances = autocommit(_instances.instances)
     open_jobs = autocommit(_instances.open_jobs)
     take_notices = grouped(_instances.take_notices, pg_ops.take_notices)
+
+    # --- web images waiting for their download (storage.web_images) -----------------
+    put_web_images = autocommit(web_images.put_web_images)
+    count_web_images = autocommit(web_images.count_web_images)
+    web_image = autocommit(web_images.web_image)
+    delete_web_images = autocommit(web_images.delete_web_images)
+    sweep_web_images = autocommit(web_images.sweep_web_images)
+    web_images_bytes = autocommit(web_images.web_images_bytes)

@@ -140,6 +140,34 @@ def settle(
     return _reread(c, job_id)
 
 
+def settle_ready(c: sqlite3.Connection, job_id: str, *, now: float, note: str = "") -> JobRecord | None:
+    """Charge a job whose images wait for their first download, whichever process owns it.
+
+    The web's images wait where every host can serve them, so the first download may come to a
+    host that did not run the job. The fence is the ledger, not the owner: the job must still be
+    open (never after recovery or the pickup timer refunded it; the settle/refund pair is
+    exclusive, the first to close the job wins) and ready (``ready_at`` set: its images are made).
+    It is charged for ``ready_count`` images, as recovery charges a cut-off delivery, and its
+    delivery is claimed in the same transaction. ``None`` when nothing changed: closed already
+    (another host's download charged it, or it was refunded) or not ready.
+    """
+    job = _open_job(c, job_id)
+    if job is None or job.ready_at is None:
+        return None
+    c.execute("UPDATE jobs SET delivering_at = COALESCE(delivering_at, ?) WHERE id = ?", (now, job_id))
+    delivered = job.ready_count if job.ready_count is not None else job.cost
+    return settle(
+        c,
+        job_id,
+        delivered=delivered,
+        seed=None,
+        model=job.model,
+        gpu_seconds=job.gpu_seconds,
+        now=now,
+        note=note,
+    )
+
+
 def refund(
     c: sqlite3.Connection,
     job_id: str,

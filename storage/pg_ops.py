@@ -122,6 +122,10 @@ def settle(
     )
 
 
+def settle_ready(job_id: str, *, now: float, note: str = "") -> Call[JobRecord | None]:
+    return Call("SELECT imagine_settle_ready(%s, %s, %s)", (job_id, now, note), _job)
+
+
 def refund(
     job_id: str, *, error_kind: str, error: str, now: float, gpu_seconds: float | None = None
 ) -> Call[JobRecord | None]:

@@ -447,7 +447,7 @@ def test_image_actions_refuse_with_a_sentence_and_are_idempotent(
     assert other.status_code == 409
     http.get(wait_done(http, first.json()["id"])["images"][0])
 
-    server.front.state.pickups.images.delete(job)
+    server.call(server.front.state.pickups.images.delete(job))
     gone = http.post(f"/api/jobs/{job}/images/0/upscale")
     assert gone.status_code == 410 and gone.json()["error"].startswith("This image is no longer kept")
     assert [row["kind"] for row in server.ledger()] == ["reserve", "settle"] * 2

@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect
 
 from gateway.bodies import BodyEndedEarly, BodyTooLarge
 from gateway.errors import ImagineError, elided, quoted
-from gateway.images import ImageStore
+from gateway.images import ImageStore, open_image_store
 from gateway.jobs import Job
 from gateway.pickup import ImageGone, Pickups, Waiting
 from gateway.picture import action_request
@@ -35,7 +35,7 @@ from gateway.web import admin
 from gateway.web.admin import ADMIN_PAGE
 from gateway.web.guard import Client, ClientResolver, RateLimiter
 from gateway.web.limits import ActionPostRoute, JobPostRoute
-from gateway.web.longpoll import wait_for_change, wait_seconds
+from gateway.web.longpoll import wait_for_change, wait_in_store, wait_seconds
 from gateway.web.middleware import ClientMiddleware
 from gateway.web.page import Page
 from gateway.web.schemas import (
@@ -208,7 +208,15 @@ async def get_job(request: Request) -> Response:
     if found is None:
         return error_response(404, f"There is no web job {quoted(job_id)}.", "not_found")
     job, waiting = found
-    if wait > 0 and after != "" and not job.status.finished:
+    if wait > 0 and after != "" and not job.status.finished and web.service.job(job_id) is None:
+
+        async def reread() -> Job | None:
+            again = await _find(web, job_id)
+            return None if again is None else again[0]
+
+        seconds = min(wait, web.options.max_wait_seconds)
+        job = await wait_in_store(job, after or tag(job), seconds, web.stopping, reread)
+    elif wait > 0 and after != "" and not job.status.finished:
         await wait_for_change(
             job,
             after or tag(job),
@@ -217,7 +225,7 @@ async def get_job(request: Request) -> Response:
             pace=web.options.poll_pace_seconds,
             queued_pace=web.options.queued_poll_pace_seconds,
         )
-    stored = web.pickups.seen(job, waiting)
+    stored = await web.pickups.seen(job, waiting)
     return JSON(job_view(job, waiting, stored), headers=NO_STORE)
 
 
@@ -360,9 +368,9 @@ async def metrics(request: Request) -> Response:
         "# HELP imagine_web_jobs_kept Web jobs kept for status and download.\n"
         "# TYPE imagine_web_jobs_kept gauge\n"
         f"imagine_web_jobs_kept {len(web.pickups.jobs)}\n"
-        "# HELP imagine_web_images_stored_bytes PNG bytes waiting on disk for download.\n"
+        "# HELP imagine_web_images_stored_bytes PNG bytes stored for download (folder or database).\n"
         "# TYPE imagine_web_images_stored_bytes gauge\n"
-        f"imagine_web_images_stored_bytes {web.pickups.images.bytes}\n"
+        f"imagine_web_images_stored_bytes {web.pickups.images.stored_bytes}\n"
         "# HELP imagine_store_up 1 while the database answers, 0 while it fails.\n"
         "# TYPE imagine_store_up gauge\n"
         f"imagine_store_up {int(service.store_ok)}\n"
@@ -382,11 +390,12 @@ def create_app(
     """The ASGI app and its state; :class:`WebFront` serves it, tests may too."""
     options = options or WebOptions()
     if images is None:
-        images = ImageStore(
+        images = open_image_store(
+            service.db,
             settings.data_dir / "web-images",
             budget_bytes=options.image_cache_bytes,
             ttl_seconds=options.image_ttl_seconds,
-        ).open()
+        )
     web = WebState(
         settings=settings,
         service=service,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import cast
 
 from gateway.errors import InvalidRequest, quoted
@@ -14,6 +14,8 @@ from gateway.web.views import tag
 
 #: How often a long poll of a queued job looks at it (instead of waking at each move of the queue).
 QUEUED_LOOK_SECONDS = 0.05
+#: How often a long poll reads a job another host runs from the store (nothing here tells of its news).
+STORE_LOOK_SECONDS = 1.0
 
 
 def wait_seconds(raw: str | None, limit: float) -> float:
@@ -83,3 +85,25 @@ async def wait_for_change(
         for waiter in waiters:
             waiter.cancel()
         await asyncio.gather(*waiters, return_exceptions=True)
+
+
+async def wait_in_store(
+    job: Job,
+    after: str,
+    seconds: float,
+    stopping: asyncio.Event,
+    reread: Callable[[], Awaitable[Job | None]],
+    *,
+    look: float = STORE_LOOK_SECONDS,
+) -> Job:
+    """As :func:`wait_for_change` for a job this process does not run (another host does): read it
+    again every ``look`` seconds; the job as last read."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not stopping.is_set():
+        left = deadline - loop.time()
+        if job.status.finished or tag(job) != after or left <= 0:
+            break
+        await asyncio.sleep(min(look, left))
+        job = await reread() or job
+    return job

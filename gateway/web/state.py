@@ -27,9 +27,9 @@ class WebOptions:
     max_image_body_bytes: int = 16 * 1024 + 4 * -(-MAX_PICTURE_BYTES // 3)
     #: A finished image waits this long for its first download; then it is refunded.
     pickup_seconds: float = 300.0
-    #: Images stay downloadable this long after the job ends (while the disk budget allows).
+    #: Images stay downloadable this long after they are made (while the byte budget allows).
     image_ttl_seconds: float = 3600.0
-    #: PNG bytes kept on disk (under the data folder) for download; the oldest go first past it.
+    #: PNG bytes kept for download (a folder on SQLite, the database on PostgreSQL); oldest go first past it.
     image_cache_bytes: int = 1024 * 1024 * 1024
     max_kept_jobs: int = 20_000
     #: ``POST /api/jobs`` per client: a burst, then this many a second (None: no limit).
