@@ -30,7 +30,17 @@ from storage.postgres import PgConn, is_postgres_url, redacted
 from storage.sql import Conn
 
 #: Every table of the store, parents before the rows that reference them.
-TABLES = ("users", "instances", "jobs", "daily_usage", "ledger", "bans", "secrets")
+TABLES = (
+    "users",
+    "instances",
+    "jobs",
+    "daily_usage",
+    "ledger",
+    "bans",
+    "budget_months",
+    "web_images",
+    "secrets",
+)
 #: Tables each engine keeps for itself.
 ENGINE_TABLES = {"schema_migrations"}
 #: Rows that make a target a live store (the migrations themselves write one secret).

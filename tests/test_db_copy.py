@@ -43,6 +43,8 @@ def new_job(i: int, *, instance_id: str | None) -> NewJob:
         instance_id=instance_id,
         reply={"chat_id": i} if i % 2 else None,
         now=1_000.0 + i / 7,
+        budget_hold_ms=0 if i % 5 == 0 else 1_000 + i,  # held against the month, settled or given back
+        budget_ceiling_ms=10**12,
     )
 
 
@@ -73,6 +75,7 @@ async def build_store(path: Path, jobs: int) -> None:
         await db.grant(USERS[0], -5, by="cli:op", now=3.0)
         await db.set_allowance(USERS[1], 7_000, now=3.0)
         await db.ban("discord:999", "spam", by="cli:op", now=4.0)
+        await db.set_budget("2026-11", 5_000_000)
         for start in range(0, jobs, 100):
             batch = range(start, min(jobs, start + 100))
             await asyncio.gather(*(db.reserve(new_job(i, instance_id="host-a:1")) for i in batch))
@@ -99,6 +102,7 @@ async def snapshot(target: str | Path) -> dict[str, Any]:
             "open": await db.open_jobs(),
             "instances": await db.instances(),
             "check": await db.check_ledger(),
+            "budget": [await db.budget(month, default_ceiling_ms=None) for month in ("2026-11", "2026-12")],
         }
     finally:
         await db.close()
