@@ -217,6 +217,16 @@ class Accounts:
         stats["queue_here"] = queue_here
         stats["backend"] = self.settings.backend if backend is None else backend
         stats.update(await self.spend(now))
+        state = await self.db.budget(utc_month(now), default_ceiling_ms=self.budget.ceiling_ms())
+        stats["budget"] = {
+            "month": state.month,
+            "ceiling": self.budget.money(state.ceiling_ms),
+            "spent": self.budget.money(state.spent_ms),
+            "held": self.budget.money(state.held_ms),
+            "set_by_admin": state.override,
+        }
+        if state.ceiling_ms is not None:
+            stats["budget_text"] = self.budget.describe(state)
         return stats
 
     async def spend(self, now: float) -> dict[str, Any]:
@@ -264,6 +274,8 @@ class Accounts:
         ]
         if "month" in stats:
             lines += self._spend_lines(stats)
+        if "budget_text" in stats:
+            lines += ["", stats["budget_text"]]
         return "\n".join(lines)
 
     def _spend_lines(self, stats: dict[str, Any]) -> list[str]:

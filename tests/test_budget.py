@@ -147,6 +147,10 @@ async def test_admins_raise_the_budget_and_nobody_else_can(settings: Settings, d
         assert "(set by an admin)" in answer and "resets on 1 January at 00:00 UTC" in answer
         second = await service.submit("cli:bob", SMALL, job_id="cli:3")
         await asyncio.gather(first.wait(), second.wait())
+        stats = await service.accounts.stats("cli:admin")
+        assert stats["budget"]["ceiling"] == pytest.approx(0.002) and stats["budget"]["set_by_admin"]
+        assert stats["budget"]["spent"] > 0 and stats["budget"]["held"] == 0
+        assert "GPU budget for 2026-12:" in service.accounts.stats_text(stats)
         back = await service.accounts.set_budget("cli:admin", None)
         assert "(set by an admin)" not in back
     finally:
