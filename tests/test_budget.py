@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -197,3 +198,38 @@ async def test_the_relax_lane_is_free_capped_and_waits_behind_paid_jobs(
         assert (quota.used, quota.remaining) == (1, 0)  # the relax image cost nothing
     finally:
         await service.close()
+
+
+async def test_two_hosts_on_one_postgresql_share_the_budget(data_dir: Path, postgres_url: str) -> None:
+    """Two services, each with its own connections to one PostgreSQL database (two hosts in one
+    process): 200 requests spread over both still fit the month's 10 small jobs, never more."""
+    shared = Settings.from_env(
+        {"IMAGINE_DB": postgres_url, "IMAGINE_BACKEND": "fake", "IMAGINE_DATA_DIR": str(data_dir)},
+        env_file=None,
+    ).with_overrides(
+        gpu_cost_per_second=0.001,
+        monthly_budget=0.01,
+        daily_quota=1000,
+        max_queued_per_user=1000,
+        max_queue=1000,
+    )
+    hosts = []
+    for _ in range(2):
+        db = await Database.open(shared.store)
+        hosts.append((db, await started(shared, db, Clock(), delay=0.05)))
+    try:
+        outcomes = await asyncio.gather(
+            *(hosts[i % 2][1].submit(f"cli:u{i}", SMALL, job_id=f"cli:{i}") for i in range(200)),
+            return_exceptions=True,
+        )
+        accepted = [o for o in outcomes if not isinstance(o, BaseException)]
+        assert len(accepted) == 10
+        assert all(isinstance(o, BudgetSpent) for o in outcomes if isinstance(o, BaseException))
+        await asyncio.gather(*(job.wait() for job in accepted))  # type: ignore[union-attr]
+        state = await hosts[0][0].budget("2026-12", default_ceiling_ms=10_000)
+        assert state.held_ms == 0 and 0 < state.spent_ms <= 10_000 + 1000
+        assert await hosts[1][0].check_ledger() == []
+    finally:
+        for db, service in hosts:
+            await service.close()
+            await db.close()
