@@ -250,6 +250,7 @@ async def serve_fronts(settings: Settings, which: Sequence[str], *, announce_off
             if off and announce_off:
                 print(f"imagine: off: {', '.join(off)} (set its token to turn it on)", flush=True)
             print(f"imagine: backend {settings.backend}, model {settings.model}", flush=True)
+            print(f"imagine: store {settings.store_name}", flush=True)
             await stop.wait()
             print("imagine: stopping: no new work; finishing or refunding what is in flight", flush=True)
         finally:

@@ -101,3 +101,18 @@ def test_bad_values_name_the_variable(env: dict[str, str], message: str) -> None
     with pytest.raises(SettingsError) as caught:
         Settings.from_env(env, env_file=None)
     assert str(caught.value) == message
+
+
+def test_a_postgresql_store_is_named_without_its_password_and_a_bad_url_is_one_sentence() -> None:
+    url = "postgresql://imagine:s3cr%40t@db.example.com:5433/imagine"
+    settings = Settings.from_env({"IMAGINE_DB": url}, env_file=None)
+    assert settings.store == url and settings.db_url is not None
+    assert settings.store_name == "postgresql://db.example.com:5433/imagine"
+    assert "s3cr" not in repr(settings) and "s3cr" not in str(settings.describe())
+    assert settings.data_dir == Path("data")  # not the URL's "folder"
+    with pytest.raises(SettingsError, match="IMAGINE_DB must name the database"):
+        Settings.from_env({"IMAGINE_DB": "postgresql://db.example.com:5432"}, env_file=None)
+    with pytest.raises(SettingsError, match="mysql:// is neither"):
+        Settings.from_env({"IMAGINE_DB": "mysql://db/imagine"}, env_file=None)
+    with pytest.raises(SettingsError, match="IMAGINE_MONTHLY_BUDGET needs IMAGINE_GPU_COST_PER_SECOND"):
+        Settings.from_env({"IMAGINE_MONTHLY_BUDGET": "50"}, env_file=None)
