@@ -56,7 +56,8 @@ class TerminalFront:
         seeds = ", ".join(str(s) for s in result.seeds)
         lines = [
             f"Saved {', '.join(str(p) for p in paths)} · {result.request.width}x{result.request.height} · "
-            f"seed {seeds} · {result.elapsed:.1f} s · {left} left",
+            f"seed {seeds} · {result.elapsed:.1f} s · "
+            + ("relax, no credits" if result.request.relax else f"{left} left"),
             *result.notes,
         ]
         return "\n".join(lines)

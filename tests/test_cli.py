@@ -268,3 +268,17 @@ def test_secrets_are_scrubbed_from_every_log_line(
     finally:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
+
+
+def test_generate_in_the_relax_lane_once_credits_are_spent(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("IMAGINE_DAILY_QUOTA", "0")
+    monkeypatch.setenv("IMAGINE_RELAX_DAILY", "1")
+    assert imagine.main(["generate", "a fox --steps 2", "-o", "paid.png"]) == 3  # no credits
+    assert "Or add --relax for a free image" in capsys.readouterr().err
+    assert imagine.main(["generate", "a fox --steps 2 --relax", "-o", "free.png"]) == 0
+    assert (env / "free.png").exists() and "· relax, no credits" in capsys.readouterr().out
+    assert (
+        imagine.main(["generate", "a fox --steps 2 --relax", "-o", "again.png"]) == 3
+    )  # today's one is used
