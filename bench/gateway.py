@@ -258,6 +258,18 @@ def server_cpu(postmaster: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def check_queue_length(url: str) -> None:
+    """The queue length the triggers kept through the run is the jobs' count."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        kept = conn.execute("SELECT open_jobs FROM queue_length").fetchone()
+        counted = conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running') AND ready_at IS NULL"
+        ).fetchone()
+    assert kept == counted, (kept, counted)
+
+
 def reset_statements(url: str) -> None:
     import psycopg
 
@@ -355,6 +367,8 @@ async def compare_case(
         await db.close()
     assert not problems, problems
     assert settled == expected, (settled, expected)
+    if store.startswith("postgresql://"):
+        check_queue_length(store)
     if stats:
         report_statements(store, jobs, max(float(r["elapsed"]) for r in results))
     latencies = sorted(x for r in results for x in r["latencies"])
