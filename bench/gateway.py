@@ -7,11 +7,17 @@ validation, the reservation transaction, the queue, the settle transaction. Prin
     python bench/gateway.py --quick      # a smoke run (tests call this)
     python bench/gateway.py --db postgres               # SQLite vs a throwaway durable local server
     python bench/gateway.py --db postgresql://u@h/db    # SQLite vs that server (a fresh database a row)
+    python bench/gateway.py --db postgres --pg-stats    # and where the server's time goes, per row
 
 With ``--db`` (or ``--processes``) the table compares the engines in the same run: 1 and N gateway
 processes (``--processes N``, default 2), each its own ImagineService on the same store, each a closed
 loop of ``--concurrency`` clients for ``--seconds``; CPU per job of the gateway processes and, where
 the server runs on this machine, of the PostgreSQL server's processes (from /proc).
+
+``--pg-stats`` (with ``--db postgres``) loads pg_stat_statements into the throwaway server and prints,
+after each PostgreSQL row, the measured seconds' statements: waiting for the write lock is the time of
+``SELECT imagine_write_lock()``, holding it is every other statement of the batch and its COMMIT (whose
+time is the WAL flush), and the batches are the lock's calls. It costs the server a few percent.
 """
 
 from __future__ import annotations
@@ -175,8 +181,15 @@ async def child(spec: dict[str, Any]) -> None:
 # --- the PostgreSQL server: a database a row, its processes' CPU ------------------------------------
 
 
+#: The server settings of ``--pg-stats``: every statement, those inside the ledger functions too.
+PG_STATS = (
+    "-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all "
+    "-c pg_stat_statements.track_utility=on"
+)
+
+
 @contextmanager
-def postgres_server(target: str) -> Iterator[str]:
+def postgres_server(target: str, *, stats: bool = False) -> Iterator[str]:
     """The server URL to make databases on: ``target`` itself, or for ``postgres`` a throwaway
     local cluster with the default (durable) fsync and synchronous commit."""
     if target != "postgres":
@@ -189,7 +202,7 @@ def postgres_server(target: str) -> Iterator[str]:
         sys.exit(
             "--db postgres needs PostgreSQL's server binaries (initdb, pg_ctl): apt-get install postgresql"
         )
-    server = PostgresServer(bin_dir, durable=True)
+    server = PostgresServer(bin_dir, durable=True, options=PG_STATS if stats else "")
     server.start()
     try:
         yield server.url()
@@ -245,11 +258,62 @@ def server_cpu(postmaster: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def check_queue_length(url: str) -> None:
+    """The queue length the triggers kept through the run is the jobs' count."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        kept = conn.execute("SELECT open_jobs FROM queue_length").fetchone()
+        counted = conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running') AND ready_at IS NULL"
+        ).fetchone()
+    assert kept == counted, (kept, counted)
+
+
+def reset_statements(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        conn.execute("SELECT pg_stat_statements_reset()")
+
+
+def report_statements(url: str, jobs: int, elapsed: float) -> None:
+    """Where the server's time went since ``reset_statements``: per job, per call, and the lock."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT toplevel, calls, total_exec_time, query FROM pg_stat_statements "
+            "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "ORDER BY total_exec_time DESC"
+        ).fetchall()
+    top = [row for row in rows if row[0]]
+    wait = sum(row[2] for row in top if "imagine_write_lock()" in row[3])
+    batches = sum(row[1] for row in top if "imagine_write_lock()" in row[3])
+    held = sum(row[2] for row in top if "imagine_write_lock()" not in row[3])
+    commit = sum(row[2] for row in top if row[3].strip().upper() == "COMMIT")
+    writes = sum(row[1] for row in top if row[3].strip().upper() not in ("COMMIT", "BEGIN"))
+    writes -= batches
+    ms = 1000.0 / max(jobs, 1)  # milliseconds of a total -> microseconds per job
+    print(
+        f"    {batches} batches, {writes / max(batches, 1):.1f} writes a batch; per batch: wait for the "
+        f"lock {wait / max(batches, 1):.2f} ms, hold it {held / max(batches, 1):.2f} ms (commit "
+        f"{commit / max(batches, 1):.2f} ms); lock held {held / 10 / elapsed:.0f}% of the wall time"
+    )
+    for toplevel, calls, total, query in rows[:14]:
+        text = " ".join(query.split())[:90]
+        print(
+            f"    {'top ' if toplevel else 'in  '} {total * ms:7.1f} us/job {total / calls * 1000:7.1f} "
+            f"us/call {calls:7d}  {text}"
+        )
+
+
 # --- the engine comparison -----------------------------------------------------------------------
 
 
 async def compare_case(
-    store: str, processes: int, concurrency: int, seconds: float, warmup: float
+    store: str, processes: int, concurrency: int, seconds: float, warmup: float, *, stats: bool = False
 ) -> dict[str, float]:
     """``processes`` gateway processes on ``store`` at once; their rates summed, their latencies pooled."""
     spec = {"store": store, "concurrency": concurrency, "seconds": seconds, "warmup_seconds": warmup}
@@ -281,6 +345,8 @@ async def compare_case(
     postmaster = postmaster_pid(store) if store.startswith("postgresql://") else None
     await asyncio.gather(*(answer(proc) for proc in children))
     server_before = server_cpu(postmaster) if postmaster else 0.0
+    if stats:
+        reset_statements(store)
     load = os.getloadavg()[0]
     for proc in children:
         tell(proc)
@@ -301,6 +367,10 @@ async def compare_case(
         await db.close()
     assert not problems, problems
     assert settled == expected, (settled, expected)
+    if store.startswith("postgresql://"):
+        check_queue_length(store)
+    if stats:
+        report_statements(store, jobs, max(float(r["elapsed"]) for r in results))
     latencies = sorted(x for r in results for x in r["latencies"])
     return {
         "rps": sum(int(r["jobs"]) / float(r["elapsed"]) for r in results),
@@ -312,10 +382,12 @@ async def compare_case(
     }
 
 
-async def compare(target: str | None, processes: int, concurrency: int, seconds: float, quick: bool) -> None:
+async def compare(
+    target: str | None, processes: int, concurrency: int, seconds: float, quick: bool, stats: bool = False
+) -> None:
     warmup = 0.5 if quick else 2.0
     rows: list[tuple[str, int, dict[str, float]]] = []
-    with tempfile.TemporaryDirectory() as tmp, postgres_server(target or "") as server_url:
+    with tempfile.TemporaryDirectory() as tmp, postgres_server(target or "", stats=stats) as server_url:
         engines = ["sqlite"] + (["postgresql"] if target else [])
         for engine in engines:
             for count in sorted({1, processes}):
@@ -324,7 +396,9 @@ async def compare(target: str | None, processes: int, concurrency: int, seconds:
                 else:
                     store = fresh_database(server_url)
                 try:
-                    result = await compare_case(store, count, concurrency, seconds, warmup)
+                    result = await compare_case(
+                        store, count, concurrency, seconds, warmup, stats=stats and engine != "sqlite"
+                    )
                 finally:
                     if engine != "sqlite":
                         drop_database(server_url, store)
@@ -381,6 +455,11 @@ async def main() -> None:
     parser.add_argument("--processes", type=int, help="gateway processes for the comparison (default 2)")
     parser.add_argument("--concurrency", type=int, default=50, help="clients per gateway process")
     parser.add_argument("--seconds", type=float, help="measured seconds a comparison row (default 10)")
+    parser.add_argument(
+        "--pg-stats",
+        action="store_true",
+        help="with --db postgres: pg_stat_statements on the server; where its time went, per row",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -388,7 +467,7 @@ async def main() -> None:
         return
     if args.db or args.processes:
         seconds = args.seconds or (1.0 if args.quick else 10.0)
-        await compare(args.db, args.processes or 2, args.concurrency, seconds, args.quick)
+        await compare(args.db, args.processes or 2, args.concurrency, seconds, args.quick, args.pg_stats)
         return
     total = 200 if args.quick else 3000
     rows = []

@@ -9,6 +9,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from storage import Database, NewJob, ReservationRefused, StoreError
 
 DAY = "2026-12-02"
@@ -184,3 +186,21 @@ async def test_both_engines_answer_every_operation_alike(tmp_path: Path, postgre
     for step, (a, b) in enumerate(zip(on_sqlite, on_postgres, strict=True)):
         assert comparable(a) == comparable(b), f"step {step} differs"
     assert on_sqlite[-2:] == [[], "ok"]
+    assert queue_length(postgres_url) == count_waiting(postgres_url) > 0
+
+
+def queue_length(url: str) -> int:
+    """The queue length PostgreSQL keeps by triggers (what a reservation reads under the lock)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT open_jobs FROM queue_length").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def count_waiting(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running') AND ready_at IS NULL"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])

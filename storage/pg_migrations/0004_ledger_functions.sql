@@ -40,11 +40,47 @@ CREATE FUNCTION imagine_budget(p_month TEXT, p_default BIGINT) RETURNS jsonb LAN
                            'override', false))
 $$;
 
--- A job ends: its hold leaves the month, and `p_used` milliseconds join the month's spend.
-CREATE FUNCTION imagine_close_budget(p_job jobs, p_used BIGINT) RETURNS void LANGUAGE sql AS $$
-    UPDATE budget_months SET held_ms = held_ms - p_job.budget_hold_ms, spent_ms = spent_ms + p_used
-    WHERE month = left(p_job.day, 7) AND p_job.budget_hold_ms > 0
+-- The jobs that hold a place in the queue (open, images not made yet: what `max_open` bounds), kept
+-- by triggers on jobs in the transaction that changes them, so a reservation reads one row under the
+-- write lock instead of counting: the count walked every index entry of the rows changed since the
+-- last vacuum (81 us a reservation with one gateway process, 189 us with two). Triggers, not the
+-- functions, so every way a job opens or closes (COPY of `imagine db copy` too) keeps it exact.
+CREATE TABLE queue_length (
+    one       BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
+    open_jobs INTEGER NOT NULL CHECK (open_jobs >= 0)
+);
+INSERT INTO queue_length (open_jobs)
+SELECT COUNT(*) FROM jobs WHERE status IN ('queued', 'running') AND ready_at IS NULL;
+
+CREATE FUNCTION imagine_queue_moved() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE queue_length SET open_jobs = open_jobs + TG_ARGV[0]::INTEGER;
+    RETURN NULL;
+END
 $$;
+
+CREATE TRIGGER jobs_queue_in AFTER INSERT ON jobs FOR EACH ROW
+    WHEN (NEW.status IN ('queued', 'running') AND NEW.ready_at IS NULL)
+    EXECUTE FUNCTION imagine_queue_moved(1);
+CREATE TRIGGER jobs_queue_out AFTER DELETE ON jobs FOR EACH ROW
+    WHEN (OLD.status IN ('queued', 'running') AND OLD.ready_at IS NULL)
+    EXECUTE FUNCTION imagine_queue_moved('-1');
+CREATE TRIGGER jobs_queue_joined AFTER UPDATE OF status, ready_at ON jobs FOR EACH ROW
+    WHEN (NOT (OLD.status IN ('queued', 'running') AND OLD.ready_at IS NULL)
+          AND NEW.status IN ('queued', 'running') AND NEW.ready_at IS NULL)
+    EXECUTE FUNCTION imagine_queue_moved(1);
+CREATE TRIGGER jobs_queue_left AFTER UPDATE OF status, ready_at ON jobs FOR EACH ROW
+    WHEN (OLD.status IN ('queued', 'running') AND OLD.ready_at IS NULL
+          AND NOT (NEW.status IN ('queued', 'running') AND NEW.ready_at IS NULL))
+    EXECUTE FUNCTION imagine_queue_moved('-1');
+CREATE FUNCTION imagine_queue_emptied() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE queue_length SET open_jobs = 0;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER jobs_queue_truncated AFTER TRUNCATE ON jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION imagine_queue_emptied();
 
 CREATE FUNCTION imagine_reserve(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
@@ -78,7 +114,7 @@ BEGIN
     IF FOUND THEN
         RETURN jsonb_build_object('refused', 'banned', 'ban_reason', v_ban);
     END IF;
-    SELECT COUNT(*) INTO v_open FROM jobs WHERE status IN ('queued', 'running') AND ready_at IS NULL;
+    SELECT open_jobs INTO v_open FROM queue_length;
     IF NOT v_unlimited THEN
         SELECT COUNT(*) INTO v_user_open FROM jobs
         WHERE user_id = v_user AND status IN ('queued', 'running');
@@ -190,7 +226,10 @@ BEGIN
     PERFORM imagine_give_back(v_job, v_job.cost - v_spent, p_now, COALESCE(NULLIF(p_note, ''), 'not delivered'));
     v_used := CASE WHEN v_job.budget_hold_ms <= 0 THEN 0  -- a job that held no budget charges none
                    WHEN p_gpu IS NULL THEN v_job.budget_hold_ms ELSE GREATEST(0, round(p_gpu * 1000)) END;
-    PERFORM imagine_close_budget(v_job, v_used);
+    IF v_job.budget_hold_ms > 0 THEN  -- its hold leaves the month, what it used joins the spend
+        UPDATE budget_months SET held_ms = held_ms - v_job.budget_hold_ms, spent_ms = spent_ms + v_used
+        WHERE month = left(v_job.day, 7);
+    END IF;
     UPDATE jobs SET status = 'succeeded', spent = v_spent, refunded = v_job.cost - v_spent,
         seed = COALESCE(p_seed, seed), model = p_model, gpu_seconds = p_gpu, finished_at = p_now,
         budget_spent_ms = v_used
@@ -211,7 +250,9 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM imagine_give_back(v_job, v_job.cost, p_now, p_error_kind);
-    PERFORM imagine_close_budget(v_job, 0);  -- a failed job's GPU time goes back to the month
+    IF v_job.budget_hold_ms > 0 THEN  -- a failed job's GPU time goes back to the month
+        UPDATE budget_months SET held_ms = held_ms - v_job.budget_hold_ms WHERE month = left(v_job.day, 7);
+    END IF;
     UPDATE jobs SET status = 'failed', refunded = cost, error_kind = p_error_kind, error = p_error,
         gpu_seconds = p_gpu, finished_at = p_now
     WHERE id = p_job_id RETURNING * INTO v_job;

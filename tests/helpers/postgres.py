@@ -42,9 +42,10 @@ class PostgresServer:
     """``durable=True`` keeps the server's default fsync and synchronous commit, as in production
     (the benchmarks); the tests' throwaway clusters turn both off."""
 
-    def __init__(self, bin_dir: Path, *, durable: bool = False) -> None:
+    def __init__(self, bin_dir: Path, *, durable: bool = False, options: str = "") -> None:
         self.bin = bin_dir
         self.durable = durable
+        self.options = options  # more ``-c name=value`` settings (the benchmark's statement statistics)
         self.folder = Path(tempfile.mkdtemp(prefix="imagine-pg-"))
         self.data = self.folder / "data"
         self.port = free_port()
@@ -63,6 +64,8 @@ class PostgresServer:
         options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c max_connections=300"
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        if self.options:
+            options += " " + self.options
         self._run(
             "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.folder / "log"), "-w", "start"
         )
