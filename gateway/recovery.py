@@ -23,6 +23,11 @@ from storage import Database, InstanceRecord, JobRecord, StoreUnavailable
 log = logging.getLogger("imagine.gateway")
 
 HEARTBEAT_SECONDS = 10.0
+#: How far this host's clock may be from the store server's before the log says so: leases compare
+#: the clocks of different hosts, so a skew near LEASE_SECONDS refunds live jobs or keeps dead ones.
+CLOCK_SKEW_WARNING = 5.0
+#: Heartbeats between two looks at the store server's clock.
+CLOCK_CHECK_EVERY = 6
 #: A process whose heartbeat is older than this has lost its jobs: any live process refunds them.
 LEASE_SECONDS = 30.0
 #: How soon a store operation that failed (a lock past the busy timeout, a full disk) is tried again.
@@ -100,6 +105,8 @@ class Instance:
         self.metrics = metrics
         self.clock = clock
         self.health = StoreHealth()
+        self.clock_skew: float | None = None  # this host's clock minus the store server's, last seen
+        self._beats = 0
 
     async def register(self) -> None:
         await self.db.register_instance(
@@ -109,11 +116,33 @@ class Instance:
             now=self.clock(),
             ident=process_ident(os.getpid()),
         )
+        await self.check_clock()
 
     async def unregister(self) -> None:
         """Mark this process stopped, so that no one waits for its lease to lapse."""
         with contextlib.suppress(Exception):
             await self.db.stop_instance(self.id, self.clock())
+
+    async def check_clock(self) -> float | None:
+        """Compare this host's clock with the store server's (PostgreSQL); warn past the limit."""
+        before = self.clock()
+        server = await self.db.server_clock()
+        if server is None:
+            return None
+        skew = (before + self.clock()) / 2 - server
+        was_off = self.clock_skew is not None and abs(self.clock_skew) > CLOCK_SKEW_WARNING
+        self.clock_skew = skew
+        if abs(skew) > CLOCK_SKEW_WARNING and not was_off:
+            log.warning(
+                "this host's clock is %.1f s %s the database server's: leases compare the clocks of "
+                "different hosts (a lease is %.0f s), so keep them synchronised (NTP)",
+                abs(skew),
+                "ahead of" if skew > 0 else "behind",
+                LEASE_SECONDS,
+            )
+        elif was_off and abs(skew) <= CLOCK_SKEW_WARNING:
+            log.info("this host's clock agrees with the database server's again (%.1f s)", skew)
+        return skew
 
     async def heartbeat_forever(self) -> None:
         while True:
@@ -121,6 +150,9 @@ class Instance:
             try:
                 await self.db.heartbeat(self.id, self.clock())
                 self.health.back()
+                self._beats += 1
+                if self._beats % CLOCK_CHECK_EVERY == 0:
+                    await self.check_clock()
                 await self.recover()
             except StoreUnavailable as exc:
                 self.health.failed(exc, None)

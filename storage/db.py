@@ -146,6 +146,7 @@ class Database:
     ledger = autocommit(_ledger.ledger_rows)
     check_ledger = autocommit(_ledger.check_ledger)
     integrity_check = autocommit(schema.integrity_check, pg_ops.integrity_check)
+    server_clock = autocommit(schema.server_clock, pg_ops.server_clock)
 
     # --- process instances (crash recovery) -------------------------------------------
     register_instance = grouped(_instances.register_instance, pg_ops.register_instance)

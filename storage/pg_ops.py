@@ -193,6 +193,11 @@ def take_notices(prefix: str, now: float, limit: int = 100) -> Call[list[JobReco
     )
 
 
+def server_clock() -> Call[float | None]:
+    """The database server's clock, to compare this host's with: leases compare hosts' clocks."""
+    return Call("SELECT extract(epoch FROM clock_timestamp())::DOUBLE PRECISION", (), float)
+
+
 def integrity_check() -> Call[str]:
     """PostgreSQL keeps its own pages whole; this asks the server to answer at all."""
     return Call("SELECT 'ok'", (), str)

@@ -83,5 +83,11 @@ def secret(c: Conn, name: str) -> str:
     return str(c.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()["value"])
 
 
+def server_clock(c: Conn) -> float | None:
+    """The store server's clock (epoch seconds), where the store is a server; a SQLite file is read
+    on this host, with this host's clock: None."""
+    return None
+
+
 def integrity_check(c: Conn) -> str:
     return str(c.execute("PRAGMA integrity_check").fetchone()["integrity_check"])
