@@ -21,8 +21,9 @@ import pytest
 from PIL import Image
 
 from gateway.messages import utc_day
-from storage import Database, NewJob
+from storage import Database
 from tests.helpers.imagine_process import imagine_command
+from tests.helpers.jobs import new_job
 
 ROOT = Path(__file__).resolve().parents[1]
 BROWSER_DIR = ROOT / "tests" / "browser"
@@ -84,19 +85,15 @@ async def _seed_jobs(path: Path) -> None:
             ("b3", "discord:9", 1, 4.5, False),
         ]:
             await db.reserve(
-                NewJob(
-                    job_id=job_id,
+                new_job(
+                    job_id,
                     user_id=user,
-                    request={"prompt": "a fox", "seed": 1},
                     cost=cost,
                     day=utc_day(now),
-                    default_allowance=25,
-                    unlimited=False,
+                    now=now - 300,
+                    prompt="a fox",
                     max_user_open=2,
                     max_open=10,
-                    instance_id=None,
-                    reply=None,
-                    now=now - 300,
                 )
             )
             if failed:

@@ -22,6 +22,7 @@ from gateway.errors import BackendFailed, DeliveryRefused
 from gateway.fake_backend import FakeBackend
 from gateway.service import LEASE_SECONDS
 from storage import Database, NewJob
+from tests.helpers.jobs import new_job
 from tests.helpers.sqlite_lock import write_lock
 
 
@@ -305,17 +306,5 @@ async def test_recovery_notices_reach_the_front_of_any_process_once(data_dir: Pa
 def _new_job(job_id: str, user_id: str, instance_id: str, now: float) -> NewJob:
     from datetime import UTC, datetime
 
-    return NewJob(
-        job_id=job_id,
-        user_id=user_id,
-        request={"prompt": "a fox", "seed": 1},
-        cost=1,
-        day=datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d"),
-        default_allowance=25,
-        unlimited=False,
-        max_user_open=10,
-        max_open=100,
-        instance_id=instance_id,
-        reply=None,
-        now=now,
-    )
+    day = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+    return new_job(job_id, user_id=user_id, day=day, now=now, prompt="a fox", instance_id=instance_id)

@@ -27,7 +27,8 @@ from gateway import (
 )
 from gateway.errors import BackendFailed, Cancelled, SafetyBlocked, TimedOut
 from gateway.fake_backend import FakeBackend
-from storage import Database, NewJob
+from storage import Database
+from tests.helpers.jobs import new_job
 from tests.helpers.png import png_size
 
 NOON = datetime(2026, 11, 26, 12, 0, tzinfo=UTC).timestamp()
@@ -388,20 +389,7 @@ async def test_spend_is_priced_projected_and_worded(settings: Settings, db: Data
 
     priced = replace(settings, gpu_cost_per_second=0.01)
     accounts = Accounts(priced, db, clock=clock)
-    job = NewJob(
-        job_id="p1",
-        user_id="discord:7",
-        request={"prompt": "x", "seed": 1},
-        cost=2,
-        day="2026-11-26",
-        default_allowance=25,
-        unlimited=False,
-        max_user_open=2,
-        max_open=10,
-        instance_id=None,
-        reply=None,
-        now=NOON - 7200,
-    )
+    job = new_job("p1", user_id="discord:7", cost=2, now=NOON - 7200, max_user_open=2, max_open=10)
     await db.reserve(job)
     await db.settle("p1", delivered=2, seed=1, model="m", gpu_seconds=30.0, now=NOON - 3600)
     await db.reserve(replace(job, job_id="p2", cost=1))

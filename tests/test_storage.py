@@ -8,27 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from storage import Database, NewJob, ReservationRefused
+from storage import Database, ReservationRefused
 from storage.schema import migrations
+from tests.helpers.jobs import new_job
 
 
 async def reserve(db: Database, job_id: str, user: str = "cli:a", cost: int = 1) -> None:
-    await db.reserve(
-        NewJob(
-            job_id=job_id,
-            user_id=user,
-            request={"prompt": "x", "seed": 1},
-            cost=cost,
-            day="2026-11-26",
-            default_allowance=3,
-            unlimited=False,
-            max_user_open=10,
-            max_open=10,
-            instance_id=None,
-            reply=None,
-            now=1.0,
-        )
-    )
+    await db.reserve(new_job(job_id, user_id=user, cost=cost, default_allowance=3, max_open=10))
 
 
 async def test_migrations_apply_once_and_pragmas_hold(tmp_path: Path) -> None:

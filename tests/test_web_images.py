@@ -9,6 +9,7 @@ import pytest
 
 from gateway.settings import Settings
 from storage import Database, NewJob
+from tests.helpers.jobs import new_job
 
 MB = 1024 * 1024
 
@@ -71,26 +72,15 @@ async def test_past_the_budget_whole_jobs_go_oldest_first(db: Database) -> None:
     assert await db.sweep_web_images(now=20.0, ttl_seconds=3600, budget_bytes=400) == 0
 
 
-def new_job(job_id: str, *, cost: int = 2, instance_id: str | None = "owner") -> NewJob:
-    return NewJob(
-        job_id=job_id,
-        user_id="web:1.2.3.4",
-        request={"prompt": "x", "seed": 1},
-        cost=cost,
-        day="2026-11-26",
-        default_allowance=10,
-        unlimited=False,
-        max_user_open=10,
-        max_open=10,
-        instance_id=instance_id,
-        reply=None,
-        now=1.0,
+def web_job(job_id: str, *, cost: int = 2) -> NewJob:
+    return new_job(
+        job_id, user_id="web:1.2.3.4", cost=cost, default_allowance=10, max_open=10, instance_id="owner"
     )
 
 
 async def ready_job(db: Database, job_id: str, *, cost: int = 2, made: int = 2) -> None:
     await db.register_instance("owner", host="a", pid=1, now=1.0)
-    await db.reserve(new_job(job_id, cost=cost))
+    await db.reserve(web_job(job_id, cost=cost))
     assert await db.mark_running(job_id, 2.0)
     assert await db.mark_ready(job_id, made, instance_id="owner", now=3.0)
 
@@ -120,7 +110,7 @@ async def test_a_ready_job_that_made_fewer_images_is_charged_for_those(db: Datab
 
 async def test_a_refunded_or_unready_job_is_never_settled_by_a_download(db: Database) -> None:
     await db.register_instance("owner", host="a", pid=1, now=1.0)
-    await db.reserve(new_job("web:running"))
+    await db.reserve(web_job("web:running"))
     assert await db.mark_running("web:running", 2.0)
     assert await db.settle_ready("web:running", now=3.0) is None  # no images made yet
     await ready_job(db, "web:refunded")
