@@ -322,6 +322,11 @@ class ImageCommands(commands.Cog):
             await asyncio.wait(tasks, timeout=5.0)
 
 
+def _cog(interaction: discord.Interaction[Any]) -> ImageCommands | None:
+    """The cog a button hands its press to (None while the bot is stopping)."""
+    return cast("ImageCommands | None", interaction.client.get_cog("ImageCommands"))  # type: ignore[attr-defined]
+
+
 class ResultButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
     template=r"imagine:(?P<action>reroll|vary|delete):(?P<job>discord:[0-9]+)",
@@ -354,7 +359,7 @@ class ResultButton(
         return cls(match["action"], match["job"])
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        cog = cast("ImageCommands | None", interaction.client.get_cog("ImageCommands"))  # type: ignore[attr-defined]
+        cog = _cog(interaction)
         if cog is not None:
             await cog.on_button(interaction, self.action, self.job_id)
 
@@ -389,7 +394,7 @@ class ImageButton(
         return cls(match["kind"], int(match["number"]), match["job"])
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        cog = cast("ImageCommands | None", interaction.client.get_cog("ImageCommands"))  # type: ignore[attr-defined]
+        cog = _cog(interaction)
         if cog is not None:
             await cog.on_image_action(interaction, self.action, self.index, self.job_id)
 
@@ -422,7 +427,7 @@ class RelaxButton(
         return cls(match["key"])
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        cog = cast("ImageCommands | None", interaction.client.get_cog("ImageCommands"))  # type: ignore[attr-defined]
+        cog = _cog(interaction)
         if cog is not None:
             await cog.on_relax(interaction, self.key)
 
