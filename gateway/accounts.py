@@ -32,6 +32,10 @@ from gateway.settings import Settings
 from storage import Database, QuotaState, RefusedReason, ReservationRefused, StoreError
 
 MAX_GRANT = 1_000_000
+BUDGET_OFF = (
+    "The GPU budget is off: set IMAGINE_MONTHLY_BUDGET (with IMAGINE_GPU_COST_PER_SECOND) to turn it on; "
+    "admins then raise or lower this month's ceiling here."
+)
 #: The largest monthly budget an admin may set (in the currency of IMAGINE_GPU_COST_PER_SECOND).
 MAX_BUDGET = 10_000_000.0
 #: Longer than any platform's ids (a Discord snowflake is 20 digits, an IPv6 address 45 characters), and
@@ -154,6 +158,8 @@ class Accounts:
     async def show_budget(self, actor: str | None) -> str:
         """This month's GPU budget: spent, held by open jobs, the ceiling, when it resets."""
         self._check_admin(actor)
+        if self.budget.ceiling_ms() is None:
+            return BUDGET_OFF
         state = await self.db.budget(utc_month(self.clock()), default_ceiling_ms=self.budget.ceiling_ms())
         return self.budget.describe(state)
 
@@ -161,12 +167,9 @@ class Accounts:
         """An admin's ceiling for this month, in the currency of IMAGINE_GPU_COST_PER_SECOND (None:
         back to IMAGINE_MONTHLY_BUDGET)."""
         self._check_admin(actor)
+        if self.budget.ceiling_ms() is None:
+            raise InvalidRequest(BUDGET_OFF + " Nothing was changed.")
         rate = self.settings.gpu_cost_per_second
-        if rate <= 0:
-            raise InvalidRequest(
-                "Set IMAGINE_GPU_COST_PER_SECOND (what a GPU second costs) before a budget; "
-                "nothing was changed."
-            )
         if amount is not None and not 0 <= amount <= MAX_BUDGET:
             raise InvalidRequest(
                 f"The budget must be a number from 0 to {MAX_BUDGET:g}; got {shown(amount)}."

@@ -39,7 +39,10 @@ class Budget:
         self.seconds_per_image = FIRST_GUESS_SECONDS
 
     def hold_ms(self, request: ImageRequest) -> int:
-        """The GPU time the store holds for ``request`` while it runs."""
+        """The GPU time the store holds for ``request`` while it runs; none while the budget is off,
+        so a bot without one pays nothing for it on every job."""
+        if self.ceiling_ms() is None:
+            return 0
         return max(1, math.ceil(estimated_cost(request) * self.seconds_per_image * 1000))
 
     def ceiling_ms(self) -> int | None:

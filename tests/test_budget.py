@@ -233,3 +233,19 @@ async def test_two_hosts_on_one_postgresql_share_the_budget(data_dir: Path, post
         for db, service in hosts:
             await service.close()
             await db.close()
+
+
+async def test_without_a_budget_jobs_hold_nothing_and_admins_are_told_it_is_off(
+    settings: Settings, db: Database
+) -> None:
+    service = await started(settings.with_overrides(monthly_budget=None), db, Clock())
+    try:
+        job = await service.submit("cli:ann", SMALL, job_id="cli:1")
+        await job.wait()
+        record = await db.get_job("cli:1")
+        assert record is not None and (record.budget_hold_ms, record.budget_spent_ms) == (0, 0)
+        assert (await service.accounts.show_budget("cli:admin")).startswith("The GPU budget is off")
+        with pytest.raises(InvalidRequest, match=r"set IMAGINE_MONTHLY_BUDGET .* Nothing was changed"):
+            await service.accounts.set_budget("cli:admin", 5.0)
+    finally:
+        await service.close()
